@@ -1,1 +1,71 @@
-fn main(){}
+//! `taskgate`: read config → init logs → start → run until SIGTERM/SIGINT → drain → exit 0.
+//! A bad configuration prints one line and exits 64 (EX_USAGE).
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use taskgate::{
+    config::{self, Cli, Env},
+    server::{self, StartError},
+    telemetry, upstream,
+};
+
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut cfg = match config::load(&cli, &Env::from_process()) {
+        Ok(cfg) => cfg,
+        Err(e) => return usage_error(&e),
+    };
+    if cli.check_config {
+        // Also proves the CA file and base URL are usable, as start-up would.
+        if let Err(e) = upstream::Upstream::new(&cfg) {
+            return usage_error(&e);
+        }
+        println!("taskgate: configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(cfg.log_format, &cfg.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    runtime.block_on(async move {
+        let _demo = if cli.demo {
+            match taskgate::demo::start_for_cli(&mut cfg).await {
+                Ok(demo) => Some(demo),
+                Err(e) => {
+                    eprintln!("taskgate: cannot start the demo task API: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        tracing::info!(config = ?cfg, version = env!("CARGO_PKG_VERSION"), "starting");
+        match server::run(cfg, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e @ StartError::Setup(_)) => usage_error(&e),
+            Err(e) => {
+                eprintln!("taskgate: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("taskgate: {e}");
+    ExitCode::from(EX_USAGE)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+    }
+}

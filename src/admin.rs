@@ -1,0 +1,56 @@
+//! The admin listener: probes and purge, for operators only. Never the task routes, and
+//! nothing here prints configuration or environment values.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::{answer::Body, ids, proxy::Proxy, route};
+
+pub struct Admin {
+    proxy: Arc<Proxy>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Admin {
+    pub fn new(proxy: Arc<Proxy>, ready: Arc<AtomicBool>) -> Self {
+        Self { proxy, ready }
+    }
+
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+        let path = req.uri().path();
+        match (req.method(), path) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "ready\n"),
+            (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            (&Method::DELETE, _) if path.starts_with("/cache/task/") => {
+                let id = &path["/cache/task/".len()..];
+                if !route::is_valid_id(id) {
+                    return error(StatusCode::BAD_REQUEST, "invalid task id");
+                }
+                self.proxy.cache().invalidate(id).await;
+                tracing::info!(task_id = id, "purged");
+                let mut resp = Response::new(Full::default());
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                resp
+            }
+            _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    resp
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    crate::answer::error_response(status, message, &ids::new_request_id())
+}

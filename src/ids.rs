@@ -1,0 +1,170 @@
+//! Request ids and W3C trace context (`traceparent`).
+//!
+//! Ids need to be unique, not secret, so a per-thread xorshift generator seeded from the
+//! OS-seeded `RandomState` is enough and costs no lock or syscall per request.
+
+use std::{
+    cell::Cell,
+    collections::hash_map::RandomState,
+    fmt::Write as _,
+    hash::{BuildHasher, Hasher},
+};
+
+use http::HeaderValue;
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(0x9e37_79b9_7f4a_7c15);
+    h.finish() | 1
+}
+
+fn next_u64() -> u64 {
+    RNG.with(|rng| {
+        // xorshift64*: fast, full period, fine for ids that only need to be unique.
+        let mut x = rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+fn nonzero_u64() -> u64 {
+    loop {
+        let v = next_u64();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// A new request id: 32 lowercase hex characters.
+pub fn new_request_id() -> HeaderValue {
+    let mut s = String::with_capacity(32);
+    let _ = write!(s, "{:016x}{:016x}", next_u64(), next_u64());
+    HeaderValue::from_str(&s).expect("hex is a valid header value")
+}
+
+/// The client's `x-request-id` when it is reasonable to echo and log: 1..=128 visible ASCII
+/// characters without quotes or backslashes (it lands in JSON logs and response headers).
+pub fn accept_request_id(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|&c| c.is_ascii_graphic() && c != b'"' && c != b'\\')
+}
+
+/// A W3C trace context (version 00).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// Continues the client's trace when its `traceparent` is valid, else starts a new one.
+    /// Either way the returned context has a fresh span id: taskgate's own span.
+    pub fn continue_or_start(client: Option<&HeaderValue>) -> Self {
+        match client.and_then(|v| Self::parse(v.as_bytes())) {
+            Some(parent) => Self {
+                span_id: nonzero_u64(),
+                ..parent
+            },
+            None => Self {
+                trace_id: (u128::from(nonzero_u64()) << 64) | u128::from(next_u64()),
+                span_id: nonzero_u64(),
+                flags: 0x01,
+            },
+        }
+    }
+
+    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid per the W3C spec.
+    pub fn parse(v: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(v).ok()?.trim();
+        let mut parts = s.split('-');
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        // Version 00 has exactly four fields; future versions may append more.
+        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+            return None;
+        }
+        let lower_hex = |p: &str, n: usize| {
+            p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !(lower_hex(version, 2) && lower_hex(trace, 32) && lower_hex(span, 16) && lower_hex(flags, 2)) {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let span_id = u64::from_str_radix(span, 16).ok()?;
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        (trace_id != 0 && span_id != 0).then_some(Self { trace_id, span_id, flags })
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    pub fn to_header(self) -> HeaderValue {
+        let s = format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags);
+        HeaderValue::from_str(&s).expect("hex is a valid header value")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_hex() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(accept_request_id(&a));
+    }
+
+    #[test]
+    fn odd_client_request_ids_are_replaced() {
+        assert!(accept_request_id(&HeaderValue::from_static("req-1")));
+        assert!(!accept_request_id(&HeaderValue::from_static("")));
+        assert!(!accept_request_id(&HeaderValue::from_static("a b")));
+        assert!(!accept_request_id(&HeaderValue::from_static("a\"b")));
+        assert!(!accept_request_id(&HeaderValue::from_str(&"x".repeat(129)).unwrap()));
+    }
+
+    #[test]
+    fn a_client_trace_is_continued_with_a_new_span() {
+        let client = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let ctx = TraceContext::continue_or_start(Some(&client));
+        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(ctx.span_id, 0x00f0_67aa_0ba9_02b7);
+        assert_eq!(ctx.flags, 1);
+        let header = ctx.to_header();
+        assert!(header.to_str().unwrap().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_eq!(TraceContext::parse(header.as_bytes()), Some(ctx));
+    }
+
+    #[test]
+    fn invalid_traceparents_start_a_new_trace() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(TraceContext::parse(bad.as_bytes()), None, "{bad}");
+        }
+        let a = TraceContext::continue_or_start(None);
+        let b = TraceContext::continue_or_start(None);
+        assert_ne!(a.trace_id, b.trace_id);
+    }
+}

@@ -1,0 +1,122 @@
+//! `status.phase` of a task body, and what each phase means for caching.
+//!
+//! Only `completed` cannot be changed through the API; `failed` and `cancelled` can be retried
+//! (LIVEPEER-API.md §1.5), so they are cached for a shorter time. Everything else is unfinished.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Pending,
+    Waiting,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Waiting => "waiting",
+            Phase::Running => "running",
+            Phase::Completed => "completed",
+            Phase::Failed => "failed",
+            Phase::Cancelled => "cancelled",
+        }
+    }
+
+    fn from_str(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Phase::Pending,
+            "waiting" => Phase::Waiting,
+            "running" => Phase::Running,
+            "completed" => Phase::Completed,
+            "failed" => Phase::Failed,
+            "cancelled" => Phase::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// A finished task will not move again by itself (a manual retry aside).
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Completed | Phase::Failed | Phase::Cancelled)
+    }
+}
+
+// Deserialising only the path we need skips the rest of the body without building a tree.
+#[derive(Deserialize)]
+struct TaskView<'a> {
+    #[serde(borrow)]
+    status: Option<StatusView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StatusView<'a> {
+    #[serde(borrow)]
+    phase: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The phase of a task body, or `None` when the body is not a JSON object with a known
+/// `status.phase` (such an answer is passed through, never cached).
+pub fn extract(body: &[u8]) -> Option<Phase> {
+    let view: TaskView<'_> = serde_json::from_slice(body).ok()?;
+    Phase::from_str(&view.status?.phase?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_phase_is_recognised() {
+        for phase in [
+            Phase::Pending,
+            Phase::Waiting,
+            Phase::Running,
+            Phase::Completed,
+            Phase::Failed,
+            Phase::Cancelled,
+        ] {
+            let body = format!(r#"{{"id":"t","status":{{"phase":"{}","updatedAt":1}}}}"#, phase.as_str());
+            assert_eq!(extract(body.as_bytes()), Some(phase));
+        }
+    }
+
+    #[test]
+    fn only_terminal_phases_are_finished() {
+        assert!(Phase::Completed.is_finished());
+        assert!(Phase::Failed.is_finished());
+        assert!(Phase::Cancelled.is_finished());
+        assert!(!Phase::Pending.is_finished());
+        assert!(!Phase::Waiting.is_finished());
+        assert!(!Phase::Running.is_finished());
+    }
+
+    #[test]
+    fn bodies_without_a_known_phase_have_none() {
+        for body in [
+            &b""[..],
+            b"not json",
+            b"[]",
+            b"null",
+            b"{}",
+            br#"{"status":null}"#,
+            br#"{"status":{}}"#,
+            br#"{"status":{"phase":7}}"#,
+            br#"{"status":{"phase":"done"}}"#,
+            br#"{"status":{"phase":"Completed"}}"#,
+            br#"{"status":"completed"}"#,
+            b"\xff\xfe{",
+        ] {
+            assert_eq!(extract(body), None, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn escaped_phase_strings_and_key_order_do_not_matter() {
+        let body = br#"{"output":{"status":{"phase":"running"}},"status":{"updatedAt":1,"phase":"complet\u0065d"}}"#;
+        assert_eq!(extract(body), Some(Phase::Completed));
+    }
+}

@@ -1,0 +1,261 @@
+//! Test harness: a scriptable mock Studio API and taskgate in front of it, both on
+//! 127.0.0.1:0, plus a small HTTP client. Shared by the integration tests.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use taskgate::{
+    config::{ApiKey, Config},
+    server::{self, Running},
+};
+use tokio::net::TcpListener;
+
+/// The key taskgate injects in tests: distinctive, so a leak is easy to find.
+pub const KEY: &str = "sk_live_TOPSECRET_5f2b9c1e7a";
+
+/// One request as the mock upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// A scripted upstream answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type", "application/json; charset=utf-8".into())],
+            body: Bytes::from(body.into()),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A task body in the given phase, with Express-like headers the proxy must not relay.
+    pub fn task(id: &str, phase: &str) -> Self {
+        Self::json(200, task_body(id, phase))
+            .header("set-cookie", "sid=upstream-cookie")
+            .header("vary", "Authorization")
+            .header("x-powered-by", "Express")
+            .header("etag", "W/\"1a-upstream\"")
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+pub fn task_body(id: &str, phase: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","type":"upload","userId":"u1","createdAt":1717000000000,"params":{{"upload":{{"url":"https://example.com/v.mp4"}}}},"status":{{"phase":"{phase}","updatedAt":1717000060000}}}}"#
+    )
+}
+
+#[derive(Default)]
+struct MockState {
+    seen: Mutex<Vec<Seen>>,
+    replies: Mutex<HashMap<String, Reply>>,
+}
+
+/// A mock Studio API serving `GET /api/task/{id}` from a script (404 for unknown ids).
+pub struct MockUpstream {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Serves HTTPS with the given rustls config (ALPN decides h1 or h2).
+    pub async fn start_tls(tls: rustls::ServerConfig) -> Self {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(MockState::default());
+        let st = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let st = Arc::clone(&st);
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| answer(Arc::clone(&st), req));
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    pub fn set(&self, id: &str, reply: Reply) {
+        self.state.replies.lock().unwrap().insert(id.to_owned(), reply);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.state.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(st: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    st.seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        version: req.version(),
+        headers: req.headers().clone(),
+    });
+    let id = req.uri().path().strip_prefix("/api/task/").unwrap_or_default().to_owned();
+    let reply = st
+        .replies
+        .lock()
+        .unwrap()
+        .get(&id)
+        .cloned()
+        .unwrap_or_else(|| Reply::json(404, r#"{"errors":["not found"]}"#));
+    tokio::time::sleep(reply.delay).await;
+    let mut resp = Response::new(Full::new(reply.body));
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+    for (name, value) in reply.headers {
+        resp.headers_mut().append(name, HeaderValue::from_str(&value).unwrap());
+    }
+    Ok(resp)
+}
+
+/// A config for tests: both listeners on 127.0.0.1:0, in front of `upstream_url`.
+pub fn config(upstream_url: &str) -> Config {
+    let mut cfg = Config::new(ApiKey::new(KEY), upstream_url);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin_listen = "127.0.0.1:0".parse().unwrap();
+    cfg
+}
+
+/// Starts taskgate in front of `mock`, after `tweak` adjusts the config.
+pub async fn taskgate(mock: &MockUpstream, tweak: impl FnOnce(&mut Config)) -> Running {
+    let mut cfg = config(&mock.base_url());
+    tweak(&mut cfg);
+    server::start(cfg).await.expect("taskgate starts")
+}
+
+/// A response as the client got it.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// An HTTP/1.1 client for talking to taskgate.
+#[derive(Clone)]
+pub struct HttpClient(Client<HttpConnector, Empty<Bytes>>);
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self(Client::builder(TokioExecutor::new()).build_http())
+    }
+}
+
+impl HttpClient {
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Got {
+        self.send(addr, "GET", path, &[]).await
+    }
+
+    pub async fn send(&self, addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
+        let mut req = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self.0.request(req.body(Empty::new()).unwrap()).await.expect("request completes");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body completes").to_bytes();
+        Got { status: parts.status, headers: parts.headers, body }
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns everything read until the server closes
+/// it (or `wait` passes).
+pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
