@@ -77,17 +77,9 @@ impl Timeline {
     }
 
     /// For tests: 150 ms waiting, 600 ms running; every task has finished after 1.5 s.
+    /// (`Timeline::new(Duration::ZERO, Duration::ZERO)`: finished from the first request.)
     pub const fn fast() -> Self {
         Self::new(Duration::from_millis(150), Duration::from_millis(600))
-    }
-
-    /// How long after its first request every task has reached its final phase.
-    pub fn settled_after(&self) -> Duration {
-        TASKS
-            .iter()
-            .map(|task| task.settled_after(self))
-            .max()
-            .unwrap_or_default()
     }
 }
 
@@ -111,8 +103,12 @@ enum Step {
 /// How a task ends. Studio replaces the whole status object, so progress disappears (§1.3).
 #[derive(Debug, Clone, Copy)]
 enum End {
-    Completed { output: fn() -> Value },
-    Failed { retries: u32, error: &'static str },
+    /// Completed with this `output`.
+    Completed(fn() -> Value),
+    Failed {
+        retries: u32,
+        error: &'static str,
+    },
 }
 
 const fn wait(retries: u32, error: Option<&'static str>) -> Step {
@@ -142,8 +138,8 @@ pub struct DemoTask {
     pub about: &'static str,
     steps: &'static [Step],
     end: End,
-    /// Fields that never change: owner ids and `params`.
-    fixed: fn() -> Value,
+    /// Fields that never change (owner ids, `params`), given the clock's start in Unix ms.
+    fixed: fn(u64) -> Value,
 }
 
 /// The simulated tasks, in the order the demo presents them.
@@ -163,12 +159,11 @@ static TASKS: [DemoTask; 5] = [
         kind: "upload",
         about: "waiting, then running with rising progress, then completed with the asset's spec",
         steps: &[FIRST_WAIT, run(0, 100)],
-        end: End::Completed {
-            output: upload_output,
-        },
-        fixed: || {
+        end: End::Completed(upload_output),
+        fixed: |_| {
             json!({"userId": USER_ID, "projectId": PROJECT_ID, "outputAssetId": ASSET_ID,
-                   "params": {"upload": {"url": "https://example.com/test.mp4", "thumbnails": true}}})
+                   "params": {"upload": {"url": "https://example.com/test.mp4",
+                                         "thumbnails": true}}})
         },
     },
     DemoTask {
@@ -176,27 +171,26 @@ static TASKS: [DemoTask; 5] = [
         kind: "export",
         about: "to IPFS; completes. Studio returns its Pinata JWT in params: taskgate masks it",
         steps: &[FIRST_WAIT, run(0, 50)],
-        end: End::Completed {
-            output: ipfs_export_output,
-        },
-        fixed: || {
+        end: End::Completed(ipfs_export_output),
+        fixed: |_| {
             json!({"userId": USER_ID, "projectId": PROJECT_ID, "inputAssetId": ASSET_ID,
                    "params": {"export": {"ipfs": {"nftMetadata": {"name": "Demo video"},
-                       "pinata": {"jwt": "eyJhbGciOiJIUzI1NiJ9.eyJkZW1vIjp0cnVlfQ.PINATA-SECRET"}}}}})
+                       "pinata": {"jwt": "eyJhbGciOiJIUzI1NiJ9.eyJkZW1vIjp0cnVlfQ.PINATA"}}}}})
         },
     },
     DemoTask {
         id: CUSTOM_EXPORT_TASK_ID,
         kind: "export",
-        about: "to a presigned URL; completes. Its X-Amz-Signature and Authorization header leak",
+        about: "to a presigned URL; completes. Its signature and Authorization header get masked",
         steps: &[FIRST_WAIT, run(0, 50)],
-        end: End::Completed {
-            output: || json!({"export": {"ipfs": {"videoFileCid": ""}}}),
-        },
-        fixed: || {
+        end: End::Completed(|| json!({"export": {"ipfs": {"videoFileCid": ""}}})),
+        fixed: |_| {
             json!({"userId": USER_ID, "projectId": PROJECT_ID, "inputAssetId": ASSET_ID,
                    "params": {"export": {"custom": {
-                       "url": "https://my-bucket.s3.amazonaws.com/path/file.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIADEMO%2F20240529%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature=d3m0s1gn4tur3",
+                       "url": concat!("https://my-bucket.s3.amazonaws.com/path/file.mp4",
+                           "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=3600",
+                           "&X-Amz-Credential=AKIADEMO%2F20240529%2Fus-east-1%2Fs3%2Faws4_request",
+                           "&X-Amz-Signature=d3m0516na7e"),
                        "method": "PUT",
                        "headers": {"Authorization": "Bearer customer-secret"}}}}})
         },
@@ -215,11 +209,12 @@ static TASKS: [DemoTask; 5] = [
             retries: 1,
             error: "error probing MP4 input file: invalid data found when processing input",
         },
-        fixed: || {
+        fixed: |_| {
             json!({"userId": USER_ID, "projectId": PROJECT_ID,
                    "params": {"transcode-file": {
-                       "input": {"url": "s3+https://***:***@inendpoint.com/inbucket/input/video.mp4"},
-                       "storage": {"url": "w3s://EaJlcm9vdHOAZ3ZlcnNpb24BbWRlbW8tdWNhbi1wcm9vZg@/"},
+                       // Studio scrubs an s3+https key pair, but not a web3.storage proof (§1.7).
+                       "input": {"url": "s3+https://***:***@in.example.com/inbucket/video.mp4"},
+                       "storage": {"url": "w3s://EaJlcm9vdHOAZ3ZlcnNpb24BZGVtby11Y2Fu@/"},
                        "outputs": {"hls": {"path": "/output/hls"}}}}})
         },
     },
@@ -228,16 +223,18 @@ static TASKS: [DemoTask; 5] = [
         kind: "clip",
         about: "waiting, then running, then completed with the clip's (uncleaned) output",
         steps: &[FIRST_WAIT, run(0, 100)],
-        end: End::Completed {
-            output: clip_output,
-        },
-        fixed: || {
+        end: End::Completed(clip_output),
+        fixed: |origin_ms| {
             json!({"userId": USER_ID, "projectId": PROJECT_ID,
                    "outputAssetId": "8e9f0a1b-2c3d-4e4f-9a5b-6c7d8e9f0a1b",
                    "requesterId": "c0ffee5e1f3a9b2d4c6e8f0a1b3c5d7e",
                    "params": {"clip": {
-                       "url": "https://recordings-cdn.example/hls/abcd1234efgh5678/d32ae9e6-c459-4931-9898-e86e2f5e7e16/output.m3u8",
-                       "clipStrategy": {"playbackId": "abcd1234efgh5678", "startTime": 1717004900000_u64, "endTime": 1717004960000_u64},
+                       "url": concat!("https://recordings-cdn.example/hls/abcd1234efgh5678/",
+                           "d32ae9e6-c459-4931-9898-e86e2f5e7e16/output.m3u8"),
+                       // The viewer clipped the minute of the stream that ended just before.
+                       "clipStrategy": {"playbackId": "abcd1234efgh5678",
+                                        "startTime": origin_ms.saturating_sub(90_000),
+                                        "endTime": origin_ms.saturating_sub(30_000)},
                        "sessionId": "d32ae9e6-c459-4931-9898-e86e2f5e7e16",
                        "inputId": "4f5a6b7c-8d9e-4f0a-b1c2-d3e4f5a6b7c8",
                        "sourceObjectStoreId": "recordings-os-id"}}})
@@ -279,16 +276,10 @@ fn clip_output() -> Value {
 }
 
 impl DemoTask {
-    fn settled_after(&self, timeline: &Timeline) -> Duration {
-        self.steps.iter().fold(Duration::ZERO, |sum, step| {
-            sum.saturating_add(step.duration(timeline))
-        })
-    }
-
     /// The non-admin body `elapsed` after the task's clock started at `origin_ms` (Unix ms).
     fn body_at(&self, timeline: &Timeline, elapsed: Duration, origin_ms: u64) -> Value {
         let (status, output) = self.status_at(timeline, elapsed, origin_ms);
-        let mut body = (self.fixed)();
+        let mut body = (self.fixed)(origin_ms);
         if let Value::Object(fields) = &mut body {
             fields.insert("id".into(), self.id.into());
             fields.insert("type".into(), self.kind.into());
@@ -334,19 +325,22 @@ impl DemoTask {
                     let done = (elapsed - start).as_nanos() * u128::from(PROGRESS_STEPS)
                         / length.as_nanos();
                     let done = done.min(u128::from(PROGRESS_STEPS - 1)) as u32;
-                    json!({"phase": "running", "updatedAt": at(start.saturating_add(tenth * done)), "retries": retries,
-                           "progress": f64::from(done) / f64::from(PROGRESS_STEPS)})
+                    let updated = at(start.saturating_add(tenth * done));
+                    let progress = f64::from(done) / f64::from(PROGRESS_STEPS);
+                    json!({"phase": "running", "updatedAt": updated, "retries": retries,
+                           "progress": progress})
                 }
             };
             return (status, None);
         }
         match self.end {
-            End::Completed { output } => (
+            End::Completed(output) => (
                 json!({"phase": "completed", "updatedAt": at(start)}),
                 Some(output()),
             ),
             End::Failed { retries, error } => (
-                json!({"phase": "failed", "updatedAt": at(start), "errorMessage": error, "retries": retries}),
+                json!({"phase": "failed", "updatedAt": at(start), "errorMessage": error,
+                       "retries": retries}),
                 None,
             ),
         }
@@ -724,7 +718,6 @@ mod tests {
         );
         assert_eq!(status(CLIP_TASK_ID, 12_999)["progress"], 0.9);
         assert_eq!(status(IPFS_EXPORT_TASK_ID, 8_000)["phase"], "completed");
-        assert_eq!(timeline.settled_after(), Duration::from_secs(16));
     }
 
     #[test]
@@ -736,7 +729,8 @@ mod tests {
                 .0
         };
         assert_eq!(status(4)["phase"], "running");
-        let backoff = json!({"phase": "waiting", "updatedAt": 8000, "retries": 1, "errorMessage": RETRIABLE_ERROR});
+        let backoff = json!({"phase": "waiting", "updatedAt": 8000, "retries": 1,
+                             "errorMessage": RETRIABLE_ERROR});
         assert_eq!(status(9), backoff);
         assert_eq!(
             status(12)["retries"],

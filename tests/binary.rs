@@ -1,0 +1,173 @@
+//! The real `taskgate` binary: structured access logs that never hold the key, and the
+//! SIGTERM drain. (Configuration errors and exit 64 are in `config_cli.rs`.)
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use common::{HttpClient, MockUpstream, Reply, KEY};
+use http::StatusCode;
+
+struct Proc {
+    child: Child,
+    public: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    /// Lines read before the public address was known.
+    early: Vec<String>,
+    stderr: std::process::ChildStderr,
+}
+
+/// Starts the binary in front of `mock`, with the key in the environment, and waits for its
+/// "listening" event to learn the public address.
+fn spawn(mock: &MockUpstream, extra: &[(&str, &str)]) -> Proc {
+    let dir = std::env::temp_dir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskgate"));
+    cmd.env_clear()
+        .current_dir(dir)
+        .env("TASKGATE_API_KEY", KEY)
+        .env("TASKGATE_UPSTREAM_URL", mock.base_url())
+        .env("TASKGATE_LISTEN", "127.0.0.1:0")
+        .env("TASKGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("TASKGATE_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut public = None;
+    let mut early = Vec::new();
+    while public.is_none() {
+        let line = lines.recv_timeout(Duration::from_secs(20)).expect("taskgate logs 'listening'");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+        if v["message"] == "listening" {
+            public = v["public"].as_str().map(|s| s.parse().unwrap());
+        }
+        early.push(line);
+    }
+    Proc { child, public: public.unwrap(), lines, early, stderr }
+}
+
+impl Proc {
+    fn terminate(mut self) -> (i32, Vec<String>, String) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let code = self.child.wait().unwrap().code().expect("exited, not killed");
+        let mut stderr = String::new();
+        self.stderr.read_to_string(&mut stderr).unwrap();
+        let mut lines = self.early;
+        // The reader thread ends at EOF, which the exit guarantees.
+        lines.extend(self.lines.iter());
+        (code, lines, stderr)
+    }
+}
+
+fn access_events(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every log line is JSON"))
+        .filter(|v| v["target"] == "taskgate::access")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_are_json_events_with_spec_fields_and_never_hold_the_key() {
+    let mock = MockUpstream::start().await;
+    mock.set("done", Reply::task("done", "completed"));
+    mock.set("busy", Reply::task("busy", "running"));
+    mock.set("denied", Reply::json(401, format!(r#"{{"errors":["no token {KEY} found"]}}"#)));
+    let proc = spawn(&mock, &[]);
+    let c = HttpClient::default();
+    let mut bodies = String::new();
+    for (path, status) in [
+        ("/task/done", 200),
+        ("/task/done", 200),
+        ("/api/task/busy", 200),
+        ("/task/denied", 502),
+        ("/task/%2e%2e", 400),
+    ] {
+        let got = c.send(proc.public, "GET", path, &[("x-request-id", "trace-me-1")]).await;
+        assert_eq!(got.status, StatusCode::from_u16(status).unwrap(), "{path}");
+        bodies.push_str(&got.text());
+        bodies.push_str(&format!("{:?}", got.headers));
+    }
+    let (code, lines, stderr) = proc.terminate();
+    assert_eq!(code, 0, "SIGTERM exits 0; stderr: {stderr}");
+    assert!(!bodies.contains(KEY));
+    for line in lines.iter().chain(std::iter::once(&stderr)) {
+        assert!(!line.contains(KEY), "the key leaked into a log line: {line}");
+        assert!(!line.contains("TOPSECRET"), "part of the key leaked: {line}");
+    }
+    let events = access_events(&lines);
+    assert_eq!(events.len(), 5, "one access event per request");
+    let miss = &events[0];
+    for field in ["request_id", "method", "route", "task_id", "status", "cache", "phase", "upstream_status", "upstream_ms", "total_ms"] {
+        assert!(!miss[field].is_null(), "field {field} missing in {miss}");
+    }
+    assert_eq!(miss["request_id"], "trace-me-1");
+    assert_eq!(miss["task_id"], "done");
+    assert_eq!(miss["cache"], "MISS");
+    assert_eq!(miss["phase"], "completed");
+    assert_eq!(miss["upstream_status"], 200);
+    assert_eq!(events[1]["cache"], "HIT");
+    assert!(events[1]["upstream_status"].is_null(), "a hit makes no upstream call");
+    assert_eq!(events[2]["cache"], "PASS");
+    assert_eq!(events[3]["status"], 502);
+    assert_eq!(events[3]["upstream_status"], 401);
+    assert_eq!(events[4]["status"], 400);
+    assert_eq!(events[4]["route"], "bad_id");
+    // The startup event lists the configuration with the key masked.
+    let starting = lines.iter().find(|l| l.contains("\"starting\"")).expect("a startup event");
+    assert!(starting.contains("***"), "{starting}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
+    let mock = MockUpstream::start().await;
+    mock.set("slow", Reply::task("slow", "running").delay(Duration::from_millis(1500)));
+    let proc = spawn(&mock, &[("TASKGATE_DRAIN_TIMEOUT", "10s")]);
+    let addr = proc.public;
+    let in_flight = tokio::spawn(async move { HttpClient::default().get(addr, "/task/slow").await });
+    while mock.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, lines, stderr) = tokio::task::spawn_blocking(move || proc.terminate()).await.unwrap();
+    let got = in_flight.await.unwrap();
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.json()["status"]["phase"], "running");
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(lines.iter().any(|l| l.contains("drained")));
+    // After the drain nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drain_is_bounded_by_the_drain_timeout() {
+    let mock = MockUpstream::start().await;
+    mock.set("stuck", Reply::task("stuck", "running").delay(Duration::from_secs(30)));
+    let proc = spawn(&mock, &[("TASKGATE_DRAIN_TIMEOUT", "300ms"), ("TASKGATE_UPSTREAM_TIMEOUT", "60s")]);
+    let addr = proc.public;
+    let _in_flight = tokio::spawn(async move { HttpClient::default().get(addr, "/task/stuck").await });
+    while mock.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || proc.terminate()).await.unwrap();
+    assert_eq!(code, 0, "stderr: {stderr}");
+    // Generous bound: the point is that it does not wait for the 30 s upstream.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
