@@ -25,8 +25,20 @@ impl Admin {
         let path = req.uri().path();
         match (req.method(), path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, "/readyz") if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "ready\n"),
+            (&Method::GET, "/readyz") if self.ready.load(Ordering::SeqCst) => {
+                text(StatusCode::OK, "ready\n")
+            }
             (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            (&Method::GET, "/metrics") => {
+                let (entries, bytes) = self.proxy.cache().usage().await;
+                let body = self.proxy.metrics().render(entries, bytes);
+                let mut resp = Response::new(Full::new(body.into()));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
             (&Method::DELETE, _) if path.starts_with("/cache/task/") => {
                 let id = &path["/cache/task/".len()..];
                 if !route::is_valid_id(id) {
@@ -46,8 +58,10 @@ impl Admin {
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
     resp
 }
 

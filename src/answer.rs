@@ -99,7 +99,10 @@ impl Answer {
                 return Self::error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
             }
             Err(FetchError::Saturated) => {
-                return Self::error(StatusCode::SERVICE_UNAVAILABLE, "too many upstream requests in flight")
+                return Self::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many upstream requests in flight",
+                )
             }
             Err(FetchError::TooLarge) => {
                 return Self::error(StatusCode::BAD_GATEWAY, "upstream answer too large")
@@ -116,13 +119,14 @@ impl Answer {
                 a
             }
             // The API's 401 body echoes the key taskgate sent: never relay it.
-            StatusCode::UNAUTHORIZED => {
-                Self::error(StatusCode::BAD_GATEWAY, "upstream refused taskgate's API key")
-            }
+            StatusCode::UNAUTHORIZED => Self::error(
+                StatusCode::BAD_GATEWAY,
+                "upstream refused taskgate's API key",
+            ),
             StatusCode::FORBIDDEN => Self::error(StatusCode::FORBIDDEN, "forbidden by upstream"),
             StatusCode::TOO_MANY_REQUESTS => {
                 let mut a = Self::error(StatusCode::TOO_MANY_REQUESTS, "rate limited by upstream");
-                a.retry_after = reply.retry_after.filter(|v| is_retry_after(v));
+                a.retry_after = reply.retry_after.filter(is_retry_after);
                 a
             }
             s if s.is_client_error() => {
@@ -164,7 +168,9 @@ impl Answer {
         match phase {
             Some(Phase::Completed) => a.set_ttl(ttls.completed, true),
             Some(Phase::Failed | Phase::Cancelled) => a.set_ttl(ttls.failed, true),
-            Some(Phase::Pending | Phase::Waiting | Phase::Running) => a.set_ttl(ttls.pending, false),
+            Some(Phase::Pending | Phase::Waiting | Phase::Running) => {
+                a.set_ttl(ttls.pending, false)
+            }
             None => {}
         }
         a
@@ -239,7 +245,11 @@ impl Answer {
 }
 
 /// A non-task error response (bad id, unknown route, wrong method): JSON, never stored.
-pub fn error_response(status: StatusCode, message: &str, request_id: &HeaderValue) -> Response<Body> {
+pub fn error_response(
+    status: StatusCode,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<Body> {
     let mut resp = Response::new(Full::new(error_body(message)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -280,9 +290,9 @@ fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
         return false;
     };
     let ours = etag.as_bytes();
-    list.split(',').map(str::trim).any(|tag| {
-        tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours
-    })
+    list.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
 }
 
 /// `Retry-After` is either delay-seconds or an HTTP-date; anything else is dropped.
@@ -331,7 +341,13 @@ mod tests {
 
     #[test]
     fn unfinished_and_unknown_bodies_are_not_cached() {
-        for body in [task("pending"), task("waiting"), task("running"), "<html>".into(), "{}".into()] {
+        for body in [
+            task("pending"),
+            task("waiting"),
+            task("running"),
+            "<html>".into(),
+            "{}".into(),
+        ] {
             let a = Answer::from_upstream(reply(200, &body), &TTLS, b"k");
             assert_eq!(a.status, StatusCode::OK);
             assert_eq!(a.ttl, None, "{body}");
@@ -341,10 +357,18 @@ mod tests {
 
     #[test]
     fn a_pending_micro_cache_is_private() {
-        let ttls = Ttls { pending: Duration::from_secs(1), ..TTLS };
+        let ttls = Ttls {
+            pending: Duration::from_secs(1),
+            ..TTLS
+        };
         let a = Answer::from_upstream(reply(200, &task("running")), &ttls, b"k");
         assert_eq!(a.ttl, Some(Duration::from_secs(1)));
-        let resp = a.respond(&Method::GET, &HeaderMap::new(), CacheStatus::Hit, &HeaderValue::from_static("r"));
+        let resp = a.respond(
+            &Method::GET,
+            &HeaderMap::new(),
+            CacheStatus::Hit,
+            &HeaderValue::from_static("r"),
+        );
         assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
     }
 
@@ -387,17 +411,35 @@ mod tests {
 
     #[test]
     fn a_401_body_is_never_relayed() {
-        let a = Answer::from_upstream(reply(401, r#"{"errors":["no token SECRETKEY found"]}"#), &TTLS, b"SECRETKEY");
+        let a = Answer::from_upstream(
+            reply(401, r#"{"errors":["no token SECRETKEY found"]}"#),
+            &TTLS,
+            b"SECRETKEY",
+        );
         assert!(!contains(&a.body, b"SECRETKEY"));
     }
 
     #[test]
     fn a_relayed_4xx_body_that_holds_the_key_is_replaced() {
-        let a = Answer::from_upstream(reply(400, r#"{"errors":["bad SECRETKEY"]}"#), &TTLS, b"SECRETKEY");
+        let a = Answer::from_upstream(
+            reply(400, r#"{"errors":["bad SECRETKEY"]}"#),
+            &TTLS,
+            b"SECRETKEY",
+        );
         assert_eq!(a.status, StatusCode::BAD_REQUEST);
         assert!(!contains(&a.body, b"SECRETKEY"));
-        let b = Answer::from_upstream(reply(400, r#"{"errors":["projectId as query param not supported"]}"#), &TTLS, b"SECRETKEY");
-        assert_eq!(&b.body[..], br#"{"errors":["projectId as query param not supported"]}"#);
+        let b = Answer::from_upstream(
+            reply(
+                400,
+                r#"{"errors":["projectId as query param not supported"]}"#,
+            ),
+            &TTLS,
+            b"SECRETKEY",
+        );
+        assert_eq!(
+            &b.body[..],
+            br#"{"errors":["projectId as query param not supported"]}"#
+        );
     }
 
     #[test]

@@ -101,7 +101,11 @@ impl TaskCache {
 
     /// Joins the fetch in flight for `id`, or starts one with `fetch`. Returns the shared
     /// outcome and whether this caller waited on someone else's fetch.
-    pub async fn fetch_coalesced<F, Fut>(self: &Arc<Self>, id: &str, fetch: F) -> (Option<Fetched>, bool)
+    pub async fn fetch_coalesced<F, Fut>(
+        self: &Arc<Self>,
+        id: &str,
+        fetch: F,
+    ) -> (Option<Fetched>, bool)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = (Answer, Option<UpstreamReport>)> + Send + 'static,
@@ -122,18 +126,33 @@ impl TaskCache {
             }
         };
         // `None` only if the fetch task died (a panic): the caller answers 500.
-        let outcome = slot.wait_for(Option::is_some).await.ok().and_then(|v| v.clone());
+        let outcome = slot
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone());
         (outcome, coalesced)
     }
 
-    async fn lead<Fut>(self: Arc<Self>, key: Arc<str>, fetch: Fut, tx: watch::Sender<Option<Fetched>>)
-    where
+    async fn lead<Fut>(
+        self: Arc<Self>,
+        key: Arc<str>,
+        fetch: Fut,
+        tx: watch::Sender<Option<Fetched>>,
+    ) where
         Fut: Future<Output = (Answer, Option<UpstreamReport>)>,
     {
         // Leaves the map however this task ends, so a panic cannot wedge the id forever.
-        let _leave = LeaveOnDrop { cache: &self, key: &key };
+        let _leave = LeaveOnDrop {
+            cache: &self,
+            key: &key,
+        };
         let fetched = match self.entries.get(&key).await {
-            Some(answer) => Fetched { answer, cache: CacheStatus::Hit, upstream: None },
+            Some(answer) => Fetched {
+                answer,
+                cache: CacheStatus::Hit,
+                upstream: None,
+            },
             None => {
                 let (answer, upstream) = fetch.await;
                 let answer = Arc::new(answer);
@@ -143,7 +162,11 @@ impl TaskCache {
                 } else {
                     CacheStatus::Pass
                 };
-                Fetched { answer, cache, upstream }
+                Fetched {
+                    answer,
+                    cache,
+                    upstream,
+                }
             }
         };
         drop(_leave);

@@ -35,6 +35,8 @@ const ENV_PREFIX: &str = "TASKGATE_";
 const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 /// A key file larger than this is not a key file (and reading stops there: think `/dev/zero`).
 const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
+const MISSING_KEY: &str =
+    "missing (set TASKGATE_API_KEY or TASKGATE_API_KEY_FILE, or run with --demo)";
 
 /// A value that must never be printed. `Debug` and `Display` print `***`; only
 /// [`Secret::expose`] reveals it, so every place that uses the real value is greppable.
@@ -540,18 +542,14 @@ impl Draft {
             None if rate > 0.0 => (2.0 * rate).max(1.0),
             None => 0.0,
         };
-        self.cfg.api_key =
-            match self.key {
-                Some((KeySource::Inline(key), _)) => key,
-                Some((KeySource::File(path), origin)) => {
-                    read_key_file(&path).map_err(|problem| ConfigError::new(origin, problem))?
-                }
-                None if demo => ApiKey::new(crate::demo::DEMO_API_KEY),
-                None => return Err(ConfigError::new(
-                    "TASKGATE_API_KEY",
-                    "missing (set TASKGATE_API_KEY or TASKGATE_API_KEY_FILE, or run with --demo)",
-                )),
-            };
+        self.cfg.api_key = match self.key {
+            Some((KeySource::Inline(key), _)) => key,
+            Some((KeySource::File(path), origin)) => {
+                read_key_file(&path).map_err(|problem| ConfigError::new(origin, problem))?
+            }
+            None if demo => ApiKey::new(crate::demo::DEMO_API_KEY),
+            None => return Err(ConfigError::new("TASKGATE_API_KEY", MISSING_KEY)),
+        };
         Ok(self.cfg)
     }
 }

@@ -95,15 +95,25 @@ impl TraceContext {
             return None;
         }
         let lower_hex = |p: &str, n: usize| {
-            p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            p.len() == n
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
-        if !(lower_hex(version, 2) && lower_hex(trace, 32) && lower_hex(span, 16) && lower_hex(flags, 2)) {
+        if !(lower_hex(version, 2)
+            && lower_hex(trace, 32)
+            && lower_hex(span, 16)
+            && lower_hex(flags, 2))
+        {
             return None;
         }
         let trace_id = u128::from_str_radix(trace, 16).ok()?;
         let span_id = u64::from_str_radix(span, 16).ok()?;
         let flags = u8::from_str_radix(flags, 16).ok()?;
-        (trace_id != 0 && span_id != 0).then_some(Self { trace_id, span_id, flags })
+        (trace_id != 0 && span_id != 0).then_some(Self {
+            trace_id,
+            span_id,
+            flags,
+        })
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -111,7 +121,10 @@ impl TraceContext {
     }
 
     pub fn to_header(self) -> HeaderValue {
-        let s = format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags);
+        let s = format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        );
         HeaderValue::from_str(&s).expect("hex is a valid header value")
     }
 }
@@ -135,18 +148,24 @@ mod tests {
         assert!(!accept_request_id(&HeaderValue::from_static("")));
         assert!(!accept_request_id(&HeaderValue::from_static("a b")));
         assert!(!accept_request_id(&HeaderValue::from_static("a\"b")));
-        assert!(!accept_request_id(&HeaderValue::from_str(&"x".repeat(129)).unwrap()));
+        assert!(!accept_request_id(
+            &HeaderValue::from_str(&"x".repeat(129)).unwrap()
+        ));
     }
 
     #[test]
     fn a_client_trace_is_continued_with_a_new_span() {
-        let client = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let client =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let ctx = TraceContext::continue_or_start(Some(&client));
         assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_ne!(ctx.span_id, 0x00f0_67aa_0ba9_02b7);
         assert_eq!(ctx.flags, 1);
         let header = ctx.to_header();
-        assert!(header.to_str().unwrap().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(header
+            .to_str()
+            .unwrap()
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert_eq!(TraceContext::parse(header.as_bytes()), Some(ctx));
     }
 

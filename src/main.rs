@@ -13,7 +13,17 @@ use taskgate::{
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line, like every other configuration error (clap's own is a usage block).
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            return usage_error(&format!("{first} (see --help)"));
+        }
+    };
     let mut cfg = match config::load(&cli, &Env::from_process()) {
         Ok(cfg) => cfg,
         Err(e) => return usage_error(&e),

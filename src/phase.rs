@@ -79,7 +79,10 @@ mod tests {
             Phase::Failed,
             Phase::Cancelled,
         ] {
-            let body = format!(r#"{{"id":"t","status":{{"phase":"{}","updatedAt":1}}}}"#, phase.as_str());
+            let body = format!(
+                r#"{{"id":"t","status":{{"phase":"{}","updatedAt":1}}}}"#,
+                phase.as_str()
+            );
             assert_eq!(extract(body.as_bytes()), Some(phase));
         }
     }

@@ -12,6 +12,7 @@ use crate::{
     cache::{TaskCache, UpstreamReport},
     config::{ApiKey, Config},
     ids::{self, TraceContext},
+    metrics::Metrics,
     phase::Phase,
     route::{self, Route},
     upstream::{self, SetupError, Upstream},
@@ -26,6 +27,7 @@ pub struct Proxy {
     cache: Arc<TaskCache>,
     ttls: Ttls,
     api_key: ApiKey,
+    metrics: Metrics,
 }
 
 /// What the access event reports about one request.
@@ -49,11 +51,16 @@ impl Proxy {
                 pending: cfg.ttl_pending,
             },
             api_key: cfg.api_key.clone(),
+            metrics: Metrics::new(),
         })
     }
 
     pub fn cache(&self) -> &TaskCache {
         &self.cache
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub async fn handle<B: hyper::body::Body>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
@@ -79,6 +86,13 @@ impl Proxy {
             .instrument(span)
             .await;
 
+        let elapsed = start.elapsed();
+        self.metrics.request(
+            route.as_str(),
+            resp.status().as_u16(),
+            outcome.cache,
+            elapsed,
+        );
         let upstream = outcome.upstream;
         tracing::info!(
             target: "taskgate::access",
@@ -94,7 +108,7 @@ impl Proxy {
             upstream_status = upstream.and_then(|u| u.status),
             upstream_error = upstream.and_then(|u| u.error),
             upstream_ms = upstream.map(|u| u.elapsed.as_secs_f64() * 1e3),
-            total_ms = start.elapsed().as_secs_f64() * 1e3,
+            total_ms = elapsed.as_secs_f64() * 1e3,
             "request"
         );
         resp
@@ -107,12 +121,20 @@ impl Proxy {
         request_id: &HeaderValue,
         trace: TraceContext,
     ) -> (Response<Body>, Outcome) {
-        let error = |status, message| (answer::error_response(status, message, request_id), Outcome::default());
+        let error = |status, message| {
+            (
+                answer::error_response(status, message, request_id),
+                Outcome::default(),
+            )
+        };
         let id = match route {
             Route::Task(id) => id,
             Route::BadId => return error(StatusCode::BAD_REQUEST, "invalid task id"),
             Route::TaskEvents(_) => {
-                return error(StatusCode::NOT_IMPLEMENTED, "watching a task is not available yet")
+                return error(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "watching a task is not available yet",
+                )
             }
             Route::Webhook | Route::NotFound => return error(StatusCode::NOT_FOUND, "not found"),
         };
@@ -124,18 +146,29 @@ impl Proxy {
                 return (resp, Outcome::default());
             }
             _ => {
-                let (mut resp, outcome) = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+                let (mut resp, outcome) =
+                    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
                 resp.headers_mut().insert(header::ALLOW, ALLOW);
                 return (resp, outcome);
             }
         }
         if !req.body().is_end_stream() {
-            return error(StatusCode::BAD_REQUEST, "a GET or HEAD request must not carry a body");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "a GET or HEAD request must not carry a body",
+            );
         }
 
         if let Some(answer) = self.cache.get(id).await {
-            let outcome = Outcome { cache: Some(CacheStatus::Hit), phase: answer.phase, ..Outcome::default() };
-            return (answer.respond(req.method(), req.headers(), CacheStatus::Hit, request_id), outcome);
+            let outcome = Outcome {
+                cache: Some(CacheStatus::Hit),
+                phase: answer.phase,
+                ..Outcome::default()
+            };
+            return (
+                answer.respond(req.method(), req.headers(), CacheStatus::Hit, request_id),
+                outcome,
+            );
         }
 
         let (fetched, coalesced) = self
@@ -145,20 +178,27 @@ impl Proxy {
                 let id = id.to_owned();
                 let request_id = request_id.clone();
                 async move {
+                    let _in_flight = this.metrics.upstream_started();
                     let (reply, elapsed) =
-                        upstream::timed(this.upstream.fetch(&id, &request_id, trace.to_header())).await;
+                        upstream::timed(this.upstream.fetch(&id, &request_id, trace.to_header()))
+                            .await;
                     let report = UpstreamReport {
                         status: reply.as_ref().ok().map(|r| r.status.as_u16()),
                         error: reply.as_ref().err().map(|e| e.as_str()),
                         elapsed,
                     };
                     log_upstream_fault(&report);
-                    let answer = Answer::from_upstream(reply, &this.ttls, this.api_key.expose().as_bytes());
+                    this.metrics.upstream_finished(&report);
+                    let answer =
+                        Answer::from_upstream(reply, &this.ttls, this.api_key.expose().as_bytes());
                     (answer, Some(report))
                 }
                 .in_current_span()
             })
             .await;
+        if coalesced {
+            self.metrics.coalesced_wait();
+        }
         let Some(fetched) = fetched else {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
         };
@@ -168,7 +208,12 @@ impl Proxy {
             upstream: fetched.upstream,
             coalesced,
         };
-        (fetched.answer.respond(req.method(), req.headers(), fetched.cache, request_id), outcome)
+        (
+            fetched
+                .answer
+                .respond(req.method(), req.headers(), fetched.cache, request_id),
+            outcome,
+        )
     }
 }
 
@@ -179,7 +224,9 @@ fn log_upstream_fault(report: &UpstreamReport) {
             upstream_status = 401,
             "upstream refused the API key; check TASKGATE_API_KEY (the answer body is not logged)"
         ),
-        (Some(status), _) if status >= 500 => tracing::warn!(upstream_status = status, "upstream error"),
+        (Some(status), _) if status >= 500 => {
+            tracing::warn!(upstream_status = status, "upstream error")
+        }
         _ => {}
     }
 }

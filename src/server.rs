@@ -31,14 +31,22 @@ pub enum StartError {
     /// The configuration could not be put to use (e.g. a CA file that holds no certificate).
     Setup(SetupError),
     /// A listener could not be bound.
-    Bind { listener: &'static str, addr: SocketAddr, error: io::Error },
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        error: io::Error,
+    },
 }
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Setup(e) => write!(f, "{e}"),
-            StartError::Bind { listener, addr, error } => {
+            StartError::Bind {
+                listener,
+                addr,
+                error,
+            } => {
                 write!(f, "cannot listen on {addr} ({listener} listener): {error}")
             }
         }
@@ -85,7 +93,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let bind = |listener, addr| async move {
         TcpListener::bind(addr)
             .await
-            .map_err(|error| StartError::Bind { listener, addr, error })
+            .map_err(|error| StartError::Bind {
+                listener,
+                addr,
+                error,
+            })
     };
     let public = bind("public", cfg.listen).await?;
     let admin = bind("admin", cfg.admin_listen).await?;
@@ -107,22 +119,35 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let admin_state = Arc::new(Admin::new(Arc::clone(&proxy), Arc::clone(&ready)));
     let public_task = {
         let proxy = Arc::clone(&proxy);
-        serve(public, limits, stop_rx.clone(), move |req| Arc::clone(&proxy).handle(req))
+        serve(public, limits, stop_rx.clone(), move |req| {
+            Arc::clone(&proxy).handle(req)
+        })
     };
-    let admin_task = serve(admin, limits, stop_rx, move |req| Arc::clone(&admin_state).handle(req));
+    let admin_task = serve(admin, limits, stop_rx, move |req| {
+        Arc::clone(&admin_state).handle(req)
+    });
 
     let grace = cfg.shutdown_grace;
     let task = tokio::spawn(async move {
         let _ = shutdown_rx.wait_for(|stop| *stop).await;
         ready.store(false, Ordering::SeqCst);
-        tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown: readiness is now 503");
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutdown: readiness is now 503"
+        );
         tokio::time::sleep(grace).await;
         let _ = stop_accepting.send(true);
         let _ = tokio::join!(public_task, admin_task);
         tracing::info!("shutdown: drained");
     });
     tracing::info!(public = %public_addr, admin = %admin_addr, "listening");
-    Ok(Running { public_addr, admin_addr, proxy, shutdown, task })
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        proxy,
+        shutdown,
+        task,
+    })
 }
 
 /// Runs taskgate until `signal` resolves, then shuts down as SPEC says.
@@ -195,7 +220,9 @@ where
                 let fut = handler(req);
                 async move { Ok::<_, Infallible>(fut.await) }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(error) = conn.await {
@@ -205,7 +232,10 @@ where
             });
         }
         drop(listener);
-        if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
     })

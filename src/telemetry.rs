@@ -19,5 +19,8 @@ pub fn init(format: LogFormat, filter: &str) {
         LogFormat::Pretty => fmt::layer().compact().boxed(),
     };
     // A second init (tests starting several servers) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .try_init();
 }

@@ -176,7 +176,11 @@ impl Upstream {
         headers.insert(TRACEPARENT.clone(), traceparent);
 
         let exchange = async {
-            let resp = self.client.request(req).await.map_err(classify_client_error)?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(classify_client_error)?;
             let (parts, body) = resp.into_parts();
             let declared = parts
                 .headers

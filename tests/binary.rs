@@ -52,21 +52,37 @@ fn spawn(mock: &MockUpstream, extra: &[(&str, &str)]) -> Proc {
     let mut public = None;
     let mut early = Vec::new();
     while public.is_none() {
-        let line = lines.recv_timeout(Duration::from_secs(20)).expect("taskgate logs 'listening'");
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("taskgate logs 'listening'");
         let v: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
         if v["message"] == "listening" {
             public = v["public"].as_str().map(|s| s.parse().unwrap());
         }
         early.push(line);
     }
-    Proc { child, public: public.unwrap(), lines, early, stderr }
+    Proc {
+        child,
+        public: public.unwrap(),
+        lines,
+        early,
+        stderr,
+    }
 }
 
 impl Proc {
     fn terminate(mut self) -> (i32, Vec<String>, String) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
-        let code = self.child.wait().unwrap().code().expect("exited, not killed");
+        let code = self
+            .child
+            .wait()
+            .unwrap()
+            .code()
+            .expect("exited, not killed");
         let mut stderr = String::new();
         self.stderr.read_to_string(&mut stderr).unwrap();
         let mut lines = self.early;
@@ -89,7 +105,10 @@ async fn logs_are_json_events_with_spec_fields_and_never_hold_the_key() {
     let mock = MockUpstream::start().await;
     mock.set("done", Reply::task("done", "completed"));
     mock.set("busy", Reply::task("busy", "running"));
-    mock.set("denied", Reply::json(401, format!(r#"{{"errors":["no token {KEY} found"]}}"#)));
+    mock.set(
+        "denied",
+        Reply::json(401, format!(r#"{{"errors":["no token {KEY} found"]}}"#)),
+    );
     let proc = spawn(&mock, &[]);
     let c = HttpClient::default();
     let mut bodies = String::new();
@@ -100,7 +119,9 @@ async fn logs_are_json_events_with_spec_fields_and_never_hold_the_key() {
         ("/task/denied", 502),
         ("/task/%2e%2e", 400),
     ] {
-        let got = c.send(proc.public, "GET", path, &[("x-request-id", "trace-me-1")]).await;
+        let got = c
+            .send(proc.public, "GET", path, &[("x-request-id", "trace-me-1")])
+            .await;
         assert_eq!(got.status, StatusCode::from_u16(status).unwrap(), "{path}");
         bodies.push_str(&got.text());
         bodies.push_str(&format!("{:?}", got.headers));
@@ -109,13 +130,30 @@ async fn logs_are_json_events_with_spec_fields_and_never_hold_the_key() {
     assert_eq!(code, 0, "SIGTERM exits 0; stderr: {stderr}");
     assert!(!bodies.contains(KEY));
     for line in lines.iter().chain(std::iter::once(&stderr)) {
-        assert!(!line.contains(KEY), "the key leaked into a log line: {line}");
-        assert!(!line.contains("TOPSECRET"), "part of the key leaked: {line}");
+        assert!(
+            !line.contains(KEY),
+            "the key leaked into a log line: {line}"
+        );
+        assert!(
+            !line.contains("TOPSECRET"),
+            "part of the key leaked: {line}"
+        );
     }
     let events = access_events(&lines);
     assert_eq!(events.len(), 5, "one access event per request");
     let miss = &events[0];
-    for field in ["request_id", "method", "route", "task_id", "status", "cache", "phase", "upstream_status", "upstream_ms", "total_ms"] {
+    for field in [
+        "request_id",
+        "method",
+        "route",
+        "task_id",
+        "status",
+        "cache",
+        "phase",
+        "upstream_status",
+        "upstream_ms",
+        "total_ms",
+    ] {
         assert!(!miss[field].is_null(), "field {field} missing in {miss}");
     }
     assert_eq!(miss["request_id"], "trace-me-1");
@@ -124,28 +162,40 @@ async fn logs_are_json_events_with_spec_fields_and_never_hold_the_key() {
     assert_eq!(miss["phase"], "completed");
     assert_eq!(miss["upstream_status"], 200);
     assert_eq!(events[1]["cache"], "HIT");
-    assert!(events[1]["upstream_status"].is_null(), "a hit makes no upstream call");
+    assert!(
+        events[1]["upstream_status"].is_null(),
+        "a hit makes no upstream call"
+    );
     assert_eq!(events[2]["cache"], "PASS");
     assert_eq!(events[3]["status"], 502);
     assert_eq!(events[3]["upstream_status"], 401);
     assert_eq!(events[4]["status"], 400);
     assert_eq!(events[4]["route"], "bad_id");
     // The startup event lists the configuration with the key masked.
-    let starting = lines.iter().find(|l| l.contains("\"starting\"")).expect("a startup event");
+    let starting = lines
+        .iter()
+        .find(|l| l.contains("\"starting\""))
+        .expect("a startup event");
     assert!(starting.contains("***"), "{starting}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let mock = MockUpstream::start().await;
-    mock.set("slow", Reply::task("slow", "running").delay(Duration::from_millis(1500)));
+    mock.set(
+        "slow",
+        Reply::task("slow", "running").delay(Duration::from_millis(1500)),
+    );
     let proc = spawn(&mock, &[("TASKGATE_DRAIN_TIMEOUT", "10s")]);
     let addr = proc.public;
-    let in_flight = tokio::spawn(async move { HttpClient::default().get(addr, "/task/slow").await });
+    let in_flight =
+        tokio::spawn(async move { HttpClient::default().get(addr, "/task/slow").await });
     while mock.calls() == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (code, lines, stderr) = tokio::task::spawn_blocking(move || proc.terminate()).await.unwrap();
+    let (code, lines, stderr) = tokio::task::spawn_blocking(move || proc.terminate())
+        .await
+        .unwrap();
     let got = in_flight.await.unwrap();
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.json()["status"]["phase"], "running");
@@ -158,16 +208,32 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_drain_is_bounded_by_the_drain_timeout() {
     let mock = MockUpstream::start().await;
-    mock.set("stuck", Reply::task("stuck", "running").delay(Duration::from_secs(30)));
-    let proc = spawn(&mock, &[("TASKGATE_DRAIN_TIMEOUT", "300ms"), ("TASKGATE_UPSTREAM_TIMEOUT", "60s")]);
+    mock.set(
+        "stuck",
+        Reply::task("stuck", "running").delay(Duration::from_secs(30)),
+    );
+    let proc = spawn(
+        &mock,
+        &[
+            ("TASKGATE_DRAIN_TIMEOUT", "300ms"),
+            ("TASKGATE_UPSTREAM_TIMEOUT", "60s"),
+        ],
+    );
     let addr = proc.public;
-    let _in_flight = tokio::spawn(async move { HttpClient::default().get(addr, "/task/stuck").await });
+    let _in_flight =
+        tokio::spawn(async move { HttpClient::default().get(addr, "/task/stuck").await });
     while mock.calls() == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = std::time::Instant::now();
-    let (code, _, stderr) = tokio::task::spawn_blocking(move || proc.terminate()).await.unwrap();
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || proc.terminate())
+        .await
+        .unwrap();
     assert_eq!(code, 0, "stderr: {stderr}");
     // Generous bound: the point is that it does not wait for the 30 s upstream.
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -27,7 +27,10 @@ async fn task_is_served_under_both_prefixes() {
         assert_eq!(got.status, StatusCode::OK, "{p}");
         assert_eq!(got.json()["status"]["phase"], "running");
     }
-    assert!(mock.seen().iter().all(|s| s.uri == format!("/api/task/{ID}")));
+    assert!(mock
+        .seen()
+        .iter()
+        .all(|s| s.uri == format!("/api/task/{ID}")));
 }
 
 #[tokio::test]
@@ -35,10 +38,15 @@ async fn head_answers_headers_without_a_body() {
     let mock = MockUpstream::start().await;
     mock.set(ID, Reply::task(ID, "completed"));
     let tg = taskgate(&mock, |_| {}).await;
-    let got = HttpClient::default().send(tg.public_addr(), "HEAD", &path(ID), &[]).await;
+    let got = HttpClient::default()
+        .send(tg.public_addr(), "HEAD", &path(ID), &[])
+        .await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(got.body.is_empty());
-    assert_eq!(got.header("content-length"), Some(task_body(ID, "completed").len().to_string().as_str()));
+    assert_eq!(
+        got.header("content-length"),
+        Some(task_body(ID, "completed").len().to_string().as_str())
+    );
     assert_eq!(got.header("x-cache"), Some("MISS"));
 }
 
@@ -47,7 +55,9 @@ async fn other_methods_get_405_with_allow() {
     let mock = MockUpstream::start().await;
     let tg = taskgate(&mock, |_| {}).await;
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
-        let got = HttpClient::default().send(tg.public_addr(), method, &path(ID), &[]).await;
+        let got = HttpClient::default()
+            .send(tg.public_addr(), method, &path(ID), &[])
+            .await;
         assert_eq!(got.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
         assert_eq!(got.header("allow"), Some("GET, HEAD, OPTIONS"));
         assert_eq!(got.json()["errors"][0], "method not allowed");
@@ -98,7 +108,15 @@ async fn malformed_ids_are_400_and_never_reach_upstream() {
 async fn unknown_paths_are_404_in_the_api_error_shape() {
     let mock = MockUpstream::start().await;
     let tg = taskgate(&mock, |_| {}).await;
-    for p in ["/", "/tasks/abc", "/task", "/task/abc/more", "/metrics", "/healthz", "/webhooks/livepeer"] {
+    for p in [
+        "/",
+        "/tasks/abc",
+        "/task",
+        "/task/abc/more",
+        "/metrics",
+        "/healthz",
+        "/webhooks/livepeer",
+    ] {
         let got = HttpClient::default().get(tg.public_addr(), p).await;
         assert_eq!(got.status, StatusCode::NOT_FOUND, "{p}");
         assert_eq!(got.json(), serde_json::json!({"errors": ["not found"]}));
@@ -111,7 +129,12 @@ async fn the_query_string_is_ignored_and_never_forwarded() {
     let mock = MockUpstream::start().await;
     mock.set(ID, Reply::task(ID, "running"));
     let tg = taskgate(&mock, |_| {}).await;
-    let got = HttpClient::default().get(tg.public_addr(), &format!("/task/{ID}?projectId=p&x=%2e%2e")).await;
+    let got = HttpClient::default()
+        .get(
+            tg.public_addr(),
+            &format!("/task/{ID}?projectId=p&x=%2e%2e"),
+        )
+        .await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(mock.seen()[0].uri, format!("/api/task/{ID}"));
 }
@@ -146,12 +169,25 @@ async fn the_upstream_request_is_built_from_nothing() {
     let h = &seen.headers;
     assert_eq!(h["authorization"], format!("Bearer {KEY}").as_str());
     assert_eq!(h["accept"], "application/json");
-    assert_eq!(h["user-agent"], concat!("taskgate/", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        h["user-agent"],
+        concat!("taskgate/", env!("CARGO_PKG_VERSION"))
+    );
     assert_eq!(h["x-request-id"], "req-42");
     assert!(h.contains_key("traceparent"));
     let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["accept", "authorization", "host", "traceparent", "user-agent", "x-request-id"]);
+    assert_eq!(
+        names,
+        [
+            "accept",
+            "authorization",
+            "host",
+            "traceparent",
+            "user-agent",
+            "x-request-id"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -160,14 +196,27 @@ async fn the_clients_trace_is_continued_upstream() {
     mock.set(ID, Reply::task(ID, "running"));
     let tg = taskgate(&mock, |_| {}).await;
     let client_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    HttpClient::default().send(tg.public_addr(), "GET", &path(ID), &[("traceparent", client_parent)]).await;
+    HttpClient::default()
+        .send(
+            tg.public_addr(),
+            "GET",
+            &path(ID),
+            &[("traceparent", client_parent)],
+        )
+        .await;
     HttpClient::default().get(tg.public_addr(), &path(ID)).await;
     let seen = mock.seen();
     let child = seen[0].headers["traceparent"].to_str().unwrap();
-    assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{child}");
+    assert!(
+        child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{child}"
+    );
     assert_ne!(child, client_parent, "a child span id, not the client's");
     let fresh = seen[1].headers["traceparent"].to_str().unwrap();
-    assert!(!fresh.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{fresh}");
+    assert!(
+        !fresh.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{fresh}"
+    );
     assert_eq!(fresh.len(), 55);
 }
 
@@ -202,8 +251,16 @@ async fn failed_and_cancelled_tasks_are_cached_for_ttl_failed() {
     for id in ["f1", "c1"] {
         let first = c.get(tg.public_addr(), &path(id)).await;
         assert_eq!(first.header("x-cache"), Some("MISS"), "{id}");
-        assert_eq!(first.header("cache-control"), Some("public, max-age=30"), "{id}");
-        assert_eq!(c.get(tg.public_addr(), &path(id)).await.header("x-cache"), Some("HIT"), "{id}");
+        assert_eq!(
+            first.header("cache-control"),
+            Some("public, max-age=30"),
+            "{id}"
+        );
+        assert_eq!(
+            c.get(tg.public_addr(), &path(id)).await.header("x-cache"),
+            Some("HIT"),
+            "{id}"
+        );
     }
     assert_eq!(mock.calls(), 2);
 }
@@ -234,13 +291,19 @@ async fn the_pending_micro_cache_serves_hits_but_stays_no_store() {
     mock.set(ID, Reply::task(ID, "running"));
     let tg = taskgate(&mock, |c| c.ttl_pending = Duration::from_millis(300)).await;
     let c = HttpClient::default();
-    assert_eq!(c.get(tg.public_addr(), &path(ID)).await.header("x-cache"), Some("MISS"));
+    assert_eq!(
+        c.get(tg.public_addr(), &path(ID)).await.header("x-cache"),
+        Some("MISS")
+    );
     let hit = c.get(tg.public_addr(), &path(ID)).await;
     assert_eq!(hit.header("x-cache"), Some("HIT"));
     assert_eq!(hit.header("cache-control"), Some("no-store"));
     assert_eq!(mock.calls(), 1);
     tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(c.get(tg.public_addr(), &path(ID)).await.header("x-cache"), Some("MISS"));
+    assert_eq!(
+        c.get(tg.public_addr(), &path(ID)).await.header("x-cache"),
+        Some("MISS")
+    );
     assert_eq!(mock.calls(), 2);
 }
 
@@ -250,8 +313,14 @@ async fn a_cached_answer_expires_after_its_ttl() {
     mock.set(ID, Reply::task(ID, "failed"));
     let tg = taskgate(&mock, |c| c.ttl_failed = Duration::from_millis(300)).await;
     let c = HttpClient::default();
-    assert_eq!(c.get(tg.public_addr(), &path(ID)).await.header("x-cache"), Some("MISS"));
-    assert_eq!(c.get(tg.public_addr(), &path(ID)).await.header("x-cache"), Some("HIT"));
+    assert_eq!(
+        c.get(tg.public_addr(), &path(ID)).await.header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        c.get(tg.public_addr(), &path(ID)).await.header("x-cache"),
+        Some("HIT")
+    );
     // A manual retry upstream: the task is waiting again, and is seen once the TTL runs out.
     mock.set(ID, Reply::task(ID, "waiting"));
     tokio::time::sleep(Duration::from_millis(450)).await;
@@ -264,8 +333,14 @@ async fn a_cached_answer_expires_after_its_ttl() {
 #[tokio::test]
 async fn a_200_without_a_known_phase_is_passed_through() {
     let mock = MockUpstream::start().await;
-    mock.set("html", Reply::json(200, "<html>maintenance</html>").header("content-type", "text/html"));
-    mock.set("odd", Reply::json(200, r#"{"id":"odd","status":{"phase":"exploded"}}"#));
+    mock.set(
+        "html",
+        Reply::json(200, "<html>maintenance</html>").header("content-type", "text/html"),
+    );
+    mock.set(
+        "odd",
+        Reply::json(200, r#"{"id":"odd","status":{"phase":"exploded"}}"#),
+    );
     let tg = taskgate(&mock, |_| {}).await;
     let c = HttpClient::default();
     for id in ["html", "odd", "html"] {
@@ -273,7 +348,10 @@ async fn a_200_without_a_known_phase_is_passed_through() {
         assert_eq!(got.status, StatusCode::OK);
         assert_eq!(got.header("x-cache"), Some("PASS"));
     }
-    assert_eq!(c.get(tg.public_addr(), "/task/odd").await.json()["status"]["phase"], "exploded");
+    assert_eq!(
+        c.get(tg.public_addr(), "/task/odd").await.json()["status"]["phase"],
+        "exploded"
+    );
     assert_eq!(mock.calls(), 4);
 }
 
@@ -311,7 +389,10 @@ async fn ttl_not_found_zero_turns_the_negative_cache_off() {
 #[tokio::test]
 async fn an_upstream_401_becomes_502_and_its_body_never_reaches_the_client() {
     let mock = MockUpstream::start().await;
-    mock.set(ID, Reply::json(401, format!(r#"{{"errors":["no token {KEY} found"]}}"#)));
+    mock.set(
+        ID,
+        Reply::json(401, format!(r#"{{"errors":["no token {KEY} found"]}}"#)),
+    );
     let tg = taskgate(&mock, |_| {}).await;
     let c = HttpClient::default();
     for _ in 0..2 {
@@ -328,7 +409,13 @@ async fn an_upstream_401_becomes_502_and_its_body_never_reaches_the_client() {
 #[tokio::test]
 async fn an_upstream_403_gets_a_generic_body() {
     let mock = MockUpstream::start().await;
-    mock.set(ID, Reply::json(403, r#"{"errors":["user someone@example.com has not been verified"]}"#));
+    mock.set(
+        ID,
+        Reply::json(
+            403,
+            r#"{"errors":["user someone@example.com has not been verified"]}"#,
+        ),
+    );
     let tg = taskgate(&mock, |_| {}).await;
     let got = HttpClient::default().get(tg.public_addr(), &path(ID)).await;
     assert_eq!(got.status, StatusCode::FORBIDDEN);
@@ -339,7 +426,10 @@ async fn an_upstream_403_gets_a_generic_body() {
 #[tokio::test]
 async fn an_upstream_429_keeps_retry_after() {
     let mock = MockUpstream::start().await;
-    mock.set(ID, Reply::json(429, r#"{"errors":["Too many requests"]}"#).header("retry-after", "17"));
+    mock.set(
+        ID,
+        Reply::json(429, r#"{"errors":["Too many requests"]}"#).header("retry-after", "17"),
+    );
     let tg = taskgate(&mock, |_| {}).await;
     let got = HttpClient::default().get(tg.public_addr(), &path(ID)).await;
     assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS);
@@ -351,18 +441,30 @@ async fn an_upstream_429_keeps_retry_after() {
 #[tokio::test]
 async fn other_upstream_4xx_are_relayed_with_their_body() {
     let mock = MockUpstream::start().await;
-    mock.set(ID, Reply::json(400, r#"{"errors":["projectId as query param not supported"]}"#));
+    mock.set(
+        ID,
+        Reply::json(
+            400,
+            r#"{"errors":["projectId as query param not supported"]}"#,
+        ),
+    );
     let tg = taskgate(&mock, |_| {}).await;
     let got = HttpClient::default().get(tg.public_addr(), &path(ID)).await;
     assert_eq!(got.status, StatusCode::BAD_REQUEST);
-    assert_eq!(got.json()["errors"][0], "projectId as query param not supported");
+    assert_eq!(
+        got.json()["errors"][0],
+        "projectId as query param not supported"
+    );
     assert_eq!(got.header("x-cache"), Some("PASS"));
 }
 
 #[tokio::test]
 async fn upstream_5xx_becomes_502_and_is_not_cached() {
     let mock = MockUpstream::start().await;
-    mock.set(ID, Reply::json(500, r#"{"errors":["Internal server error: Error"]}"#));
+    mock.set(
+        ID,
+        Reply::json(500, r#"{"errors":["Internal server error: Error"]}"#),
+    );
     let tg = taskgate(&mock, |_| {}).await;
     let c = HttpClient::default();
     for _ in 0..2 {
@@ -373,13 +475,20 @@ async fn upstream_5xx_becomes_502_and_is_not_cached() {
     assert_eq!(mock.calls(), 2);
     // Recovery: the next good answer is served and cached.
     mock.set(ID, Reply::task(ID, "completed"));
-    assert_eq!(c.get(tg.public_addr(), &path(ID)).await.status, StatusCode::OK);
+    assert_eq!(
+        c.get(tg.public_addr(), &path(ID)).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn a_refused_upstream_connection_is_502() {
     // Bind then drop a listener: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut cfg = common::config(&format!("http://127.0.0.1:{port}/api"));
     cfg.connect_timeout = Duration::from_secs(1);
     let tg = taskgate::server::start(cfg).await.unwrap();
@@ -392,18 +501,27 @@ async fn a_refused_upstream_connection_is_502() {
 #[tokio::test]
 async fn no_complete_answer_within_the_timeout_is_504() {
     let mock = MockUpstream::start().await;
-    mock.set(ID, Reply::task(ID, "completed").delay(Duration::from_secs(2)));
+    mock.set(
+        ID,
+        Reply::task(ID, "completed").delay(Duration::from_secs(2)),
+    );
     let tg = taskgate(&mock, |c| c.upstream_timeout = Duration::from_millis(300)).await;
     let got = HttpClient::default().get(tg.public_addr(), &path(ID)).await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(got.header("x-cache"), Some("PASS"));
-    assert!(tg.proxy().cache().get(ID).await.is_none(), "a timeout is not cached");
+    assert!(
+        tg.proxy().cache().get(ID).await.is_none(),
+        "a timeout is not cached"
+    );
 }
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_502() {
     let mock = MockUpstream::start().await;
-    let big = format!(r#"{{"status":{{"phase":"completed","updatedAt":1}},"pad":"{}"}}"#, "x".repeat(4096));
+    let big = format!(
+        r#"{{"status":{{"phase":"completed","updatedAt":1}},"pad":"{}"}}"#,
+        "x".repeat(4096)
+    );
     mock.set(ID, Reply::json(200, big));
     let tg = taskgate(&mock, |c| c.max_body = 1024).await;
     let got = HttpClient::default().get(tg.public_addr(), &path(ID)).await;
@@ -415,7 +533,12 @@ async fn a_body_over_the_limit_is_502() {
 #[tokio::test]
 async fn upstream_cookies_vary_and_server_headers_are_not_relayed() {
     let mock = MockUpstream::start().await;
-    mock.set(ID, Reply::task(ID, "completed").header("connection", "keep-alive").header("server", "nginx"));
+    mock.set(
+        ID,
+        Reply::task(ID, "completed")
+            .header("connection", "keep-alive")
+            .header("server", "nginx"),
+    );
     let tg = taskgate(&mock, |_| {}).await;
     let c = HttpClient::default();
     for _ in 0..2 {
@@ -438,17 +561,43 @@ async fn etag_and_if_none_match_answer_304() {
     for id in [ID, "run"] {
         let first = c.get(tg.public_addr(), &path(id)).await;
         let etag = first.header("etag").unwrap().to_owned();
-        assert!(etag.starts_with('"') && !etag.starts_with("W/"), "strong: {etag}");
-        let again = c.send(tg.public_addr(), "GET", &path(id), &[("if-none-match", &etag)]).await;
+        assert!(
+            etag.starts_with('"') && !etag.starts_with("W/"),
+            "strong: {etag}"
+        );
+        let again = c
+            .send(
+                tg.public_addr(),
+                "GET",
+                &path(id),
+                &[("if-none-match", &etag)],
+            )
+            .await;
         assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{id}");
         assert!(again.body.is_empty());
         assert_eq!(again.header("etag"), Some(etag.as_str()));
-        let other = c.send(tg.public_addr(), "GET", &path(id), &[("if-none-match", "\"other\"")]).await;
+        let other = c
+            .send(
+                tg.public_addr(),
+                "GET",
+                &path(id),
+                &[("if-none-match", "\"other\"")],
+            )
+            .await;
         assert_eq!(other.status, StatusCode::OK);
     }
     // The completed task was fetched once; the running one each time.
-    assert_eq!(mock.seen().iter().filter(|s| s.uri.ends_with(ID)).count(), 1);
-    assert_eq!(mock.seen().iter().filter(|s| s.uri.ends_with("/run")).count(), 3);
+    assert_eq!(
+        mock.seen().iter().filter(|s| s.uri.ends_with(ID)).count(),
+        1
+    );
+    assert_eq!(
+        mock.seen()
+            .iter()
+            .filter(|s| s.uri.ends_with("/run"))
+            .count(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -457,7 +606,14 @@ async fn request_ids_are_echoed_or_made() {
     mock.set(ID, Reply::task(ID, "completed"));
     let tg = taskgate(&mock, |_| {}).await;
     let c = HttpClient::default();
-    let echoed = c.send(tg.public_addr(), "GET", &path(ID), &[("x-request-id", "abc-123")]).await;
+    let echoed = c
+        .send(
+            tg.public_addr(),
+            "GET",
+            &path(ID),
+            &[("x-request-id", "abc-123")],
+        )
+        .await;
     assert_eq!(echoed.header("x-request-id"), Some("abc-123"));
     let a = c.get(tg.public_addr(), &path(ID)).await;
     let b = c.get(tg.public_addr(), &path(ID)).await;
@@ -488,10 +644,15 @@ async fn concurrent_gets(addr: std::net::SocketAddr, id: &str, n: usize) -> Vec<
 #[tokio::test]
 async fn fifty_concurrent_requests_for_a_completed_task_cost_one_upstream_call() {
     let mock = MockUpstream::start().await;
-    mock.set(ID, Reply::task(ID, "completed").delay(Duration::from_millis(300)));
+    mock.set(
+        ID,
+        Reply::task(ID, "completed").delay(Duration::from_millis(300)),
+    );
     let tg = taskgate(&mock, |_| {}).await;
     let got = concurrent_gets(tg.public_addr(), ID, 50).await;
-    assert!(got.iter().all(|g| g.status == StatusCode::OK && g.json()["status"]["phase"] == "completed"));
+    assert!(got
+        .iter()
+        .all(|g| g.status == StatusCode::OK && g.json()["status"]["phase"] == "completed"));
     assert!(got.iter().all(|g| g.header("x-cache") == Some("MISS")));
     assert_eq!(mock.calls(), 1);
 }
@@ -499,10 +660,15 @@ async fn fifty_concurrent_requests_for_a_completed_task_cost_one_upstream_call()
 #[tokio::test]
 async fn fifty_concurrent_requests_for_a_running_task_cost_one_upstream_call() {
     let mock = MockUpstream::start().await;
-    mock.set(ID, Reply::task(ID, "running").delay(Duration::from_millis(300)));
+    mock.set(
+        ID,
+        Reply::task(ID, "running").delay(Duration::from_millis(300)),
+    );
     let tg = taskgate(&mock, |_| {}).await;
     let got = concurrent_gets(tg.public_addr(), ID, 50).await;
-    assert!(got.iter().all(|g| g.status == StatusCode::OK && g.header("x-cache") == Some("PASS")));
+    assert!(got
+        .iter()
+        .all(|g| g.status == StatusCode::OK && g.header("x-cache") == Some("PASS")));
     assert_eq!(mock.calls(), 1);
     // The shared answer was not cached: the next request asks again.
     HttpClient::default().get(tg.public_addr(), &path(ID)).await;
@@ -512,7 +678,10 @@ async fn fifty_concurrent_requests_for_a_running_task_cost_one_upstream_call() {
 #[tokio::test]
 async fn concurrent_requests_share_an_error_too() {
     let mock = MockUpstream::start().await;
-    mock.set(ID, Reply::json(503, "down").delay(Duration::from_millis(300)));
+    mock.set(
+        ID,
+        Reply::json(503, "down").delay(Duration::from_millis(300)),
+    );
     let tg = taskgate(&mock, |_| {}).await;
     let got = concurrent_gets(tg.public_addr(), ID, 20).await;
     assert!(got.iter().all(|g| g.status == StatusCode::BAD_GATEWAY));
@@ -528,10 +697,17 @@ async fn the_fetch_survives_the_first_client_hanging_up() {
         let addr = tg.public_addr();
         // The first client starts the fetch and disconnects long before it completes.
         let request = format!("GET /task/{ID} HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(raw(addr, request.as_bytes(), Duration::from_millis(50)).await, "");
+        assert_eq!(
+            raw(addr, request.as_bytes(), Duration::from_millis(50)).await,
+            ""
+        );
         let got = concurrent_gets(addr, ID, 49).await;
         assert!(got.iter().all(|g| g.status == StatusCode::OK), "{phase}");
-        assert_eq!(mock.calls(), 1, "{phase}: the others joined the first fetch");
+        assert_eq!(
+            mock.calls(),
+            1,
+            "{phase}: the others joined the first fetch"
+        );
     }
 }
 
@@ -548,7 +724,10 @@ async fn the_cache_stays_within_its_byte_bound() {
     let tg = taskgate(&mock, |c| c.cache_max_bytes = max).await;
     let c = HttpClient::default();
     for i in 0..200 {
-        assert_eq!(c.get(tg.public_addr(), &format!("/task/t{i}")).await.status, StatusCode::OK);
+        assert_eq!(
+            c.get(tg.public_addr(), &format!("/task/t{i}")).await.status,
+            StatusCode::OK
+        );
     }
     let (entries, bytes) = tg.proxy().cache().usage().await;
     assert!(bytes <= max, "{bytes} > {max}");

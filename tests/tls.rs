@@ -16,7 +16,8 @@ fn self_signed() -> (rustls::ServerConfig, std::path::PathBuf) {
     // One file per certificate: tests run in parallel in this process.
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let pem_path = std::env::temp_dir().join(format!("taskgate-test-ca-{}-{n}.pem", std::process::id()));
+    let pem_path =
+        std::env::temp_dir().join(format!("taskgate-test-ca-{}-{n}.pem", std::process::id()));
     std::fs::write(&pem_path, ck.cert.pem()).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -44,23 +45,34 @@ async fn a_private_ca_from_the_ca_file_is_trusted_and_h2_is_negotiated() {
     let mut cfg = common::config(&url);
     cfg.upstream_ca_file = Some(pem);
     let tg = taskgate::server::start(cfg).await.unwrap();
-    let got = HttpClient::default().get(tg.public_addr(), &format!("/task/{ID}")).await;
+    let got = HttpClient::default()
+        .get(tg.public_addr(), &format!("/task/{ID}"))
+        .await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text());
     assert_eq!(got.json()["status"]["phase"], "completed");
     let seen = mock.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].version, Version::HTTP_2);
-    assert_eq!(seen[0].headers["authorization"], format!("Bearer {}", common::KEY).as_str());
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {}", common::KEY).as_str()
+    );
 }
 
 #[tokio::test]
 async fn a_self_signed_upstream_is_refused_without_the_ca_file() {
     let (mock, _pem, url) = https_mock().await;
     let tg = taskgate::server::start(common::config(&url)).await.unwrap();
-    let got = HttpClient::default().get(tg.public_addr(), &format!("/task/{ID}")).await;
+    let got = HttpClient::default()
+        .get(tg.public_addr(), &format!("/task/{ID}"))
+        .await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
     assert_eq!(got.json()["errors"][0], "upstream unavailable");
-    assert_eq!(mock.calls(), 0, "no request was sent over the unverified connection");
+    assert_eq!(
+        mock.calls(),
+        0,
+        "no request was sent over the unverified connection"
+    );
 }
 
 #[tokio::test]
@@ -69,6 +81,12 @@ async fn a_ca_file_without_certificates_is_a_start_up_error() {
     std::fs::write(&path, "not a certificate\n").unwrap();
     let mut cfg = common::config("https://localhost:1/api");
     cfg.upstream_ca_file = Some(path);
-    let err = taskgate::server::start(cfg).await.err().expect("start-up fails");
-    assert!(err.to_string().contains("TASKGATE_UPSTREAM_CA_FILE"), "{err}");
+    let err = taskgate::server::start(cfg)
+        .await
+        .err()
+        .expect("start-up fails");
+    assert!(
+        err.to_string().contains("TASKGATE_UPSTREAM_CA_FILE"),
+        "{err}"
+    );
 }

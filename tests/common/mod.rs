@@ -112,7 +112,9 @@ impl MockUpstream {
         let st = Arc::clone(&state);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let st = Arc::clone(&st);
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -143,7 +145,11 @@ impl MockUpstream {
     }
 
     pub fn set(&self, id: &str, reply: Reply) {
-        self.state.replies.lock().unwrap().insert(id.to_owned(), reply);
+        self.state
+            .replies
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), reply);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -161,14 +167,22 @@ impl Drop for MockUpstream {
     }
 }
 
-async fn answer(st: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    st: Arc<MockState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     st.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         uri: req.uri().to_string(),
         version: req.version(),
         headers: req.headers().clone(),
     });
-    let id = req.uri().path().strip_prefix("/api/task/").unwrap_or_default().to_owned();
+    let id = req
+        .uri()
+        .path()
+        .strip_prefix("/api/task/")
+        .unwrap_or_default()
+        .to_owned();
     let reply = st
         .replies
         .lock()
@@ -180,7 +194,8 @@ async fn answer(st: Arc<MockState>, req: Request<Incoming>) -> Result<Response<F
     let mut resp = Response::new(Full::new(reply.body));
     *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
     for (name, value) in reply.headers {
-        resp.headers_mut().append(name, HeaderValue::from_str(&value).unwrap());
+        resp.headers_mut()
+            .append(name, HeaderValue::from_str(&value).unwrap());
     }
     Ok(resp)
 }
@@ -218,7 +233,8 @@ impl Got {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -237,15 +253,31 @@ impl HttpClient {
         self.send(addr, "GET", path, &[]).await
     }
 
-    pub async fn send(&self, addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
-        let mut req = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Got {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self.0.request(req.body(Empty::new()).unwrap()).await.expect("request completes");
+        let resp = self
+            .0
+            .request(req.body(Empty::new()).unwrap())
+            .await
+            .expect("request completes");
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("body completes").to_bytes();
-        Got { status: parts.status, headers: parts.headers, body }
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
     }
 }
 

@@ -1,0 +1,196 @@
+//! Prometheus metrics, every name prefixed `taskgate_`, served on the admin listener.
+//!
+//! Label values come from the same `as_str()` as the log fields, and no label is unbounded:
+//! never the task id, only routes, status codes, cache outcomes and error kinds.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::{answer::CacheStatus, cache::UpstreamReport};
+
+/// Buckets from 50 µs to 10 s: a cache hit answers in well under a millisecond, an upstream
+/// round trip takes tens to hundreds of milliseconds, and the timeout is seconds.
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+    cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabel {
+    cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    status_class: &'static str,
+    error: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<CacheLabel, Histogram, fn() -> Histogram>,
+    upstream: Family<UpstreamLabels, Counter>,
+    upstream_seconds: Histogram,
+    coalesced: Counter,
+    upstream_in_flight: Gauge,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("taskgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Public requests by route, status and cache outcome (HIT, MISS, PASS, none)",
+            requests.clone(),
+        );
+        let request_seconds: Family<CacheLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a public request, by cache outcome",
+            request_seconds.clone(),
+        );
+        let upstream = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Upstream fetches by status class (2xx..5xx, none) and error kind (timeout, connect, reset, too_large, saturated, none)",
+            upstream.clone(),
+        );
+        let upstream_seconds = latency_histogram();
+        registry.register(
+            "upstream_duration_seconds",
+            "Time of one upstream exchange, headers and body",
+            upstream_seconds.clone(),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "coalesced_waits",
+            "Requests that waited for another request's upstream fetch instead of making their own",
+            coalesced.clone(),
+        );
+        let upstream_in_flight = Gauge::default();
+        registry.register(
+            "upstream_in_flight",
+            "Upstream fetches in flight now",
+            upstream_in_flight.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Answers held in the cache",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Weighted size of the cache (body bytes plus per-entry overhead)",
+            cache_bytes.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_seconds,
+            upstream,
+            upstream_seconds,
+            coalesced,
+            upstream_in_flight,
+            cache_entries,
+            cache_bytes,
+        }
+    }
+
+    pub fn request(
+        &self,
+        route: &'static str,
+        status: u16,
+        cache: Option<CacheStatus>,
+        elapsed: Duration,
+    ) {
+        let cache = cache.map_or("none", CacheStatus::as_str);
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                status,
+                cache,
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&CacheLabel { cache })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn coalesced_wait(&self) {
+        self.coalesced.inc();
+    }
+
+    /// Counts one upstream fetch in flight until the returned guard is dropped.
+    pub fn upstream_started(&self) -> InFlight<'_> {
+        self.upstream_in_flight.inc();
+        InFlight(&self.upstream_in_flight)
+    }
+
+    pub fn upstream_finished(&self, report: &UpstreamReport) {
+        let status_class = match report.status.map(|s| s / 100) {
+            Some(1) => "1xx",
+            Some(2) => "2xx",
+            Some(3) => "3xx",
+            Some(4) => "4xx",
+            Some(5) => "5xx",
+            _ => "none",
+        };
+        let error = report.error.unwrap_or("none");
+        self.upstream
+            .get_or_create(&UpstreamLabels {
+                status_class,
+                error,
+            })
+            .inc();
+        self.upstream_seconds.observe(report.elapsed.as_secs_f64());
+    }
+
+    /// Renders the Prometheus text format (0.0.4), with cache gauges read now.
+    pub fn render(&self, cache_entries: u64, cache_bytes: u64) -> String {
+        self.cache_entries
+            .set(i64::try_from(cache_entries).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(cache_bytes).unwrap_or(i64::MAX));
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
