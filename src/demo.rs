@@ -76,8 +76,7 @@ impl Timeline {
         Self::new(Duration::from_secs(3), Duration::from_secs(10))
     }
 
-    /// For tests: 150 ms waiting, 600 ms running; every task has finished after 1.5 s.
-    /// (`Timeline::new(Duration::ZERO, Duration::ZERO)`: finished from the first request.)
+    /// For tests: 150 ms waiting, 600 ms running; every task has finished within 1 s.
     pub const fn fast() -> Self {
         Self::new(Duration::from_millis(150), Duration::from_millis(600))
     }
