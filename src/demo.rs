@@ -572,9 +572,9 @@ pub fn curl_lines(public_base: &str) -> String {
         lines.push(format!("curl -si {}", url(task.id)));
     }
     lines.extend([
-        "# Watch the upload move, by polling or as Server-Sent Events pushed by taskgate:".into(),
+        "# Watch the upload move (x-cache: PASS while it runs, MISS then HIT once completed):"
+            .into(),
         format!("for i in $(seq 20); do curl -s {upload}; echo; sleep 1; done"),
-        format!("curl -sN {upload}/events"),
         "# Ask again with the ETag taskgate gave: 304 and no body while the task is unchanged"
             .into(),
         format!(

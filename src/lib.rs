@@ -1,5 +1,12 @@
+//! taskgate: a caching reverse-proxy sidecar for the Livepeer Studio task API.
+//!
+//! The request path reads top to bottom in [`proxy::Proxy::handle`]: [`route`] →
+//! [`cache`] → coalesced [`upstream`] fetch → [`answer`] classification by [`phase`] →
+//! store → respond. [`server`] owns the listeners and shutdown, [`admin`] the operator
+//! routes, [`config`] the settings, and [`demo`] the simulated API behind `--demo`.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
+
 pub mod admin;
 pub mod answer;
 pub mod cache;
@@ -9,6 +16,7 @@ pub mod ids;
 pub mod metrics;
 pub mod phase;
 pub mod proxy;
+pub mod redact;
 pub mod route;
 pub mod server;
 pub mod telemetry;
