@@ -13,6 +13,7 @@ use http_body_util::Full;
 
 use crate::{
     phase::{self, Phase},
+    redact,
     upstream::{FetchError, Reply},
 };
 
@@ -48,13 +49,15 @@ impl CacheStatus {
     }
 }
 
-/// How long each kind of answer is kept (`TASKGATE_TTL_*`; zero means not cached).
+/// How upstream answers are turned into client answers: how long each kind is kept
+/// (`TASKGATE_TTL_*`; zero means not cached) and whether bodies are scrubbed.
 #[derive(Debug, Clone, Copy)]
-pub struct Ttls {
+pub struct Policy {
     pub completed: Duration,
     pub failed: Duration,
     pub not_found: Duration,
     pub pending: Duration,
+    pub redact: bool,
 }
 
 /// A task answer, ready to serve to any client.
@@ -92,7 +95,7 @@ impl Answer {
 
     /// Classifies what the API said, as SPEC's answers table does, row by row.
     /// `secret` is the API key: a relayed body that contains it is replaced, never relayed.
-    pub fn from_upstream(reply: Result<Reply, FetchError>, ttls: &Ttls, secret: &[u8]) -> Self {
+    pub fn from_upstream(reply: Result<Reply, FetchError>, policy: &Policy, secret: &[u8]) -> Self {
         let reply = match reply {
             Ok(reply) => reply,
             Err(FetchError::Timeout) => {
@@ -112,10 +115,10 @@ impl Answer {
             }
         };
         match reply.status {
-            StatusCode::OK => Self::task(reply, ttls),
+            StatusCode::OK => Self::task(reply, policy),
             StatusCode::NOT_FOUND => {
                 let mut a = Self::error(StatusCode::NOT_FOUND, "not found");
-                a.set_ttl(ttls.not_found, true);
+                a.set_ttl(policy.not_found, true);
                 a
             }
             // The API's 401 body echoes the key taskgate sent: never relay it.
@@ -147,8 +150,13 @@ impl Answer {
         }
     }
 
-    fn task(reply: Reply, ttls: &Ttls) -> Self {
-        let phase = phase::extract(&reply.body);
+    fn task(reply: Reply, policy: &Policy) -> Self {
+        // Scrubbed once here, before the body is stored or hashed: hits cost nothing more.
+        let body = match policy.redact {
+            true => redact::redact(&reply.body).unwrap_or(reply.body),
+            false => reply.body,
+        };
+        let phase = phase::extract(&body);
         // A body that is not a task is relayed as the API labelled it; a task is JSON.
         let content_type = match phase {
             Some(_) => JSON,
@@ -156,8 +164,8 @@ impl Answer {
         };
         let mut a = Self {
             status: StatusCode::OK,
-            etag: Some(strong_etag(&reply.body)),
-            body: reply.body,
+            etag: Some(strong_etag(&body)),
+            body,
             content_type,
             retry_after: None,
             phase,
@@ -166,13 +174,20 @@ impl Answer {
             stored_at: Instant::now(),
         };
         match phase {
-            Some(Phase::Completed) => a.set_ttl(ttls.completed, true),
-            Some(Phase::Failed | Phase::Cancelled) => a.set_ttl(ttls.failed, true),
+            Some(Phase::Completed) => a.set_ttl(policy.completed, true),
+            Some(Phase::Failed | Phase::Cancelled) => a.set_ttl(policy.failed, true),
             Some(Phase::Pending | Phase::Waiting | Phase::Running) => {
-                a.set_ttl(ttls.pending, false)
+                a.set_ttl(policy.pending, false)
             }
             None => {}
         }
+        a
+    }
+
+    /// The answer while the API's 429 back-off runs: no upstream call is made.
+    pub fn backoff(left: Duration) -> Self {
+        let mut a = Self::error(StatusCode::TOO_MANY_REQUESTS, "rate limited by upstream");
+        a.retry_after = Some(retry_after_secs(left));
         a
     }
 
@@ -259,6 +274,16 @@ pub fn error_response(
     resp
 }
 
+/// A bodiless answer (`204`), never stored.
+pub fn empty_response(status: StatusCode, request_id: &HeaderValue) -> Response<Body> {
+    let mut resp = Response::new(Full::default());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, NO_STORE);
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    resp
+}
+
 fn error_body(message: &str) -> Bytes {
     if message.is_empty() {
         return Bytes::new();
@@ -266,6 +291,12 @@ fn error_body(message: &str) -> Bytes {
     serde_json::to_vec(&serde_json::json!({ "errors": [message] }))
         .expect("a string array always serialises")
         .into()
+}
+
+/// Whole seconds, rounded up so a client that waits that long is not refused again.
+pub fn retry_after_secs(wait: Duration) -> HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }
 
 fn cache_control_public(max_age: u64) -> HeaderValue {
@@ -309,11 +340,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const TTLS: Ttls = Ttls {
+    const TTLS: Policy = Policy {
         completed: Duration::from_secs(86_400),
         failed: Duration::from_secs(30),
         not_found: Duration::from_secs(5),
         pending: Duration::ZERO,
+        redact: true,
     };
 
     fn reply(status: u16, body: &str) -> Result<Reply, FetchError> {
@@ -357,7 +389,7 @@ mod tests {
 
     #[test]
     fn a_pending_micro_cache_is_private() {
-        let ttls = Ttls {
+        let ttls = Policy {
             pending: Duration::from_secs(1),
             ..TTLS
         };

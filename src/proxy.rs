@@ -1,17 +1,20 @@
 //! The public request path, top to bottom in one handler:
-//! route → method and body checks → cache → coalesced upstream fetch → classify → store →
-//! respond, then one access event with SPEC's fields.
+//! route → method and body checks → rate limit → cache → upstream back-off → coalesced
+//! upstream fetch → classify → store → respond (+ CORS), then one access event with SPEC's
+//! fields.
 
-use std::{sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use tracing::{field, Instrument};
 
 use crate::{
-    answer::{self, Answer, Body, CacheStatus, Ttls},
+    answer::{self, Answer, Body, CacheStatus, Policy},
     cache::{TaskCache, UpstreamReport},
     config::{ApiKey, Config},
+    cors::Cors,
     ids::{self, TraceContext},
+    limit::{self, Backoff, RateLimiter},
     metrics::Metrics,
     phase::Phase,
     route::{self, Route},
@@ -25,8 +28,12 @@ const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
 pub struct Proxy {
     upstream: Upstream,
     cache: Arc<TaskCache>,
-    ttls: Ttls,
+    policy: Policy,
     api_key: ApiKey,
+    cors: Cors,
+    rate_limit: Option<RateLimiter>,
+    trust_forwarded: bool,
+    backoff: Backoff,
     metrics: Metrics,
 }
 
@@ -44,13 +51,18 @@ impl Proxy {
         Ok(Self {
             upstream: Upstream::new(cfg)?,
             cache: Arc::new(TaskCache::new(cfg.cache_max_bytes)),
-            ttls: Ttls {
+            policy: Policy {
                 completed: cfg.ttl_completed,
                 failed: cfg.ttl_failed,
                 not_found: cfg.ttl_not_found,
                 pending: cfg.ttl_pending,
+                redact: cfg.redact,
             },
             api_key: cfg.api_key.clone(),
+            cors: Cors::new(cfg.cors_origins.clone()),
+            rate_limit: RateLimiter::new(cfg.rate_limit, cfg.rate_burst),
+            trust_forwarded: cfg.trust_forwarded,
+            backoff: Backoff::default(),
             metrics: Metrics::new(),
         })
     }
@@ -63,7 +75,11 @@ impl Proxy {
         &self.metrics
     }
 
-    pub async fn handle<B: hyper::body::Body>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+    pub async fn handle<B: hyper::body::Body>(
+        self: Arc<Self>,
+        req: Request<B>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         let start = Instant::now();
         let request_id = req
             .headers()
@@ -81,10 +97,13 @@ impl Proxy {
             route = route.as_str(),
             task_id = route.task_id().unwrap_or_default(),
         );
-        let (resp, outcome) = self
-            .serve(&req, route, &request_id, trace)
+        let (mut resp, outcome) = self
+            .serve(&req, peer, route, &request_id, trace)
             .instrument(span)
             .await;
+        if req.method() != Method::OPTIONS {
+            self.cors.apply(req.headers(), resp.headers_mut());
+        }
 
         let elapsed = start.elapsed();
         self.metrics.request(
@@ -117,6 +136,7 @@ impl Proxy {
     async fn serve<B: hyper::body::Body>(
         self: &Arc<Self>,
         req: &Request<B>,
+        peer: SocketAddr,
         route: Route<'_>,
         request_id: &HeaderValue,
         trace: TraceContext,
@@ -141,8 +161,7 @@ impl Proxy {
         match *req.method() {
             Method::GET | Method::HEAD => {}
             Method::OPTIONS => {
-                let mut resp = answer::error_response(StatusCode::NO_CONTENT, "", request_id);
-                resp.headers_mut().insert(header::ALLOW, ALLOW);
+                let resp = self.cors.options(req.headers(), request_id);
                 return (resp, Outcome::default());
             }
             _ => {
@@ -158,6 +177,16 @@ impl Proxy {
                 "a GET or HEAD request must not carry a body",
             );
         }
+        if let Some(limiter) = &self.rate_limit {
+            let client = limit::client_addr(peer, req.headers(), self.trust_forwarded);
+            if let Err(wait) = limiter.check(client) {
+                let (mut resp, outcome) =
+                    error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, answer::retry_after_secs(wait));
+                return (resp, outcome);
+            }
+        }
 
         if let Some(answer) = self.cache.get(id).await {
             let outcome = Outcome {
@@ -165,10 +194,19 @@ impl Proxy {
                 phase: answer.phase,
                 ..Outcome::default()
             };
-            return (
-                answer.respond(req.method(), req.headers(), CacheStatus::Hit, request_id),
-                outcome,
-            );
+            let resp = answer.respond(req.method(), req.headers(), CacheStatus::Hit, request_id);
+            return (resp, outcome);
+        }
+        // While the API asks for patience, nothing goes upstream; cached answers (above)
+        // are still served.
+        if let Some(left) = self.backoff.remaining() {
+            let answer = Answer::backoff(left);
+            let outcome = Outcome {
+                cache: Some(CacheStatus::Pass),
+                ..Outcome::default()
+            };
+            let resp = answer.respond(req.method(), req.headers(), CacheStatus::Pass, request_id);
+            return (resp, outcome);
         }
 
         let (fetched, coalesced) = self
@@ -189,8 +227,16 @@ impl Proxy {
                     };
                     log_upstream_fault(&report);
                     this.metrics.upstream_finished(&report);
-                    let answer =
-                        Answer::from_upstream(reply, &this.ttls, this.api_key.expose().as_bytes());
+                    if let Ok(r) = &reply {
+                        if r.status == StatusCode::TOO_MANY_REQUESTS {
+                            this.backoff.start(r.retry_after.as_ref());
+                        }
+                    }
+                    let answer = Answer::from_upstream(
+                        reply,
+                        &this.policy,
+                        this.api_key.expose().as_bytes(),
+                    );
                     (answer, Some(report))
                 }
                 .in_current_span()
@@ -208,12 +254,10 @@ impl Proxy {
             upstream: fetched.upstream,
             coalesced,
         };
-        (
-            fetched
-                .answer
-                .respond(req.method(), req.headers(), fetched.cache, request_id),
-            outcome,
-        )
+        let resp = fetched
+            .answer
+            .respond(req.method(), req.headers(), fetched.cache, request_id);
+        (resp, outcome)
     }
 }
 
@@ -224,6 +268,7 @@ fn log_upstream_fault(report: &UpstreamReport) {
             upstream_status = 401,
             "upstream refused the API key; check TASKGATE_API_KEY (the answer body is not logged)"
         ),
+        (Some(429), _) => tracing::warn!(upstream_status = 429, "upstream rate limit; backing off"),
         (Some(status), _) if status >= 500 => {
             tracing::warn!(upstream_status = status, "upstream error")
         }

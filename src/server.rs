@@ -119,11 +119,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let admin_state = Arc::new(Admin::new(Arc::clone(&proxy), Arc::clone(&ready)));
     let public_task = {
         let proxy = Arc::clone(&proxy);
-        serve(public, limits, stop_rx.clone(), move |req| {
-            Arc::clone(&proxy).handle(req)
+        serve(public, limits, stop_rx.clone(), move |req, peer| {
+            Arc::clone(&proxy).handle(req, peer)
         })
     };
-    let admin_task = serve(admin, limits, stop_rx, move |req| {
+    let admin_task = serve(admin, limits, stop_rx, move |req, _peer| {
         Arc::clone(&admin_state).handle(req)
     });
 
@@ -183,7 +183,7 @@ fn serve<H, F>(
     handler: H,
 ) -> JoinHandle<()>
 where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     tokio::spawn(async move {
@@ -205,7 +205,7 @@ where
                 accepted = listener.accept() => accepted,
                 _ = stop.wait_for(|s| *s) => break,
             };
-            let (stream, _peer) = match accepted {
+            let (stream, peer) = match accepted {
                 Ok(conn) => conn,
                 Err(error) => {
                     // EMFILE and friends: back off briefly rather than spin or exit.
@@ -217,7 +217,7 @@ where
             let _ = stream.set_nodelay(true);
             let handler = handler.clone();
             let svc = service_fn(move |req| {
-                let fut = handler(req);
+                let fut = handler(req, peer);
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             let conn = builder

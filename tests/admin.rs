@@ -11,7 +11,12 @@ use http::StatusCode;
 fn sample(metrics: &str, name_and_labels: &str) -> f64 {
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)?
+                .strip_prefix(' ')?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0)
 }
 
@@ -20,8 +25,14 @@ async fn health_and_readiness_answer_200_while_serving() {
     let mock = MockUpstream::start().await;
     let tg = taskgate(&mock, |_| {}).await;
     let c = HttpClient::default();
-    assert_eq!(c.get(tg.admin_addr(), "/healthz").await.status, StatusCode::OK);
-    assert_eq!(c.get(tg.admin_addr(), "/readyz").await.status, StatusCode::OK);
+    assert_eq!(
+        c.get(tg.admin_addr(), "/healthz").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        c.get(tg.admin_addr(), "/readyz").await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -31,12 +42,22 @@ async fn task_routes_are_not_served_on_admin_and_admin_routes_not_on_public() {
     let tg = taskgate(&mock, |_| {}).await;
     let c = HttpClient::default();
     for p in ["/task/t1", "/api/task/t1"] {
-        assert_eq!(c.get(tg.admin_addr(), p).await.status, StatusCode::NOT_FOUND, "{p}");
+        assert_eq!(
+            c.get(tg.admin_addr(), p).await.status,
+            StatusCode::NOT_FOUND,
+            "{p}"
+        );
     }
     for p in ["/healthz", "/readyz", "/metrics"] {
-        assert_eq!(c.get(tg.public_addr(), p).await.status, StatusCode::NOT_FOUND, "{p}");
+        assert_eq!(
+            c.get(tg.public_addr(), p).await.status,
+            StatusCode::NOT_FOUND,
+            "{p}"
+        );
     }
-    let purge = c.send(tg.public_addr(), "DELETE", "/cache/task/t1", &[]).await;
+    let purge = c
+        .send(tg.public_addr(), "DELETE", "/cache/task/t1", &[])
+        .await;
     assert_eq!(purge.status, StatusCode::NOT_FOUND);
     assert_eq!(mock.calls(), 0);
 }
@@ -48,15 +69,27 @@ async fn purge_sends_the_next_request_upstream() {
     let tg = taskgate(&mock, |_| {}).await;
     let c = HttpClient::default();
     c.get(tg.public_addr(), "/task/t1").await;
-    assert_eq!(c.get(tg.public_addr(), "/task/t1").await.header("x-cache"), Some("HIT"));
-    let purge = c.send(tg.admin_addr(), "DELETE", "/cache/task/t1", &[]).await;
+    assert_eq!(
+        c.get(tg.public_addr(), "/task/t1").await.header("x-cache"),
+        Some("HIT")
+    );
+    let purge = c
+        .send(tg.admin_addr(), "DELETE", "/cache/task/t1", &[])
+        .await;
     assert_eq!(purge.status, StatusCode::NO_CONTENT);
-    assert_eq!(c.get(tg.public_addr(), "/task/t1").await.header("x-cache"), Some("MISS"));
+    assert_eq!(
+        c.get(tg.public_addr(), "/task/t1").await.header("x-cache"),
+        Some("MISS")
+    );
     assert_eq!(mock.calls(), 2);
     // Purging an id that is not cached is fine; a malformed id is refused.
-    let absent = c.send(tg.admin_addr(), "DELETE", "/cache/task/nothing-here", &[]).await;
+    let absent = c
+        .send(tg.admin_addr(), "DELETE", "/cache/task/nothing-here", &[])
+        .await;
     assert_eq!(absent.status, StatusCode::NO_CONTENT);
-    let bad = c.send(tg.admin_addr(), "DELETE", "/cache/task/%2e%2e", &[]).await;
+    let bad = c
+        .send(tg.admin_addr(), "DELETE", "/cache/task/%2e%2e", &[])
+        .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }
 
@@ -64,56 +97,109 @@ async fn purge_sends_the_next_request_upstream() {
 async fn metrics_move_as_requests_are_served() {
     let mock = MockUpstream::start().await;
     mock.set("done", Reply::task("done", "completed"));
-    mock.set("busy", Reply::task("busy", "running").delay(Duration::from_millis(200)));
+    mock.set(
+        "busy",
+        Reply::task("busy", "running").delay(Duration::from_millis(200)),
+    );
     mock.set("boom", Reply::json(500, "{}"));
     let tg = taskgate(&mock, |_| {}).await;
     let c = HttpClient::default();
     c.get(tg.public_addr(), "/task/done").await; // miss
     c.get(tg.public_addr(), "/task/done").await; // hit
-    let (a, b) = tokio::join!(c.get(tg.public_addr(), "/task/busy"), c.get(tg.public_addr(), "/task/busy"));
+    let (a, b) = tokio::join!(
+        c.get(tg.public_addr(), "/task/busy"),
+        c.get(tg.public_addr(), "/task/busy")
+    );
     assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK)); // a pass and a coalesced wait
     c.get(tg.public_addr(), "/task/boom").await; // an upstream error
     c.get(tg.public_addr(), "/task/..").await; // a bad id
 
     let got = c.get(tg.admin_addr(), "/metrics").await;
     assert_eq!(got.status, StatusCode::OK);
-    assert!(got.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(got
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let m = got.text();
     let requests = |labels: &str| sample(&m, &format!("taskgate_requests_total{{{labels}}}"));
-    assert_eq!(requests(r#"route="task",status="200",cache="MISS""#), 1.0, "{m}");
+    assert_eq!(
+        requests(r#"route="task",status="200",cache="MISS""#),
+        1.0,
+        "{m}"
+    );
     assert_eq!(requests(r#"route="task",status="200",cache="HIT""#), 1.0);
     assert_eq!(requests(r#"route="task",status="200",cache="PASS""#), 2.0);
     assert_eq!(requests(r#"route="task",status="502",cache="PASS""#), 1.0);
     assert_eq!(requests(r#"route="bad_id",status="400",cache="none""#), 1.0);
     assert_eq!(sample(&m, "taskgate_coalesced_waits_total"), 1.0);
-    assert_eq!(sample(&m, r#"taskgate_upstream_requests_total{status_class="2xx",error="none"}"#), 2.0);
-    assert_eq!(sample(&m, r#"taskgate_upstream_requests_total{status_class="5xx",error="none"}"#), 1.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"taskgate_upstream_requests_total{status_class="2xx",error="none"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"taskgate_upstream_requests_total{status_class="5xx",error="none"}"#
+        ),
+        1.0
+    );
     assert_eq!(sample(&m, "taskgate_upstream_duration_seconds_count"), 3.0);
-    assert_eq!(sample(&m, r#"taskgate_request_duration_seconds_count{cache="HIT"}"#), 1.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"taskgate_request_duration_seconds_count{cache="HIT"}"#
+        ),
+        1.0
+    );
     // Sub-millisecond buckets exist, so a hit's latency is resolved.
-    assert!(m.contains(r#"taskgate_request_duration_seconds_bucket{cache="HIT",le="0.0001"}"#), "{m}");
+    assert!(
+        m.contains(r#"taskgate_request_duration_seconds_bucket{cache="HIT",le="0.0001"}"#),
+        "{m}"
+    );
     assert_eq!(sample(&m, "taskgate_cache_entries"), 1.0);
     assert!(sample(&m, "taskgate_cache_bytes") > 0.0);
     assert_eq!(sample(&m, "taskgate_upstream_in_flight"), 0.0);
-    assert!(!m.contains("done") && !m.contains("busy"), "task ids are never labels");
+    assert!(
+        !m.contains("done") && !m.contains("busy"),
+        "task ids are never labels"
+    );
     assert!(!m.contains(common::KEY));
 }
 
 #[tokio::test]
 async fn upstream_error_kinds_are_counted() {
     let mock = MockUpstream::start().await;
-    mock.set("slow", Reply::task("slow", "running").delay(Duration::from_secs(2)));
+    mock.set(
+        "slow",
+        Reply::task("slow", "running").delay(Duration::from_secs(2)),
+    );
     let tg = taskgate(&mock, |c| c.upstream_timeout = Duration::from_millis(200)).await;
     let c = HttpClient::default();
-    assert_eq!(c.get(tg.public_addr(), "/task/slow").await.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        c.get(tg.public_addr(), "/task/slow").await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
     let m = c.get(tg.admin_addr(), "/metrics").await.text();
-    assert_eq!(sample(&m, r#"taskgate_upstream_requests_total{status_class="none",error="timeout"}"#), 1.0, "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            r#"taskgate_upstream_requests_total{status_class="none",error="timeout"}"#
+        ),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn readiness_turns_503_at_shutdown_while_requests_are_still_served() {
     let mock = MockUpstream::start().await;
-    mock.set("slow", Reply::task("slow", "running").delay(Duration::from_millis(600)));
+    mock.set(
+        "slow",
+        Reply::task("slow", "running").delay(Duration::from_millis(600)),
+    );
     mock.set("t1", Reply::task("t1", "completed"));
     let tg = taskgate(&mock, |c| c.shutdown_grace = Duration::from_millis(800)).await;
     let (public, admin) = (tg.public_addr(), tg.admin_addr());
@@ -127,10 +213,16 @@ async fn readiness_turns_503_at_shutdown_while_requests_are_still_served() {
     }
     tg.shutdown();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(c.get(admin, "/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        c.get(admin, "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(c.get(admin, "/healthz").await.status, StatusCode::OK);
     // During the grace period the public listener still takes new requests.
-    assert_eq!(HttpClient::default().get(public, "/task/t1").await.status, StatusCode::OK);
+    assert_eq!(
+        HttpClient::default().get(public, "/task/t1").await.status,
+        StatusCode::OK
+    );
     assert_eq!(slow.await.unwrap().status, StatusCode::OK);
     tg.wait().await;
     assert!(tokio::net::TcpStream::connect(public).await.is_err());

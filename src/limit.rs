@@ -1,0 +1,226 @@
+//! Abuse limits: a token bucket per client address, and the back-off shared by all requests
+//! after the API answers 429.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use http::{HeaderMap, HeaderValue};
+
+/// Most clients remembered at once: bounds the table's memory under a flood of addresses
+/// (about 100 bytes each). Past it, the least recently seen are forgotten first.
+const MAX_CLIENTS: u64 = 100_000;
+
+/// Back-off after an upstream 429 that names no (valid) `Retry-After`.
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest back-off honoured, whatever the API says.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// `TASKGATE_RATE_LIMIT` requests per second per client, in bursts of `TASKGATE_RATE_BURST`.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    clients: moka::sync::Cache<IpAddr, Arc<Mutex<Bucket>>>,
+}
+
+impl RateLimiter {
+    /// `None` when `rate` is 0 (off). A `burst` below 1 means the default, `2 × rate`.
+    pub fn new(rate: f64, burst: f64) -> Option<Self> {
+        if rate <= 0.0 {
+            return None;
+        }
+        let burst = if burst >= 1.0 {
+            burst
+        } else {
+            (2.0 * rate).max(1.0)
+        };
+        // A client idle long enough to refill its bucket is the same as a new one, so it
+        // can be forgotten then.
+        let refill = Duration::from_secs_f64((burst / rate).clamp(1.0, 3600.0));
+        let clients = moka::sync::Cache::builder()
+            .max_capacity(MAX_CLIENTS)
+            .time_to_idle(refill)
+            .build();
+        Some(Self {
+            rate,
+            burst,
+            clients,
+        })
+    }
+
+    /// Takes one token for `client`, or says how long until one is available.
+    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let bucket = self.clients.get_with(client, || {
+            Arc::new(Mutex::new(Bucket {
+                tokens: self.burst,
+                last: now,
+            }))
+        });
+        let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.rate))
+        }
+    }
+
+    /// Clients currently remembered (for tests and metrics).
+    pub fn clients(&self) -> u64 {
+        self.clients.run_pending_tasks();
+        self.clients.entry_count()
+    }
+}
+
+/// The address a client is counted under: the peer, or with `TASKGATE_TRUST_FORWARDED` the
+/// last `X-Forwarded-For` hop (the one the trusted proxy in front of taskgate added).
+pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trust_forwarded: bool) -> IpAddr {
+    if trust_forwarded {
+        let last_hop = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|hop| hop.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = last_hop {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+/// While the API is telling taskgate to slow down, nobody goes upstream.
+#[derive(Default)]
+pub struct Backoff {
+    until: Mutex<Option<Instant>>,
+}
+
+impl Backoff {
+    /// Starts (or extends) the back-off from an upstream 429's `Retry-After`.
+    pub fn start(&self, retry_after: Option<&HeaderValue>) {
+        let delay = retry_after
+            .and_then(parse_retry_after)
+            .unwrap_or(DEFAULT_BACKOFF)
+            .min(MAX_BACKOFF);
+        let until = Instant::now() + delay;
+        let mut current = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        if current.is_none_or(|c| c < until) {
+            *current = Some(until);
+        }
+    }
+
+    /// Time left, if a back-off is running.
+    pub fn remaining(&self) -> Option<Duration> {
+        let until = (*self.until.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date.
+fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
+    let s = v.to_str().ok()?.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(s).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refuses_with_a_wait() {
+        let limiter = RateLimiter::new(1.0, 3.0).unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(limiter.check(ip).is_ok());
+        }
+        let wait = limiter.check(ip).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        // Another client has its own bucket.
+        assert!(limiter.check("192.0.2.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn zero_rate_is_off_and_burst_defaults_to_twice_the_rate() {
+        assert!(RateLimiter::new(0.0, 10.0).is_none());
+        let limiter = RateLimiter::new(2.0, 0.0).unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!((0..10).filter(|_| limiter.check(ip).is_ok()).count(), 4);
+    }
+
+    #[test]
+    fn the_client_table_is_bounded() {
+        let limiter = RateLimiter::new(1.0, 1.0).unwrap();
+        for i in 0..(MAX_CLIENTS + 5_000) {
+            let ip = IpAddr::from((i as u32).to_be_bytes());
+            let _ = limiter.check(ip);
+        }
+        assert!(limiter.clients() <= MAX_CLIENTS, "{}", limiter.clients());
+    }
+
+    #[test]
+    fn forwarded_for_is_used_only_when_trusted() {
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.7, 198.51.100.2"),
+        );
+        assert_eq!(client_addr(peer, &h, false), peer.ip());
+        assert_eq!(
+            client_addr(peer, &h, true),
+            "198.51.100.2".parse::<IpAddr>().unwrap()
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("not an ip"));
+        assert_eq!(client_addr(peer, &h, true), peer.ip());
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("17")),
+            Some(Duration::from_secs(17))
+        );
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let d = parse_retry_after(&HeaderValue::from_str(&later).unwrap()).unwrap();
+        assert!(
+            d > Duration::from_secs(110) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+    }
+
+    #[test]
+    fn backoff_runs_for_retry_after_and_defaults_when_absent() {
+        let b = Backoff::default();
+        assert_eq!(b.remaining(), None);
+        b.start(Some(&HeaderValue::from_static("3")));
+        let left = b.remaining().unwrap();
+        assert!(left > Duration::from_secs(2) && left <= Duration::from_secs(3));
+        let d = Backoff::default();
+        d.start(None);
+        assert!(d.remaining().unwrap() <= DEFAULT_BACKOFF);
+    }
+}
