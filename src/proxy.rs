@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use tracing::{field, Instrument};
 
 use crate::{
@@ -23,6 +23,7 @@ use crate::{
 
 static TRACEPARENT: header::HeaderName = header::HeaderName::from_static("traceparent");
 const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
+const CLOSE: HeaderValue = HeaderValue::from_static("close");
 
 /// Everything one request needs, shared by all connections.
 pub struct Proxy {
@@ -147,6 +148,11 @@ impl Proxy {
                 Outcome::default(),
             )
         };
+        if let Some(problem) = malformed(req) {
+            let (mut resp, outcome) = error(StatusCode::BAD_REQUEST, problem);
+            resp.headers_mut().insert(header::CONNECTION, CLOSE);
+            return (resp, outcome);
+        }
         let id = match route {
             Route::Task(id) => id,
             Route::BadId => return error(StatusCode::BAD_REQUEST, "invalid task id"),
@@ -172,10 +178,13 @@ impl Proxy {
             }
         }
         if !req.body().is_end_stream() {
-            return error(
+            // Closing is what stops a body from being read as a smuggled next request.
+            let (mut resp, outcome) = error(
                 StatusCode::BAD_REQUEST,
                 "a GET or HEAD request must not carry a body",
             );
+            resp.headers_mut().insert(header::CONNECTION, CLOSE);
+            return (resp, outcome);
         }
         if let Some(limiter) = &self.rate_limit {
             let client = limit::client_addr(peer, req.headers(), self.trust_forwarded);
@@ -259,6 +268,37 @@ impl Proxy {
             .respond(req.method(), req.headers(), fetched.cache, request_id);
         (resp, outcome)
     }
+}
+
+/// Request shapes no browser or SDK sends, refused before routing: taskgate is an origin
+/// server for one route, never a forward proxy, and never switches protocols.
+fn malformed<B>(req: &Request<B>) -> Option<&'static str> {
+    let h1 = req.version() <= Version::HTTP_11;
+    // HTTP/2 requests carry :scheme and :authority, so only HTTP/1 targets must be origin-form.
+    if h1 && (req.uri().scheme().is_some() || req.uri().authority().is_some()) {
+        return Some("only origin-form request targets are accepted");
+    }
+    if req.headers().contains_key(header::UPGRADE) {
+        return Some("protocol upgrades are not supported");
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() || first.is_some_and(|h| !valid_host(h.as_bytes())) {
+        return Some("invalid Host header");
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
+    if first.is_none() && req.version() == Version::HTTP_11 {
+        return Some("missing Host header");
+    }
+    None
+}
+
+/// `host[:port]`, a registered name or an IP literal: no userinfo, path or whitespace.
+fn valid_host(h: &[u8]) -> bool {
+    (1..=255).contains(&h.len())
+        && h.iter().all(|&c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
 }
 
 fn log_upstream_fault(report: &UpstreamReport) {

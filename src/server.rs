@@ -25,6 +25,9 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{admin::Admin, answer::Body, config::Config, proxy::Proxy, upstream::SetupError};
 
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// Why taskgate could not start.
 #[derive(Debug)]
 pub enum StartError {
@@ -191,7 +194,13 @@ where
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
+            .header_read_timeout(limits.header_timeout)
+            // Request heads past this get 431, as with nginx's default 4 × 8 KiB buffers.
+            .max_buf_size(MAX_HEADER_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32);
         let graceful = GracefulShutdown::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
         loop {
