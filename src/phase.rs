@@ -123,3 +123,48 @@ mod tests {
         assert_eq!(extract(body), Some(Phase::Completed));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PHASES: [Phase; 6] = [
+        Phase::Pending,
+        Phase::Waiting,
+        Phase::Running,
+        Phase::Completed,
+        Phase::Failed,
+        Phase::Cancelled,
+    ];
+
+    proptest! {
+        #[test]
+        fn extract_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = extract(&body);
+        }
+
+        #[test]
+        fn the_phase_is_found_whatever_surrounds_it(
+            i in 0..PHASES.len(),
+            before in proptest::collection::btree_map("[a-z]{1,8}", "[ -~&&[^\"\\\\]]{0,16}", 0..5),
+            progress in proptest::option::of(0.0f64..1.0),
+        ) {
+            let phase = PHASES[i];
+            let mut task = serde_json::Map::new();
+            for (k, v) in before {
+                if k != "status" {
+                    task.insert(k, serde_json::Value::String(v));
+                }
+            }
+            let mut status = serde_json::json!({"phase": phase.as_str(), "updatedAt": 1});
+            if let Some(p) = progress {
+                status["progress"] = p.into();
+            }
+            task.insert("status".into(), status);
+            let body = serde_json::to_vec(&task).unwrap();
+            prop_assert_eq!(extract(&body), Some(phase));
+        }
+    }
+}

@@ -126,3 +126,43 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_only_valid_ids_are_routed(path in "\\PC{0,100}") {
+            if let Some(id) = parse(&path).task_id() {
+                prop_assert!(is_valid_id(id));
+                prop_assert!(!path.contains('%') && !path.contains(".."));
+            }
+        }
+
+        #[test]
+        fn a_task_route_is_exactly_prefix_plus_id(
+            id in "[A-Za-z0-9-]{1,64}",
+            api in any::<bool>(),
+            events in any::<bool>(),
+        ) {
+            let prefix = if api { "/api/task/" } else { "/task/" };
+            let suffix = if events { "/events" } else { "" };
+            let path = format!("{prefix}{id}{suffix}");
+            let expected = if events { Route::TaskEvents(&id) } else { Route::Task(&id) };
+            prop_assert_eq!(parse(&path), expected);
+        }
+
+        #[test]
+        fn any_byte_outside_the_id_alphabet_makes_a_bad_id(
+            left in "[A-Za-z0-9-]{0,20}",
+            bad in "[^A-Za-z0-9/-]",
+            right in "[A-Za-z0-9-]{0,20}",
+        ) {
+            let path = format!("/task/{left}{bad}{right}");
+            prop_assert_eq!(parse(&path), Route::BadId);
+        }
+    }
+}

@@ -165,7 +165,10 @@ pub async fn run(cfg: Config, signal: impl Future<Output = ()>) -> Result<(), St
 #[derive(Clone, Copy)]
 struct Limits {
     max_connections: usize,
-    header_timeout: Duration,
+    /// Bounds both a slow request head and an idle keep-alive connection: hyper starts its
+    /// header-read timer as soon as a connection waits for a request, so one timer does both
+    /// jobs, set to the shorter of `TASKGATE_HEADER_TIMEOUT` and `TASKGATE_IDLE_TIMEOUT`.
+    wait_for_request: Duration,
     drain_timeout: Duration,
 }
 
@@ -173,7 +176,7 @@ impl From<&Config> for Limits {
     fn from(cfg: &Config) -> Self {
         Self {
             max_connections: cfg.max_connections,
-            header_timeout: cfg.header_timeout,
+            wait_for_request: cfg.header_timeout.min(cfg.idle_timeout),
             drain_timeout: cfg.drain_timeout,
         }
     }
@@ -194,7 +197,7 @@ where
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
+            .header_read_timeout(limits.wait_for_request)
             // Request heads past this get 431, as with nginx's default 4 × 8 KiB buffers.
             .max_buf_size(MAX_HEADER_BYTES);
         builder

@@ -1,0 +1,19 @@
+//! The route parser on arbitrary paths: never panics, and only routes valid ids.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use taskgate::route::{self, Route};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(path) = std::str::from_utf8(data) else {
+        return;
+    };
+    let parsed = route::parse(path);
+    if let Some(id) = parsed.task_id() {
+        assert!(route::is_valid_id(id));
+        assert!(!path.contains('%') && !path.contains(".."));
+    }
+    if let Route::Task(id) = parsed {
+        assert!(path == format!("/task/{id}") || path == format!("/api/task/{id}"));
+    }
+});
