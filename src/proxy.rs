@@ -14,6 +14,7 @@ use crate::{
     config::{ApiKey, Config},
     cors::Cors,
     ids::{self, TraceContext},
+    telemetry,
     limit::{self, Backoff, RateLimiter},
     metrics::Metrics,
     phase::Phase,
@@ -88,20 +89,37 @@ impl Proxy {
             .filter(|v| ids::accept_request_id(v))
             .cloned()
             .unwrap_or_else(ids::new_request_id);
-        let trace = TraceContext::continue_or_start(req.headers().get(&TRACEPARENT));
         let route = route::parse(req.uri().path());
         let span = tracing::info_span!(
             "request",
             request_id = field::display(request_id.to_str().unwrap_or_default()),
-            trace_id = field::display(trace.trace_id_hex()),
+            trace_id = field::Empty,
             method = %req.method(),
             route = route.as_str(),
             task_id = route.task_id().unwrap_or_default(),
+            status = field::Empty,
+            cache = field::Empty,
+            phase = field::Empty,
+            upstream_status = field::Empty,
         );
+        // Continues the client's trace; the context returned is this request's own span,
+        // the parent of the `traceparent` sent upstream.
+        let trace = telemetry::attach(&span, req.headers().get(&TRACEPARENT));
+        span.record("trace_id", field::display(trace.trace_id_hex()));
         let (mut resp, outcome) = self
             .serve(&req, peer, route, &request_id, trace)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        span.record("status", resp.status().as_u16());
+        if let Some(cache) = outcome.cache {
+            span.record("cache", cache.as_str());
+        }
+        if let Some(phase) = outcome.phase {
+            span.record("phase", phase.as_str());
+        }
+        if let Some(status) = outcome.upstream.and_then(|u| u.status) {
+            span.record("upstream_status", status);
+        }
         if req.method() != Method::OPTIONS {
             self.cors.apply(req.headers(), resp.headers_mut());
         }

