@@ -7,9 +7,14 @@ use std::sync::{
 };
 
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 
-use crate::{answer::Body, ids, proxy::Proxy, route};
+use crate::{
+    answer::{self, Body},
+    ids,
+    metrics::Snapshot,
+    proxy::Proxy,
+    route,
+};
 
 pub struct Admin {
     proxy: Arc<Proxy>,
@@ -30,9 +35,15 @@ impl Admin {
             }
             (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
             (&Method::GET, "/metrics") => {
-                let (entries, bytes) = self.proxy.cache().usage().await;
-                let body = self.proxy.metrics().render(entries, bytes);
-                let mut resp = Response::new(Full::new(body.into()));
+                let (cache_entries, cache_bytes) = self.proxy.cache().usage().await;
+                let (watch_ids, watch_streams) = self.proxy.watchers().counts();
+                let body = self.proxy.metrics().render(Snapshot {
+                    cache_entries,
+                    cache_bytes,
+                    watch_ids,
+                    watch_streams,
+                });
+                let mut resp = Response::new(answer::full(body));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -44,9 +55,9 @@ impl Admin {
                 if !route::is_valid_id(id) {
                     return error(StatusCode::BAD_REQUEST, "invalid task id");
                 }
-                self.proxy.cache().invalidate(id).await;
+                self.proxy.invalidate(id).await;
                 tracing::info!(task_id = id, "purged");
-                let mut resp = Response::new(Full::default());
+                let mut resp = Response::new(answer::full(""));
                 *resp.status_mut() = StatusCode::NO_CONTENT;
                 resp
             }
@@ -56,7 +67,7 @@ impl Admin {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body.into()));
+    let mut resp = Response::new(answer::full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

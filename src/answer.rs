@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 
 use crate::{
     phase::{self, Phase},
@@ -17,7 +17,13 @@ use crate::{
     upstream::{FetchError, Reply},
 };
 
-pub type Body = Full<Bytes>;
+/// Every response body: a complete one, or an event stream (`watch::EventStream`).
+pub type Body = Either<Full<Bytes>, crate::watch::EventStream>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(bytes.into()))
+}
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -225,7 +231,7 @@ impl Answer {
         } else {
             (self.status, self.body.clone())
         };
-        let mut resp = Response::new(Full::new(body));
+        let mut resp = Response::new(full(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         if !not_modified {
@@ -265,7 +271,7 @@ pub fn error_response(
     message: &str,
     request_id: &HeaderValue,
 ) -> Response<Body> {
-    let mut resp = Response::new(Full::new(error_body(message)));
+    let mut resp = Response::new(full(error_body(message)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, JSON);
@@ -276,7 +282,7 @@ pub fn error_response(
 
 /// A bodiless answer (`204`), never stored.
 pub fn empty_response(status: StatusCode, request_id: &HeaderValue) -> Response<Body> {
-    let mut resp = Response::new(Full::default());
+    let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, NO_STORE);

@@ -23,3 +23,5 @@ pub mod route;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod watch;
+pub mod webhook;

@@ -37,6 +37,11 @@ struct CacheLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     status_class: &'static str,
     error: &'static str,
@@ -52,6 +57,10 @@ pub struct Metrics {
     upstream_in_flight: Gauge,
     cache_entries: Gauge,
     cache_bytes: Gauge,
+    watch_ids: Gauge,
+    watch_streams: Gauge,
+    events_sent: Counter,
+    webhooks: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -112,6 +121,30 @@ impl Metrics {
             "Weighted size of the cache (body bytes plus per-entry overhead)",
             cache_bytes.clone(),
         );
+        let watch_ids = Gauge::default();
+        registry.register(
+            "watch_ids",
+            "Task ids watched now (one upstream poller each)",
+            watch_ids.clone(),
+        );
+        let watch_streams = Gauge::default();
+        registry.register(
+            "watch_streams",
+            "Open event streams (watch subscriptions)",
+            watch_streams.clone(),
+        );
+        let events_sent = Counter::default();
+        registry.register(
+            "watch_events_sent",
+            "Server-sent events delivered to watchers",
+            events_sent.clone(),
+        );
+        let webhooks = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Studio webhook calls by outcome (accepted, bad_signature, stale, duplicate, ignored)",
+            webhooks.clone(),
+        );
         Self {
             registry,
             requests,
@@ -122,6 +155,10 @@ impl Metrics {
             upstream_in_flight,
             cache_entries,
             cache_bytes,
+            watch_ids,
+            watch_streams,
+            events_sent,
+            webhooks,
         }
     }
 
@@ -174,17 +211,35 @@ impl Metrics {
         self.upstream_seconds.observe(report.elapsed.as_secs_f64());
     }
 
-    /// Renders the Prometheus text format (0.0.4), with cache gauges read now.
-    pub fn render(&self, cache_entries: u64, cache_bytes: u64) -> String {
-        self.cache_entries
-            .set(i64::try_from(cache_entries).unwrap_or(i64::MAX));
-        self.cache_bytes
-            .set(i64::try_from(cache_bytes).unwrap_or(i64::MAX));
+    /// The counter the watch feeds increment for each event delivered.
+    pub fn events_sent(&self) -> Counter {
+        self.events_sent.clone()
+    }
+
+    pub fn webhook(&self, outcome: &'static str) {
+        self.webhooks.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Renders the Prometheus text format (0.0.4), with the gauges read now.
+    pub fn render(&self, now: Snapshot) -> String {
+        let set = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        set(&self.cache_entries, now.cache_entries);
+        set(&self.cache_bytes, now.cache_bytes);
+        set(&self.watch_ids, now.watch_ids as u64);
+        set(&self.watch_streams, now.watch_streams as u64);
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// Gauges read from their owners at scrape time.
+pub struct Snapshot {
+    pub cache_entries: u64,
+    pub cache_bytes: u64,
+    pub watch_ids: usize,
+    pub watch_streams: usize,
 }
 
 pub struct InFlight<'a>(&'a Gauge);

@@ -131,6 +131,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     });
 
     let grace = cfg.shutdown_grace;
+    let watchers_proxy = Arc::clone(&proxy);
     let task = tokio::spawn(async move {
         let _ = shutdown_rx.wait_for(|stop| *stop).await;
         ready.store(false, Ordering::SeqCst);
@@ -140,6 +141,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         );
         tokio::time::sleep(grace).await;
         let _ = stop_accepting.send(true);
+        // Event streams never end by themselves: end them so the drain can finish.
+        watchers_proxy.watchers().shutdown();
         let _ = tokio::join!(public_task, admin_task);
         tracing::info!("shutdown: drained");
     });

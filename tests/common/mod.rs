@@ -291,3 +291,99 @@ pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sse {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// Reads a `text/event-stream` response event by event.
+pub struct SseReader {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: Incoming,
+    buf: String,
+    pub comments: usize,
+}
+
+impl SseReader {
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
+        let client: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let mut req = Request::get(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = client
+            .request(req.body(Empty::new()).unwrap())
+            .await
+            .expect("stream opens");
+        let (parts, body) = resp.into_parts();
+        Self {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            buf: String::new(),
+            comments: 0,
+        }
+    }
+
+    /// The next event, or `None` when the stream ended or `wait` passed first.
+    pub async fn next(&mut self, wait: Duration) -> Option<Sse> {
+        tokio::time::timeout(wait, self.next_event())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn next_event(&mut self) -> Option<Sse> {
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = Sse {
+                    event: "message".into(),
+                    id: None,
+                    data: String::new(),
+                };
+                let mut saw_field = false;
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        continue;
+                    }
+                    saw_field = true;
+                    let (k, v) = line.split_once(": ").unwrap_or((line, ""));
+                    match k {
+                        "event" => ev.event = v.into(),
+                        "id" => ev.id = Some(v.into()),
+                        "data" => {
+                            if !ev.data.is_empty() {
+                                ev.data.push('\n');
+                            }
+                            ev.data.push_str(v)
+                        }
+                        _ => {}
+                    }
+                }
+                if saw_field {
+                    return Some(ev);
+                }
+                self.comments += 1;
+            }
+            let frame = self.body.frame().await?.ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    }
+
+    /// True when the server ended the stream within `wait`.
+    pub async fn ended(&mut self, wait: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(wait, self.next_event()).await,
+            Ok(None)
+        )
+    }
+}

@@ -1,0 +1,313 @@
+//! Watching a task: `GET /task/{id}/events` as Server-Sent Events (SPEC "Watching a task").
+//!
+//! One watcher task per id, shared by all its subscribers, fetches the task through the same
+//! cache and coalesced fetch as `GET` once per `TASKGATE_WATCH_INTERVAL` (or at once when a
+//! webhook asks), and publishes an event only when the task's `status` changed. Each
+//! subscriber streams from a `tokio::sync::watch` channel that holds only the latest event,
+//! through a small bounded queue: a slow reader skips to the newest event instead of growing
+//! memory. The watcher stops after a finished phase or an error, when its last subscriber
+//! leaves, or at shutdown.
+//!
+//! Concurrency: subscribing and the watcher's decision to stop both happen under the map's
+//! lock, so a subscriber can never join a watcher that has already decided to stop.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::StatusCode;
+use http_body::{Body, Frame};
+use prometheus_client::metrics::counter::Counter;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::answer::Answer;
+
+/// A comment line every 15 s keeps proxies and browsers from timing the stream out.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Frames queued per subscriber; past it the subscriber waits and then sees the latest event.
+const QUEUE: usize = 4;
+
+/// One event, already framed for the wire.
+#[derive(Debug)]
+pub struct Event {
+    /// `status.updatedAt`, the SSE `id:`.
+    pub id: Option<String>,
+    pub frame: Bytes,
+    /// The stream closes after this event (a finished phase, or an error).
+    pub last: bool,
+}
+
+impl Event {
+    /// The event for a task answer, or `None` when its `status` is the one already sent.
+    fn from_answer(answer: &Answer, last_status: &mut Option<serde_json::Value>) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct View {
+            status: Option<serde_json::Value>,
+        }
+        if answer.status != StatusCode::OK {
+            return Some(Self::new("error", None, &answer.body, true));
+        }
+        let Some(phase) = answer.phase else {
+            let body = br#"{"errors":["the upstream answer is not a task"]}"#;
+            return Some(Self::new("error", None, body, true));
+        };
+        let status = serde_json::from_slice::<View>(&answer.body)
+            .ok()
+            .and_then(|v| v.status);
+        if status.is_some() && *last_status == status {
+            return None;
+        }
+        let id = status
+            .as_ref()
+            .and_then(|s| s.get("updatedAt"))
+            .filter(|v| v.is_number() || v.is_string())
+            .map(|v| v.to_string().trim_matches('"').to_owned());
+        *last_status = status;
+        Some(Self::new("task", id, &answer.body, phase.is_finished()))
+    }
+
+    fn new(kind: &str, id: Option<String>, data: &[u8], last: bool) -> Self {
+        let mut f = BytesMut::with_capacity(data.len() + 64);
+        f.put_slice(b"event: ");
+        f.put_slice(kind.as_bytes());
+        f.put_u8(b'\n');
+        if let Some(id) = &id {
+            // An id never holds a newline (it is a number), but be strict anyway.
+            f.put_slice(b"id: ");
+            f.put_slice(id.replace(['\n', '\r'], "").as_bytes());
+            f.put_u8(b'\n');
+        }
+        // A data line cannot hold a newline: a multi-line body becomes several data lines.
+        for line in data.split(|&b| b == b'\n') {
+            f.put_slice(b"data: ");
+            f.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
+            f.put_u8(b'\n');
+        }
+        f.put_u8(b'\n');
+        Self {
+            id,
+            frame: f.freeze(),
+            last,
+        }
+    }
+}
+
+struct Watched {
+    latest: watch::Sender<Option<Arc<Event>>>,
+    refresh: Notify,
+}
+
+/// Why a new watch was refused.
+#[derive(Debug)]
+pub struct TooManyWatches;
+
+pub struct Watchers {
+    ids: Mutex<HashMap<Arc<str>, Arc<Watched>>>,
+    max: usize,
+    interval: Duration,
+    shutdown: watch::Sender<bool>,
+    events_sent: Counter,
+}
+
+impl Watchers {
+    pub fn new(max: usize, interval: Duration, events_sent: Counter) -> Self {
+        Self {
+            ids: Mutex::new(HashMap::new()),
+            max,
+            interval,
+            shutdown: watch::channel(false).0,
+            events_sent,
+        }
+    }
+
+    /// Subscribes to `id`, starting its watcher with `lookup` when it is the first.
+    /// `lookup` answers as `GET` would (cache, then coalesced fetch).
+    pub fn subscribe<F, Fut>(
+        self: &Arc<Self>,
+        id: &str,
+        last_event_id: Option<String>,
+        lookup: F,
+    ) -> Result<EventStream, TooManyWatches>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Arc<Answer>> + Send + 'static,
+    {
+        let rx = {
+            let mut ids = self.ids.lock().expect("watch map lock poisoned");
+            match ids.get(id) {
+                Some(w) => w.latest.subscribe(),
+                None if ids.len() >= self.max => return Err(TooManyWatches),
+                None => {
+                    let key: Arc<str> = Arc::from(id);
+                    let watched = Arc::new(Watched {
+                        latest: watch::channel(None).0,
+                        refresh: Notify::new(),
+                    });
+                    let rx = watched.latest.subscribe();
+                    ids.insert(key.clone(), watched.clone());
+                    tokio::spawn(Arc::clone(self).watch(key, watched, lookup));
+                    rx
+                }
+            }
+        };
+        let (tx, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(feed(
+            rx,
+            tx,
+            last_event_id,
+            self.shutdown.subscribe(),
+            self.events_sent.clone(),
+        ));
+        Ok(EventStream { queue })
+    }
+
+    /// Makes the id's watcher fetch again now (a webhook said the task changed).
+    pub fn refresh(&self, id: &str) {
+        if let Some(w) = self.ids.lock().expect("watch map lock poisoned").get(id) {
+            w.refresh.notify_one();
+        }
+    }
+
+    /// Ends every stream: shutdown must not wait on streams that never end by themselves.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// (ids watched, open subscriptions).
+    pub fn counts(&self) -> (usize, usize) {
+        let ids = self.ids.lock().expect("watch map lock poisoned");
+        let subscribers = ids.values().map(|w| w.latest.receiver_count()).sum();
+        (ids.len(), subscribers)
+    }
+
+    async fn watch<F, Fut>(self: Arc<Self>, key: Arc<str>, watched: Arc<Watched>, lookup: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Arc<Answer>> + Send + 'static,
+    {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut last_status = None;
+        loop {
+            let answer = tokio::select! {
+                answer = lookup() => Some(answer),
+                _ = watched.latest.closed() => None,
+                _ = stopped(&mut shutdown) => None,
+            };
+            let finished = match answer.and_then(|a| Event::from_answer(&a, &mut last_status)) {
+                Some(event) => {
+                    let last = event.last;
+                    watched.latest.send_replace(Some(Arc::new(event)));
+                    last
+                }
+                None => false,
+            };
+            if !finished {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.interval) => {}
+                    _ = watched.refresh.notified() => {}
+                    _ = watched.latest.closed() => {}
+                    _ = stopped(&mut shutdown) => {}
+                }
+            }
+            let mut ids = self.ids.lock().expect("watch map lock poisoned");
+            let abandoned = watched.latest.receiver_count() == 0;
+            if finished || abandoned || *shutdown.borrow() {
+                if ids.get(&key).is_some_and(|w| Arc::ptr_eq(w, &watched)) {
+                    ids.remove(&key);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown has begun (the guard `wait_for` returns is dropped here: it must
+/// not be held across an await).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Copies events to one subscriber's queue, with keep-alive comments in between.
+async fn feed(
+    mut rx: watch::Receiver<Option<Arc<Event>>>,
+    tx: mpsc::Sender<Bytes>,
+    mut skip_id: Option<String>,
+    mut shutdown: watch::Receiver<bool>,
+    events_sent: Counter,
+) {
+    loop {
+        let current = rx.borrow_and_update().clone();
+        if let Some(event) = current {
+            // A reconnecting EventSource already has the event named by its Last-Event-ID.
+            let seen = skip_id
+                .take()
+                .is_some_and(|id| event.id.as_deref() == Some(id.as_str()));
+            if !seen {
+                if tx.send(event.frame.clone()).await.is_err() {
+                    return;
+                }
+                events_sent.inc();
+            }
+            if event.last {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                changed = rx.changed() => match changed {
+                    Ok(()) => break,
+                    Err(_) => return, // the watcher ended without a last event (shutdown)
+                },
+                _ = tokio::time::sleep(KEEP_ALIVE) => {
+                    if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+                _ = stopped(&mut shutdown) => return,
+            }
+        }
+    }
+}
+
+/// The body of an event-stream response. Dropping it (the client left) ends its feed, and
+/// with the last one the watcher.
+pub struct EventStream {
+    queue: mpsc::Receiver<Bytes>,
+}
+
+impl Body for EventStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.queue
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_line_body_becomes_several_data_lines() {
+        let e = Event::new("task", Some("17".into()), b"{\n\"a\": 1\r\n}", false);
+        assert_eq!(
+            &e.frame[..],
+            b"event: task\nid: 17\ndata: {\ndata: \"a\": 1\ndata: }\n\n"
+        );
+    }
+}

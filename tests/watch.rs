@@ -1,0 +1,219 @@
+//! Watching a task over Server-Sent Events: one upstream poller per id however many watch,
+//! events only on change, the stream ends after a finished phase.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{taskgate, HttpClient, MockUpstream, Reply, SseReader};
+use http::StatusCode;
+use taskgate::config::CorsOrigins;
+
+fn running(id: &str, progress: f64, updated: u64) -> Reply {
+    Reply::json(
+        200,
+        format!(
+            r#"{{"id":"{id}","status":{{"phase":"running","updatedAt":{updated},"progress":{progress}}}}}"#
+        ),
+    )
+}
+
+fn completed(id: &str, updated: u64) -> Reply {
+    Reply::json(
+        200,
+        format!(r#"{{"id":"{id}","status":{{"phase":"completed","updatedAt":{updated}}}}}"#),
+    )
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn a_watch_gets_the_task_at_once_then_each_change_then_ends_at_completed() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", running("t1", 0.1, 1));
+    let tg = taskgate(&mock, |c| c.watch_interval = Duration::from_millis(100)).await;
+    let mut s = SseReader::open(tg.public_addr(), "/task/t1/events", &[]).await;
+    assert_eq!(s.status, StatusCode::OK);
+    assert_eq!(s.headers["content-type"], "text/event-stream");
+    assert_eq!(s.headers["cache-control"], "no-store");
+    let first = s.next(WAIT).await.expect("the current answer at once");
+    assert_eq!(
+        (first.event.as_str(), first.id.as_deref()),
+        ("task", Some("1"))
+    );
+    assert!(first.data.contains(r#""progress":0.1"#));
+    // Unchanged polls send nothing.
+    assert!(s.next(Duration::from_millis(350)).await.is_none());
+    mock.set("t1", running("t1", 0.5, 2));
+    let second = s.next(WAIT).await.unwrap();
+    assert_eq!(second.id.as_deref(), Some("2"));
+    mock.set("t1", completed("t1", 3));
+    let last = s.next(WAIT).await.unwrap();
+    assert_eq!(last.id.as_deref(), Some("3"));
+    assert!(last.data.contains("completed"));
+    assert!(
+        s.ended(WAIT).await,
+        "the stream closes after a finished phase"
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_watchers_cost_one_upstream_call_per_interval() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", running("t1", 0.1, 1));
+    let interval = Duration::from_millis(250);
+    let tg = taskgate(&mock, |c| c.watch_interval = interval).await;
+    let started = Instant::now();
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        streams.push(SseReader::open(tg.public_addr(), "/api/task/t1/events", &[]).await);
+    }
+    for s in &mut streams {
+        assert_eq!(s.next(WAIT).await.unwrap().id.as_deref(), Some("1"));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    mock.set("t1", running("t1", 0.6, 2));
+    for s in &mut streams {
+        assert_eq!(
+            s.next(WAIT).await.unwrap().id.as_deref(),
+            Some("2"),
+            "every watcher sees the change"
+        );
+    }
+    mock.set("t1", completed("t1", 3));
+    for s in &mut streams {
+        assert_eq!(s.next(WAIT).await.unwrap().id.as_deref(), Some("3"));
+        assert!(s.ended(WAIT).await);
+    }
+    let intervals = started.elapsed().as_millis() / interval.as_millis();
+    let calls = mock.calls() as u128;
+    assert!(
+        calls <= intervals + 2,
+        "{calls} upstream calls in {intervals} intervals"
+    );
+    assert!(calls >= 3);
+    let m = HttpClient::default()
+        .get(tg.admin_addr(), "/metrics")
+        .await
+        .text();
+    assert!(m.contains("taskgate_watch_events_sent_total 300"), "{m}");
+}
+
+#[tokio::test]
+async fn a_watcher_that_leaves_stops_costing_anything() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", running("t1", 0.1, 1));
+    let tg = taskgate(&mock, |c| c.watch_interval = Duration::from_millis(100)).await;
+    let mut s = SseReader::open(tg.public_addr(), "/task/t1/events", &[]).await;
+    assert!(s.next(WAIT).await.is_some());
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = mock.calls();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        mock.calls(),
+        calls,
+        "no more upstream calls once nobody watches"
+    );
+    let (ids, streams) = tg.proxy().watchers().counts();
+    assert_eq!((ids, streams), (0, 0));
+}
+
+#[tokio::test]
+async fn a_reconnect_with_last_event_id_gets_no_duplicate() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", running("t1", 0.1, 7));
+    let tg = taskgate(&mock, |c| c.watch_interval = Duration::from_millis(100)).await;
+    let mut s = SseReader::open(
+        tg.public_addr(),
+        "/task/t1/events",
+        &[("last-event-id", "7")],
+    )
+    .await;
+    assert!(
+        s.next(Duration::from_millis(400)).await.is_none(),
+        "event 7 is not sent again"
+    );
+    mock.set("t1", running("t1", 0.2, 8));
+    assert_eq!(s.next(WAIT).await.unwrap().id.as_deref(), Some("8"));
+    // Once the task is finished and cached, a reconnect naming its last event gets 204:
+    // the answer that tells an EventSource to stop reconnecting.
+    mock.set("t1", completed("t1", 9));
+    assert_eq!(s.next(WAIT).await.unwrap().id.as_deref(), Some("9"));
+    let again = SseReader::open(
+        tg.public_addr(),
+        "/task/t1/events",
+        &[("last-event-id", "9")],
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_404_or_an_upstream_failure_is_an_error_event_then_the_end() {
+    let mock = MockUpstream::start().await;
+    mock.set("boom", Reply::json(503, "{}"));
+    let tg = taskgate(&mock, |_| {}).await;
+    for (id, message) in [("missing", "not found"), ("boom", "upstream error")] {
+        let mut s = SseReader::open(tg.public_addr(), &format!("/task/{id}/events"), &[]).await;
+        let e = s.next(WAIT).await.unwrap();
+        assert_eq!(e.event, "error", "{id}");
+        let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+        assert_eq!(v["errors"][0], message);
+        assert!(s.ended(WAIT).await);
+    }
+}
+
+#[tokio::test]
+async fn past_watch_max_a_new_id_gets_503() {
+    let mock = MockUpstream::start().await;
+    mock.set("a", running("a", 0.1, 1));
+    mock.set("b", running("b", 0.1, 1));
+    let tg = taskgate(&mock, |c| c.watch_max = 1).await;
+    let mut a = SseReader::open(tg.public_addr(), "/task/a/events", &[]).await;
+    assert!(a.next(WAIT).await.is_some());
+    let b = SseReader::open(tg.public_addr(), "/task/b/events", &[]).await;
+    assert_eq!(b.status, StatusCode::SERVICE_UNAVAILABLE);
+    let a2 = SseReader::open(tg.public_addr(), "/task/a/events", &[]).await;
+    assert_eq!(
+        a2.status,
+        StatusCode::OK,
+        "more watchers of a watched id are fine"
+    );
+}
+
+#[tokio::test]
+async fn cors_and_the_rate_limit_apply_to_streams() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", running("t1", 0.1, 1));
+    let app = "https://app.example";
+    let tg = taskgate(&mock, |c| {
+        c.cors_origins = CorsOrigins::List(vec![app.into()]);
+        c.rate_limit = 0.1;
+        c.rate_burst = 1.0;
+    })
+    .await;
+    let s = SseReader::open(tg.public_addr(), "/task/t1/events", &[("origin", app)]).await;
+    assert_eq!(s.status, StatusCode::OK);
+    assert_eq!(s.headers["access-control-allow-origin"], app);
+    let limited = SseReader::open(tg.public_addr(), "/task/t1/events", &[("origin", app)]).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let head = HttpClient::default()
+        .send(tg.public_addr(), "POST", "/task/t1/events", &[])
+        .await;
+    assert_eq!(head.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", running("t1", 0.1, 1));
+    let tg = taskgate(&mock, |_| {}).await;
+    let mut s = SseReader::open(tg.public_addr(), "/task/t1/events", &[]).await;
+    assert!(s.next(WAIT).await.is_some());
+    tg.shutdown();
+    assert!(s.ended(WAIT).await);
+    tokio::time::timeout(WAIT, tg.wait())
+        .await
+        .expect("the drain does not wait on streams");
+}
