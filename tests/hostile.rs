@@ -112,7 +112,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
         ("PUT with body", format!("PUT {valid} HTTP/1.1\r\nHost: taskgate\r\nContent-Length: 2\r\n\r\n{{}}").into_bytes()),
         ("lower-case method", with_headers(&format!("get {valid} HTTP/1.1"), &["Host: taskgate"])),
         ("unknown method", with_headers(&format!("FOO {valid} HTTP/1.1"), &["Host: taskgate"])),
-        ("POST webhook without secret", format!("POST /webhooks/livepeer HTTP/1.1\r\nHost: taskgate\r\nContent-Length: 2\r\n\r\n{{}}").into_bytes()),
+        ("POST webhook without secret", b"POST /webhooks/livepeer HTTP/1.1\r\nHost: taskgate\r\nContent-Length: 2\r\n\r\n{}".to_vec()),
         // Broken syntax.
         ("extra space in request line", with_headers(&format!("GET  {valid} HTTP/1.1"), &["Host: taskgate"])),
         ("bad version", with_headers(&format!("GET {valid} HTTP/9.9"), &["Host: taskgate"])),
