@@ -5,7 +5,7 @@
 //! every client; request-specific headers (`x-request-id`, later CORS) are added by
 //! [`Answer::respond`] when it is served.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
@@ -208,6 +208,80 @@ impl Answer {
         self.ttl.is_some()
     }
 
+    /// Lifetime left from now: how long a cache may still keep it.
+    pub fn remaining(&self) -> Duration {
+        self.ttl.map_or(Duration::ZERO, |ttl| {
+            ttl.saturating_sub(self.stored_at.elapsed())
+        })
+    }
+
+    /// Finished answers and 404s: the ones other replicas may serve too (not the pending
+    /// micro-cache, whose answers go stale in a second).
+    pub fn is_shared(&self) -> bool {
+        self.ttl.is_some() && self.public
+    }
+
+    /// The compact, versioned encoding kept in the shared second level (Redis):
+    /// `TGA1`, status (u16), stored-at (unix ms, u64), TTL (ms, u64), content type and ETag
+    /// (each a u16 length and bytes), then the body. All integers big-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let stored_unix_ms =
+            unix_ms(SystemTime::now()).saturating_sub(self.stored_at.elapsed().as_millis() as u64);
+        let etag = self.etag.as_ref().map_or(&[][..], HeaderValue::as_bytes);
+        let ct = self.content_type.as_bytes();
+        let mut out = Vec::with_capacity(4 + 2 + 16 + 4 + ct.len() + etag.len() + self.body.len());
+        out.extend_from_slice(ENCODING_V1);
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        out.extend_from_slice(&stored_unix_ms.to_be_bytes());
+        out.extend_from_slice(&(self.ttl.unwrap_or_default().as_millis() as u64).to_be_bytes());
+        for field in [ct, etag] {
+            out.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            out.extend_from_slice(field);
+        }
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Reads [`Answer::encode`]'s output; `None` for anything else (another version, garbage,
+    /// an answer whose lifetime is over).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = bytes.strip_prefix(ENCODING_V1)?;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (head, tail) = (r.get(..n)?, r.get(n..)?);
+            r = tail;
+            Some(head)
+        };
+        let status = StatusCode::from_u16(u16::from_be_bytes(take(2)?.try_into().ok()?)).ok()?;
+        let stored_unix_ms = u64::from_be_bytes(take(8)?.try_into().ok()?);
+        let ttl = Duration::from_millis(u64::from_be_bytes(take(8)?.try_into().ok()?));
+        let ct_len = u16::from_be_bytes(take(2)?.try_into().ok()?) as usize;
+        let content_type = HeaderValue::from_bytes(take(ct_len)?).ok()?;
+        let etag_len = u16::from_be_bytes(take(2)?.try_into().ok()?) as usize;
+        let etag = match take(etag_len)? {
+            [] => None,
+            e => Some(HeaderValue::from_bytes(e).ok()?),
+        };
+        let body = Bytes::copy_from_slice(r);
+        let age = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(stored_unix_ms));
+        if ttl.is_zero()
+            || age >= ttl
+            || !(status == StatusCode::OK || status == StatusCode::NOT_FOUND)
+        {
+            return None;
+        }
+        Some(Self {
+            status,
+            phase: phase::extract(&body),
+            body,
+            content_type,
+            etag,
+            retry_after: None,
+            ttl: Some(ttl),
+            public: true,
+            stored_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+        })
+    }
+
     /// Builds the response for one client. Every task-answer header is set here.
     pub fn respond(
         &self,
@@ -297,6 +371,13 @@ fn error_body(message: &str) -> Bytes {
     serde_json::to_vec(&serde_json::json!({ "errors": [message] }))
         .expect("a string array always serialises")
         .into()
+}
+
+const ENCODING_V1: &[u8] = b"TGA1";
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Whole seconds, rounded up so a client that waits that long is not refused again.
@@ -477,6 +558,50 @@ mod tests {
         assert_eq!(
             &b.body[..],
             br#"{"errors":["projectId as query param not supported"]}"#
+        );
+    }
+
+    #[test]
+    fn shared_answers_survive_the_l2_encoding() {
+        let a = Answer::from_upstream(reply(200, &task("completed")), &TTLS, b"k");
+        assert!(a.is_shared());
+        let b = Answer::decode(&a.encode()).expect("decodes");
+        assert_eq!(
+            (b.status, &b.body, &b.etag, b.phase, b.ttl),
+            (a.status, &a.body, &a.etag, a.phase, a.ttl)
+        );
+        // Stored times travel in whole milliseconds.
+        assert!(b.remaining() <= a.remaining() + Duration::from_millis(2));
+        assert!(b.remaining() > TTLS.completed - Duration::from_secs(2));
+        let nf = Answer::from_upstream(reply(404, "{}"), &TTLS, b"k");
+        assert_eq!(
+            Answer::decode(&nf.encode()).unwrap().status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn garbage_and_other_versions_do_not_decode() {
+        let a = Answer::from_upstream(reply(200, &task("completed")), &TTLS, b"k");
+        let mut other_version = a.encode();
+        other_version[3] = b'2';
+        for bytes in [
+            &b""[..],
+            b"TGA1",
+            b"garbage",
+            &other_version,
+            &a.encode()[..20],
+        ] {
+            assert!(Answer::decode(bytes).is_none());
+        }
+        let ttls = Policy {
+            pending: Duration::from_secs(1),
+            ..TTLS
+        };
+        let running = Answer::from_upstream(reply(200, &task("running")), &ttls, b"k");
+        assert!(
+            !running.is_shared(),
+            "the pending micro-cache is never shared"
         );
     }
 

@@ -31,9 +31,19 @@ const ENTRY_OVERHEAD: usize = 256;
 #[derive(Debug, Clone)]
 pub struct Fetched {
     pub answer: Arc<Answer>,
-    /// `Miss` when stored, `Pass` when not, `Hit` when the leader found it already stored.
+    /// `Miss` when stored, `Pass` when not, `Hit` when the leader found it already stored
+    /// (here or in the shared level).
     pub cache: CacheStatus,
     pub upstream: Option<UpstreamReport>,
+}
+
+/// What one fetch produced, before it is stored.
+pub struct Fetch {
+    pub answer: Answer,
+    /// The exchange with the API, when there was one.
+    pub upstream: Option<UpstreamReport>,
+    /// The answer came from the shared second level (Redis), not from the API.
+    pub shared: bool,
 }
 
 /// What the upstream exchange behind a fetch looked like, for logs and metrics.
@@ -54,8 +64,9 @@ pub struct TaskCache {
 struct TtlOfAnswer;
 
 impl Expiry<Arc<str>, Arc<Answer>> for TtlOfAnswer {
+    // The lifetime left, not the whole TTL: an answer from the shared level is already old.
     fn expire_after_create(&self, _: &Arc<str>, a: &Arc<Answer>, _: Instant) -> Option<Duration> {
-        a.ttl
+        a.ttl.map(|_| a.remaining())
     }
 
     // A re-fetched answer replaces the old one with its own lifetime.
@@ -66,7 +77,7 @@ impl Expiry<Arc<str>, Arc<Answer>> for TtlOfAnswer {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        a.ttl
+        a.ttl.map(|_| a.remaining())
     }
 }
 
@@ -108,7 +119,7 @@ impl TaskCache {
     ) -> (Option<Fetched>, bool)
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = (Answer, Option<UpstreamReport>)> + Send + 'static,
+        Fut: Future<Output = Fetch> + Send + 'static,
     {
         let (mut slot, coalesced) = {
             let mut inflight = self.inflight.lock().expect("inflight map lock poisoned");
@@ -140,7 +151,7 @@ impl TaskCache {
         fetch: Fut,
         tx: watch::Sender<Option<Fetched>>,
     ) where
-        Fut: Future<Output = (Answer, Option<UpstreamReport>)>,
+        Fut: Future<Output = Fetch>,
     {
         // Leaves the map however this task ends, so a panic cannot wedge the id forever.
         let _leave = LeaveOnDrop {
@@ -154,11 +165,20 @@ impl TaskCache {
                 upstream: None,
             },
             None => {
-                let (answer, upstream) = fetch.await;
+                let Fetch {
+                    answer,
+                    upstream,
+                    shared,
+                } = fetch.await;
                 let answer = Arc::new(answer);
                 let cache = if answer.is_cacheable() {
                     self.entries.insert(key.clone(), answer.clone()).await;
-                    CacheStatus::Miss
+                    // Found in the shared level: a hit, only not in this replica's memory.
+                    if shared {
+                        CacheStatus::Hit
+                    } else {
+                        CacheStatus::Miss
+                    }
                 } else {
                     CacheStatus::Pass
                 };

@@ -14,6 +14,8 @@ pub mod config;
 pub mod cors;
 pub mod demo;
 pub mod ids;
+#[cfg(feature = "redis")]
+pub mod l2;
 pub mod limit;
 pub mod metrics;
 pub mod phase;

@@ -37,6 +37,12 @@ struct CacheLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct L2Labels {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -61,6 +67,8 @@ pub struct Metrics {
     watch_streams: Gauge,
     events_sent: Counter,
     webhooks: Family<OutcomeLabel, Counter>,
+    l2: Family<L2Labels, Counter>,
+    l2_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -145,6 +153,18 @@ impl Metrics {
             "Studio webhook calls by outcome (accepted, bad_signature, stale, duplicate, ignored)",
             webhooks.clone(),
         );
+        let l2 = Family::<L2Labels, Counter>::default();
+        registry.register(
+            "l2_requests",
+            "Shared second-level (Redis) operations by op and outcome (hit, miss, undecodable, ok, error, timeout, lost)",
+            l2.clone(),
+        );
+        let l2_seconds = latency_histogram();
+        registry.register(
+            "l2_duration_seconds",
+            "Time of one Redis operation",
+            l2_seconds.clone(),
+        );
         Self {
             registry,
             requests,
@@ -159,6 +179,8 @@ impl Metrics {
             watch_streams,
             events_sent,
             webhooks,
+            l2,
+            l2_seconds,
         }
     }
 
@@ -214,6 +236,16 @@ impl Metrics {
     /// The counter the watch feeds increment for each event delivered.
     pub fn events_sent(&self) -> Counter {
         self.events_sent.clone()
+    }
+
+    /// One shared-level (Redis) operation's outcome: `get` hit/miss/undecodable, `set` ok,
+    /// `invalidate` ok, `subscribe` lost, and for any op `error` or `timeout`.
+    pub fn l2(&self, op: &'static str, outcome: &'static str) {
+        self.l2.get_or_create(&L2Labels { op, outcome }).inc();
+    }
+
+    pub fn l2_latency(&self, elapsed: Duration) {
+        self.l2_seconds.observe(elapsed.as_secs_f64());
     }
 
     pub fn webhook(&self, outcome: &'static str) {

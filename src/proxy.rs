@@ -17,7 +17,7 @@ use tracing::{field, Instrument};
 
 use crate::{
     answer::{self, Answer, Body, CacheStatus, Policy},
-    cache::{TaskCache, UpstreamReport},
+    cache::{Fetch, TaskCache, UpstreamReport},
     config::{ApiKey, Config},
     cors::Cors,
     ids::{self, TraceContext},
@@ -49,7 +49,9 @@ pub struct Proxy {
     backoff: Backoff,
     watchers: Arc<Watchers>,
     webhooks: Option<Webhooks>,
-    metrics: Metrics,
+    #[cfg(feature = "redis")]
+    l2: Option<Arc<crate::l2::L2>>,
+    metrics: Arc<Metrics>,
 }
 
 /// What the access event reports about one request.
@@ -72,7 +74,22 @@ struct Found {
 
 impl Proxy {
     pub fn new(cfg: &Config) -> Result<Self, SetupError> {
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
+        #[cfg(feature = "redis")]
+        let l2 = match &cfg.redis_url {
+            Some(url) => Some(Arc::new(
+                crate::l2::L2::new(url.expose(), cfg.redis_timeout, Arc::clone(&metrics))
+                    .map_err(SetupError)?,
+            )),
+            None => None,
+        };
+        #[cfg(not(feature = "redis"))]
+        if cfg.redis_url.is_some() {
+            return Err(SetupError(
+                "TASKGATE_REDIS_URL: this build has no Redis support (build with --features redis)"
+                    .into(),
+            ));
+        }
         Ok(Self {
             upstream: Upstream::new(cfg)?,
             cache: Arc::new(TaskCache::new(cfg.cache_max_bytes)),
@@ -94,6 +111,8 @@ impl Proxy {
                 metrics.events_sent(),
             )),
             webhooks: cfg.webhook_secret.as_ref().map(Webhooks::new),
+            #[cfg(feature = "redis")]
+            l2,
             metrics,
         })
     }
@@ -110,10 +129,37 @@ impl Proxy {
         &self.watchers
     }
 
-    /// Drops an id everywhere taskgate keeps it, and makes its watchers fetch it again.
+    /// Drops an id everywhere taskgate keeps it — memory, the shared level, and through it
+    /// every other replica's memory — and makes its watchers fetch it again.
     pub async fn invalidate(&self, id: &str) {
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.l2 {
+            l2.invalidate(id).await;
+        }
+        self.forget(id).await;
+    }
+
+    /// Drops an id from this replica only (another replica published its invalidation).
+    async fn forget(&self, id: &str) {
         self.cache.invalidate(id).await;
         self.watchers.refresh(id);
+    }
+
+    /// Starts the background work that lives as long as the proxy: listening for other
+    /// replicas' invalidations.
+    pub fn start_background(self: &Arc<Self>) {
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.l2 {
+            let this = Arc::downgrade(self);
+            tokio::spawn(Arc::clone(l2).listen(move |id| {
+                let this = this.clone();
+                async move {
+                    if let Some(this) = this.upgrade() {
+                        this.forget(&id).await;
+                    }
+                }
+            }));
+        }
     }
 
     pub async fn handle<B>(
@@ -316,6 +362,16 @@ impl Proxy {
                 let id = id.to_owned();
                 let request_id = request_id.clone();
                 async move {
+                    #[cfg(feature = "redis")]
+                    if let Some(l2) = &this.l2 {
+                        if let Some(answer) = l2.get(&id).await {
+                            return Fetch {
+                                answer,
+                                upstream: None,
+                                shared: true,
+                            };
+                        }
+                    }
                     let _in_flight = this.metrics.upstream_started();
                     let (reply, elapsed) =
                         upstream::timed(this.upstream.fetch(&id, &request_id, trace.to_header()))
@@ -337,7 +393,17 @@ impl Proxy {
                         &this.policy,
                         this.api_key.expose().as_bytes(),
                     );
-                    (answer, Some(report))
+                    #[cfg(feature = "redis")]
+                    if let (Some(l2), true) = (&this.l2, answer.is_shared()) {
+                        // Written beside the reply, so the client never waits on Redis.
+                        let (l2, id, shared) = (Arc::clone(l2), id.clone(), answer.clone());
+                        tokio::spawn(async move { l2.put(&id, &shared).await });
+                    }
+                    Fetch {
+                        answer,
+                        upstream: Some(report),
+                        shared: false,
+                    }
                 }
                 .in_current_span()
             })

@@ -93,6 +93,7 @@ impl Running {
 /// Binds both listeners and serves until `shutdown` is called.
 pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let proxy = Arc::new(Proxy::new(&cfg).map_err(StartError::Setup)?);
+    proxy.start_background();
     let bind = |listener, addr| async move {
         TcpListener::bind(addr)
             .await

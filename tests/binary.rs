@@ -3,94 +3,10 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader, Read},
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::time::Duration;
 
-use common::{HttpClient, MockUpstream, Reply, KEY};
+use common::{Binary, HttpClient, MockUpstream, Reply, KEY};
 use http::StatusCode;
-
-struct Proc {
-    child: Child,
-    public: SocketAddr,
-    lines: mpsc::Receiver<String>,
-    /// Lines read before the public address was known.
-    early: Vec<String>,
-    stderr: std::process::ChildStderr,
-}
-
-/// Starts the binary in front of `mock`, with the key in the environment, and waits for its
-/// "listening" event to learn the public address.
-fn spawn(mock: &MockUpstream, extra: &[(&str, &str)]) -> Proc {
-    let dir = std::env::temp_dir();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskgate"));
-    cmd.env_clear()
-        .current_dir(dir)
-        .env("TASKGATE_API_KEY", KEY)
-        .env("TASKGATE_UPSTREAM_URL", mock.base_url())
-        .env("TASKGATE_LISTEN", "127.0.0.1:0")
-        .env("TASKGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("TASKGATE_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut public = None;
-    let mut early = Vec::new();
-    while public.is_none() {
-        let line = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("taskgate logs 'listening'");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
-        if v["message"] == "listening" {
-            public = v["public"].as_str().map(|s| s.parse().unwrap());
-        }
-        early.push(line);
-    }
-    Proc {
-        child,
-        public: public.unwrap(),
-        lines,
-        early,
-        stderr,
-    }
-}
-
-impl Proc {
-    fn terminate(mut self) -> (i32, Vec<String>, String) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let code = self
-            .child
-            .wait()
-            .unwrap()
-            .code()
-            .expect("exited, not killed");
-        let mut stderr = String::new();
-        self.stderr.read_to_string(&mut stderr).unwrap();
-        let mut lines = self.early;
-        // The reader thread ends at EOF, which the exit guarantees.
-        lines.extend(self.lines.iter());
-        (code, lines, stderr)
-    }
-}
 
 fn access_events(lines: &[String]) -> Vec<serde_json::Value> {
     lines
@@ -109,7 +25,7 @@ async fn logs_are_json_events_with_spec_fields_and_never_hold_the_key() {
         "denied",
         Reply::json(401, format!(r#"{{"errors":["no token {KEY} found"]}}"#)),
     );
-    let proc = spawn(&mock, &[]);
+    let proc = Binary::spawn(&mock.base_url(), &[]);
     let c = HttpClient::default();
     let mut bodies = String::new();
     for (path, status) in [
@@ -186,7 +102,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
         "slow",
         Reply::task("slow", "running").delay(Duration::from_millis(1500)),
     );
-    let proc = spawn(&mock, &[("TASKGATE_DRAIN_TIMEOUT", "10s")]);
+    let proc = Binary::spawn(&mock.base_url(), &[("TASKGATE_DRAIN_TIMEOUT", "10s")]);
     let addr = proc.public;
     let in_flight =
         tokio::spawn(async move { HttpClient::default().get(addr, "/task/slow").await });
@@ -212,8 +128,8 @@ async fn the_drain_is_bounded_by_the_drain_timeout() {
         "stuck",
         Reply::task("stuck", "running").delay(Duration::from_secs(30)),
     );
-    let proc = spawn(
-        &mock,
+    let proc = Binary::spawn(
+        &mock.base_url(),
         &[
             ("TASKGATE_DRAIN_TIMEOUT", "300ms"),
             ("TASKGATE_UPSTREAM_TIMEOUT", "60s"),

@@ -5,8 +5,10 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
+    io::{BufRead, BufReader, Read},
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex},
     time::Duration,
 };
 
@@ -385,5 +387,91 @@ impl SseReader {
             tokio::time::timeout(wait, self.next_event()).await,
             Ok(None)
         )
+    }
+}
+
+/// The real binary, started with the key in its environment.
+pub struct Binary {
+    pub admin: SocketAddr,
+    child: Child,
+    pub public: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    /// Lines read before the public address was known.
+    early: Vec<String>,
+    stderr: std::process::ChildStderr,
+}
+
+fn spawn_inner(upstream_url: &str, extra: &[(&str, &str)]) -> Binary {
+    let dir = std::env::temp_dir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskgate"));
+    cmd.env_clear()
+        .current_dir(dir)
+        .env("TASKGATE_API_KEY", KEY)
+        .env("TASKGATE_UPSTREAM_URL", upstream_url)
+        .env("TASKGATE_LISTEN", "127.0.0.1:0")
+        .env("TASKGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("TASKGATE_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut public, mut admin) = (None, None);
+    let mut early = Vec::new();
+    while public.is_none() {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("taskgate logs 'listening'");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+        if v["message"] == "listening" {
+            public = v["public"].as_str().map(|s| s.parse().unwrap());
+            admin = v["admin"].as_str().map(|s| s.parse().unwrap());
+        }
+        early.push(line);
+    }
+    Binary {
+        child,
+        public: public.unwrap(),
+        admin: admin.unwrap(),
+        lines,
+        early,
+        stderr,
+    }
+}
+
+impl Binary {
+    /// Starts the binary in front of `upstream_url` and waits until it listens.
+    pub fn spawn(upstream_url: &str, extra: &[(&str, &str)]) -> Self {
+        spawn_inner(upstream_url, extra)
+    }
+
+    /// SIGTERM, then the exit code, every stdout line and stderr.
+    pub fn terminate(mut self) -> (i32, Vec<String>, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let code = self
+            .child
+            .wait()
+            .unwrap()
+            .code()
+            .expect("exited, not killed");
+        let mut stderr = String::new();
+        self.stderr.read_to_string(&mut stderr).unwrap();
+        let mut lines = self.early;
+        // The reader thread ends at EOF, which the exit guarantees.
+        lines.extend(self.lines.iter());
+        (code, lines, stderr)
     }
 }

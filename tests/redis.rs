@@ -1,0 +1,304 @@
+//! The shared second level against a real `redis-server` (Debian's package; `.ci/run`
+//! installs it), started here on a free loopback port with persistence off.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{taskgate, Binary, HttpClient, MockUpstream, Reply};
+use http::StatusCode;
+use taskgate::config::Secret;
+
+const ID: &str = "6f1c0c2e-3d5a-4b8e-9a0f-1e2d3c4b5a69";
+
+/// A throwaway redis-server on 127.0.0.1, killed on drop.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Self { port, child: None };
+        r.restart();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (bash .ci/run installs Debian's redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn get(addr: SocketAddr, id: &str) -> common::Got {
+    HttpClient::default()
+        .get(addr, &format!("/task/{id}"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_share_answers_and_purges_through_redis() {
+    let redis = Redis::start();
+    let mock = MockUpstream::start().await;
+    mock.set(ID, Reply::task(ID, "completed"));
+    let url = redis.url();
+    let env = [
+        ("TASKGATE_REDIS_URL", url.as_str()),
+        ("TASKGATE_LOG", "info"),
+    ];
+    let first = Binary::spawn(&mock.base_url(), &env);
+    let second = Binary::spawn(&mock.base_url(), &env);
+
+    assert_eq!(get(first.public, ID).await.header("x-cache"), Some("MISS"));
+    // The write to Redis happens beside the reply: wait for it to land.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cli(&["EXISTS", &format!("taskgate:v1:task:{ID}")]) != "1" {
+        assert!(Instant::now() < deadline, "the answer never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shared = get(second.public, ID).await;
+    assert_eq!(shared.status, StatusCode::OK);
+    assert_eq!(
+        shared.header("x-cache"),
+        Some("HIT"),
+        "served by the second replica from Redis"
+    );
+    assert_eq!(
+        mock.calls(),
+        1,
+        "zero upstream calls for the second replica"
+    );
+    assert_eq!(get(second.public, ID).await.header("x-cache"), Some("HIT"));
+
+    // A purge on the second replica reaches the first through Redis.
+    let purge = HttpClient::default()
+        .send(second.admin, "DELETE", &format!("/cache/task/{ID}"), &[])
+        .await;
+    assert_eq!(purge.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        redis.cli(&["EXISTS", &format!("taskgate:v1:task:{ID}")]),
+        "0"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = get(first.public, ID).await;
+        if got.header("x-cache") == Some("MISS") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first replica kept its copy after the purge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mock.calls(), 2);
+    assert_eq!(first.terminate().0, 0);
+    assert_eq!(second.terminate().0, 0);
+}
+
+#[tokio::test]
+async fn the_lifetime_in_redis_matches_the_phases_ttl() {
+    let redis = Redis::start();
+    let mock = MockUpstream::start().await;
+    mock.set("done", Reply::task("done", "completed"));
+    mock.set("broke", Reply::task("broke", "failed"));
+    mock.set("busy", Reply::task("busy", "running"));
+    let tg = taskgate(&mock, |c| {
+        c.redis_url = Some(Secret::new(redis.url()));
+        c.ttl_pending = Duration::from_secs(5);
+    })
+    .await;
+    for id in ["done", "broke", "busy", "missing"] {
+        get(tg.public_addr(), id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ttl = |id: &str| {
+        redis
+            .cli(&["PTTL", &format!("taskgate:v1:task:{id}")])
+            .parse::<i64>()
+            .unwrap()
+    };
+    let near = |ms: i64, want: Duration| {
+        (want.as_millis() as i64 - 2_000..=want.as_millis() as i64).contains(&ms)
+    };
+    assert!(
+        near(ttl("done"), Duration::from_secs(86_400)),
+        "{}",
+        ttl("done")
+    );
+    assert!(
+        near(ttl("broke"), Duration::from_secs(30)),
+        "{}",
+        ttl("broke")
+    );
+    assert!(
+        near(ttl("missing"), Duration::from_secs(5)),
+        "{}",
+        ttl("missing")
+    );
+    assert_eq!(
+        ttl("busy"),
+        -2,
+        "the pending micro-cache never goes to Redis"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_value_in_redis_is_ignored() {
+    let redis = Redis::start();
+    let mock = MockUpstream::start().await;
+    mock.set(ID, Reply::task(ID, "completed"));
+    redis.cli(&[
+        "SET",
+        &format!("taskgate:v1:task:{ID}"),
+        "TGA9-from-the-future",
+        "EX",
+        "60",
+    ]);
+    let tg = taskgate(&mock, |c| c.redis_url = Some(Secret::new(redis.url()))).await;
+    let got = get(tg.public_addr(), ID).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.header("x-cache"), Some("MISS"));
+    assert_eq!(mock.calls(), 1);
+    let m = HttpClient::default()
+        .get(tg.admin_addr(), "/metrics")
+        .await
+        .text();
+    assert!(
+        m.contains(r#"taskgate_l2_requests_total{op="get",outcome="undecodable"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_keep_answering_while_redis_is_down_and_use_it_again_once_back() {
+    let mut redis = Redis::start();
+    let mock = MockUpstream::start().await;
+    for id in ["a", "b", "c"] {
+        mock.set(id, Reply::task(id, "completed"));
+    }
+    let cfg = |c: &mut taskgate::config::Config| {
+        c.redis_url = Some(Secret::new(redis.url()));
+        c.redis_timeout = Duration::from_millis(100);
+    };
+    let one = taskgate(&mock, cfg).await;
+    let two = taskgate(&mock, cfg).await;
+    assert_eq!(get(one.public_addr(), "a").await.status, StatusCode::OK);
+
+    redis.stop();
+    for (tg, id) in [(&one, "b"), (&two, "b"), (&two, "a")] {
+        let started = Instant::now();
+        let got = get(tg.public_addr(), id).await;
+        assert_eq!(got.status, StatusCode::OK, "answers while Redis is down");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "no stall: {:?}",
+            started.elapsed()
+        );
+    }
+    let m = HttpClient::default()
+        .get(two.admin_addr(), "/metrics")
+        .await
+        .text();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("taskgate_l2_requests_total")
+                && (l.contains("\"error\"") || l.contains("\"timeout\""))),
+        "errors are counted: {m}"
+    );
+
+    redis.restart();
+    // Once Redis is back, answers go there again and the other replica is served from it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        get(one.public_addr(), "c").await;
+        if redis.cli(&["EXISTS", "taskgate:v1:task:c"]) == "1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "taskgate never used Redis again");
+        one.proxy().cache().invalidate("c").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The other replica's connection comes back by itself too (its first command after the
+    // outage may still fail and count as a miss).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(two.public_addr(), "c").await.header("x-cache") != Some("HIT") {
+        assert!(
+            Instant::now() < deadline,
+            "the second replica never used Redis again"
+        );
+        two.proxy().cache().invalidate("c").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both resubscribed to invalidations after the outage: a purge on one reaches the other.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let purge = HttpClient::default()
+            .send(one.admin_addr(), "DELETE", "/cache/task/c", &[])
+            .await;
+        assert_eq!(purge.status, StatusCode::NO_CONTENT);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if two.proxy().cache().get("c").await.is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second replica never resubscribed"
+        );
+    }
+}
