@@ -90,3 +90,29 @@ async fn a_ca_file_without_certificates_is_a_start_up_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn h2_stream_resets_and_goaway_are_502_then_recovered() {
+    let (mock, pem, url) = https_mock().await;
+    let mut cfg = common::config(&url);
+    cfg.upstream_ca_file = Some(pem);
+    let tg = taskgate::server::start(cfg).await.unwrap();
+    let c = HttpClient::default();
+    let path = format!("/task/{ID}");
+    // A stream reset on the shared h2 connection: that request fails, nothing is cached...
+    mock.set(ID, Reply::reset());
+    assert_eq!(
+        c.get(tg.public_addr(), &path).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert!(tg.proxy().cache().get(ID).await.is_none());
+    // ...and the next one works.
+    mock.set(ID, Reply::task(ID, "running"));
+    assert_eq!(c.get(tg.public_addr(), &path).await.status, StatusCode::OK);
+    // A GOAWAY closes the pooled connection; the next request opens a new one.
+    mock.goaway();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let got = c.get(tg.public_addr(), &path).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert!(mock.seen().iter().all(|s| s.version == Version::HTTP_2));
+}

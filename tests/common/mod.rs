@@ -46,6 +46,8 @@ pub struct Reply {
     pub headers: Vec<(&'static str, String)>,
     pub body: Bytes,
     pub delay: Duration,
+    /// Abort the exchange instead of answering (h1: the connection closes; h2: RST_STREAM).
+    pub reset: bool,
 }
 
 impl Reply {
@@ -55,6 +57,7 @@ impl Reply {
             headers: vec![("content-type", "application/json; charset=utf-8".into())],
             body: Bytes::from(body.into()),
             delay: Duration::ZERO,
+            reset: false,
         }
     }
 
@@ -72,6 +75,13 @@ impl Reply {
         self
     }
 
+    pub fn reset() -> Self {
+        Self {
+            reset: true,
+            ..Self::json(200, "")
+        }
+    }
+
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = d;
         self
@@ -84,9 +94,10 @@ pub fn task_body(id: &str, phase: &str) -> String {
     )
 }
 
-#[derive(Default)]
 struct MockState {
     seen: Mutex<Vec<Seen>>,
+    /// Bumped by `goaway()`: every open connection shuts down gracefully (h2: GOAWAY).
+    goaway: tokio::sync::watch::Sender<u64>,
     replies: Mutex<HashMap<String, Reply>>,
 }
 
@@ -95,6 +106,9 @@ pub struct MockUpstream {
     addr: SocketAddr,
     state: Arc<MockState>,
     task: tokio::task::JoinHandle<()>,
+    /// Every connection's task, aborted on drop: a dropped mock is an API that went away,
+    /// kept-alive connections included.
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl MockUpstream {
@@ -107,11 +121,26 @@ impl MockUpstream {
         Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))).await
     }
 
+    /// Serves on a given loopback port (for an upstream that comes up late).
+    pub async fn start_on(port: u16) -> Self {
+        Self::start_with_port(None, port).await
+    }
+
     async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_with_port(tls, 0).await
+    }
+
+    async fn start_with_port(tls: Option<tokio_rustls::TlsAcceptor>, port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(MockState::default());
+        let state = Arc::new(MockState {
+            seen: Mutex::default(),
+            goaway: tokio::sync::watch::channel(0).0,
+            replies: Mutex::default(),
+        });
         let st = Arc::clone(&state);
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let conns = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -119,23 +148,35 @@ impl MockUpstream {
                 };
                 let st = Arc::clone(&st);
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
+                    let mut goaway = st.goaway.subscribe();
                     let svc = service_fn(move |req| answer(Arc::clone(&st), req));
                     let builder = auto::Builder::new(TokioExecutor::new());
-                    match tls {
-                        None => {
-                            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
-                        }
-                        Some(acceptor) => {
-                            if let Ok(stream) = acceptor.accept(tcp).await {
-                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                            }
-                        }
+                    let io: Box<dyn IoStream> = match tls {
+                        None => Box::new(tcp),
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(stream) => Box::new(stream),
+                            Err(_) => return,
+                        },
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(io), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = goaway.changed() => {}
                     }
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
                 });
+                conns.lock().unwrap().push(conn.abort_handle());
             }
         });
-        Self { addr, state, task }
+        Self {
+            addr,
+            state,
+            task,
+            connections,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -154,6 +195,11 @@ impl MockUpstream {
             .insert(id.to_owned(), reply);
     }
 
+    /// Shuts every open connection down gracefully: an HTTP/2 GOAWAY.
+    pub fn goaway(&self) {
+        self.state.goaway.send_modify(|n| *n += 1);
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
@@ -166,13 +212,19 @@ impl MockUpstream {
 impl Drop for MockUpstream {
     fn drop(&mut self) {
         self.task.abort();
+        for conn in self.connections.lock().unwrap().drain(..) {
+            conn.abort();
+        }
     }
 }
+
+trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> IoStream for T {}
 
 async fn answer(
     st: Arc<MockState>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     st.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         uri: req.uri().to_string(),
@@ -193,6 +245,9 @@ async fn answer(
         .cloned()
         .unwrap_or_else(|| Reply::json(404, r#"{"errors":["not found"]}"#));
     tokio::time::sleep(reply.delay).await;
+    if reply.reset {
+        return Err(std::io::Error::other("scripted reset"));
+    }
     let mut resp = Response::new(Full::new(reply.body));
     *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
     for (name, value) in reply.headers {
