@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashMap,
-    convert::Infallible,
     io::{BufRead, BufReader, Read},
     net::SocketAddr,
     process::{Child, Command, Stdio},
