@@ -21,11 +21,14 @@ use tokio::{
 
 const ID: &str = "6f1c0c2e-3d5a-4b8e-9a0f-1e2d3c4b5a69";
 
+/// Pieces of a raw answer, each written then followed by a pause.
+type Script = Arc<Mutex<Vec<(Vec<u8>, Duration)>>>;
+
 /// A raw TCP upstream that answers every connection with scripted bytes, written in pieces
 /// with pauses, then closes: for faults a well-behaved HTTP server cannot produce.
 struct RawUpstream {
     addr: std::net::SocketAddr,
-    script: Arc<Mutex<Vec<(Vec<u8>, Duration)>>>,
+    script: Script,
     connections: Arc<AtomicUsize>,
     /// Connections whose peer (taskgate) closed them while the script was still running.
     closed_by_peer: Arc<AtomicUsize>,
@@ -35,7 +38,7 @@ impl RawUpstream {
     async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let script: Arc<Mutex<Vec<(Vec<u8>, Duration)>>> = Arc::default();
+        let script: Script = Arc::default();
         let connections = Arc::new(AtomicUsize::new(0));
         let closed_by_peer = Arc::new(AtomicUsize::new(0));
         let (s, c, o) = (script.clone(), connections.clone(), closed_by_peer.clone());
