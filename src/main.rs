@@ -1,11 +1,12 @@
-//! `taskgate`: read config → init logs → start → run until SIGTERM/SIGINT → drain → exit 0.
+//! `taskgate`: read config → init logs (and span export) → start → run until SIGTERM/SIGINT →
+//! drain → flush spans → exit 0.
 //! A bad configuration prints one line and exits 64 (EX_USAGE).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use taskgate::{
-    config::{self, Cli, Env},
+    config::{self, Cli, Config, Env},
     server::{self, StartError},
     telemetry, upstream,
 };
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
             return usage_error(&format!("{first} (see --help)"));
         }
     };
-    let mut cfg = match config::load(&cli, &Env::from_process()) {
+    let cfg = match config::load(&cli, &Env::from_process()) {
         Ok(cfg) => cfg,
         Err(e) => return usage_error(&e),
     };
@@ -36,33 +37,42 @@ fn main() -> ExitCode {
         println!("taskgate: configuration ok");
         return ExitCode::SUCCESS;
     }
-    telemetry::init(cfg.log_format, &cfg.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
     runtime.block_on(async move {
-        let _demo = if cli.demo {
-            match taskgate::demo::start_for_cli(&mut cfg).await {
-                Ok(demo) => Some(demo),
-                Err(e) => {
-                    eprintln!("taskgate: cannot start the demo task API: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        } else {
-            None
-        };
-        tracing::info!(config = ?cfg, version = env!("CARGO_PKG_VERSION"), "starting");
-        match server::run(cfg, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e @ StartError::Setup(_)) => usage_error(&e),
+        // Inside the runtime: the span exporter (feature `otel`) runs its batch task on it.
+        let telemetry = telemetry::init(cfg.log_format, &cfg.log);
+        let code = serve(cfg, cli.demo).await;
+        // After the drain, so the last requests' spans are in the batch; bounded in time.
+        telemetry.shutdown().await;
+        code
+    })
+}
+
+/// Runs the proxy (in front of the demo task API with `--demo`) until a signal and the drain.
+async fn serve(mut cfg: Config, demo: bool) -> ExitCode {
+    let _demo = if demo {
+        match taskgate::demo::start_for_cli(&mut cfg).await {
+            Ok(demo) => Some(demo),
             Err(e) => {
-                eprintln!("taskgate: {e}");
-                ExitCode::FAILURE
+                eprintln!("taskgate: cannot start the demo task API: {e}");
+                return ExitCode::FAILURE;
             }
         }
-    })
+    } else {
+        None
+    };
+    tracing::info!(config = ?cfg, version = env!("CARGO_PKG_VERSION"), "starting");
+    match server::run(cfg, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ StartError::Setup(_)) => usage_error(&e),
+        Err(e) => {
+            eprintln!("taskgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn usage_error(e: &dyn std::fmt::Display) -> ExitCode {
