@@ -16,6 +16,16 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase the API defines.
+    pub const ALL: [Phase; 6] = [
+        Phase::Pending,
+        Phase::Waiting,
+        Phase::Running,
+        Phase::Completed,
+        Phase::Failed,
+        Phase::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "pending",
@@ -71,14 +81,7 @@ mod tests {
 
     #[test]
     fn every_phase_is_recognised() {
-        for phase in [
-            Phase::Pending,
-            Phase::Waiting,
-            Phase::Running,
-            Phase::Completed,
-            Phase::Failed,
-            Phase::Cancelled,
-        ] {
+        for phase in Phase::ALL {
             let body = format!(
                 r#"{{"id":"t","status":{{"phase":"{}","updatedAt":1}}}}"#,
                 phase.as_str()
@@ -130,15 +133,6 @@ mod properties {
 
     use super::*;
 
-    const PHASES: [Phase; 6] = [
-        Phase::Pending,
-        Phase::Waiting,
-        Phase::Running,
-        Phase::Completed,
-        Phase::Failed,
-        Phase::Cancelled,
-    ];
-
     proptest! {
         #[test]
         fn extract_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -147,11 +141,11 @@ mod properties {
 
         #[test]
         fn the_phase_is_found_whatever_surrounds_it(
-            i in 0..PHASES.len(),
+            i in 0..Phase::ALL.len(),
             before in proptest::collection::btree_map("[a-z]{1,8}", "[ -~&&[^\"\\\\]]{0,16}", 0..5),
             progress in proptest::option::of(0.0f64..1.0),
         ) {
-            let phase = PHASES[i];
+            let phase = Phase::ALL[i];
             let mut task = serde_json::Map::new();
             for (k, v) in before {
                 if k != "status" {
