@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Quota economy: how many Studio API calls do K browser tabs following T tasks cost, and how
+# late do they see each status change, behind
+#   naive        nginx proxy_pass, no cache
+#   nginx-1s     nginx with a 1 s micro-cache (proxy_cache_valid 200 1s; proxy_cache_lock on)
+#   taskgate     taskgate, TTL_PENDING off (unfinished tasks pass through, coalesced)
+#   taskgate-pending  taskgate, TTL_PENDING = the tabs' polling period
+#   taskgate-watch    taskgate, each tab holds one SSE stream per task instead of polling
+#   (optional, with --only: taskgate-pending-1s, TTL_PENDING = 1 s like nginx-1s's cache)
+# The API is simulated (bench/quota/upstream.py): tasks go waiting -> running (progress
+# updates) -> completed on a clock; each body carries its version, so the tabs
+# (bench/quota/tabs.py) know how late every answer was. Loopback only; stops by itself.
+#
+#   bash bench/quota.sh [--tabs 50] [--tasks 20] [--period 2] [--wait 2] [--run 16]
+#                       [--stagger 4] [--progress-every 4] [--linger 15]
+#                       [--only naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch]
+# Needs python3 (3.11), curl, nginx (Debian: apt-get install -y nginx). TASKGATE_BIN skips
+# the cargo build. Writes per-scenario JSON to a temp dir (kept with --keep).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+tabs=50 tasks=20 period=2 wait=2 run=16 stagger=4 progress_every=4 linger=15
+only="naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch" keep=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --tabs) tabs="$2"; shift 2 ;;
+        --tasks) tasks="$2"; shift 2 ;;
+        --period) period="$2"; shift 2 ;;
+        --wait) wait="$2"; shift 2 ;;
+        --run) run="$2"; shift 2 ;;
+        --stagger) stagger="$2"; shift 2 ;;
+        --progress-every) progress_every="$2"; shift 2 ;;
+        --linger) linger="$2"; shift 2 ;;
+        --only) only="$2"; shift 2 ;;
+        --keep) keep=1; shift ;;
+        *) sed -n '2,20p' "$0" >&2; exit 64 ;;
+    esac
+done
+
+command -v nginx >/dev/null || case ",$only," in *,naive,*|*,nginx-1s,*)
+    echo "quota: nginx is missing (Debian: apt-get install -y nginx)" >&2; exit 69 ;; esac
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+period_ms=$(python3 -c "print(round(float('$period') * 1000))")
+
+bin="${TASKGATE_BIN:-}"
+if [ -z "$bin" ]; then
+    cargo build --release --locked --quiet
+    bin=$root/target/release/taskgate
+fi
+
+tmp=$(mktemp -d /tmp/taskgate-quota.XXXXXX)
+chmod 755 "$tmp"   # nginx workers drop to nobody
+pids=()
+stop_all() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    pids=()
+}
+cleanup() { stop_all; [ "$keep" = 1 ] && echo "quota: files kept in $tmp" || rm -rf "$tmp"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_http() {   # URL: until it answers at all (any status)
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "$1" && return 0
+        sleep 0.1
+    done
+    echo "quota: $1 never answered" >&2; return 1
+}
+
+start_upstream() {  # tag -> sets up_port
+    up_port=$(free_port)
+    python3 bench/quota/upstream.py --port "$up_port" --mode lifecycle --tasks "$tasks" \
+        --wait "$wait" --run "$run" --stagger "$stagger" --progress-every "$progress_every" \
+        --seed 1 --tag "$1" & pids+=($!)
+    wait_http "http://127.0.0.1:$up_port/ctl/stats"
+}
+
+start_nginx() {  # name cache(0|1) -> sets px_port
+    px_port=$(free_port)
+    local d="$tmp/$1"; mkdir -p "$d/cache" "$d/temp"; chmod 777 "$d/cache" "$d/temp"
+    local cache_http="" cache_loc=""
+    if [ "$2" = 1 ]; then
+        cache_http="proxy_cache_path $d/cache levels=1:2 keys_zone=tasks:10m max_size=100m inactive=60s use_temp_path=off;"
+        cache_loc="proxy_cache tasks; proxy_cache_key \$1; proxy_cache_valid 200 1s; proxy_cache_lock on;
+            add_header x-cache \$upstream_cache_status always;"
+    fi
+    cat >"$d/nginx.conf" <<EOF
+worker_processes 2;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $d/temp/body; proxy_temp_path $d/temp/proxy;
+    fastcgi_temp_path $d/temp/fcgi; uwsgi_temp_path $d/temp/uwsgi; scgi_temp_path $d/temp/scgi;
+    keepalive_requests 100000;
+    upstream studio { server 127.0.0.1:$up_port; keepalive 64; }
+    $cache_http
+    server {
+        listen 127.0.0.1:$px_port;
+        location ~ "^/task/([A-Za-z0-9-]{1,64})\$" {
+            proxy_pass http://studio/api/task/\$1;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer quota-key";
+            $cache_loc
+        }
+        location / { return 404; }
+    }
+}
+EOF
+    nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf" -g 'daemon off;' & pids+=($!)
+    wait_http "http://127.0.0.1:$px_port/"
+}
+
+start_taskgate() {  # extra env... -> sets px_port, adm_port
+    px_port=$(free_port); adm_port=$(free_port)
+    # From $tmp: no config/taskgate.toml is picked up; the environment says everything.
+    (cd "$tmp" && exec env -i PATH="$PATH" \
+        TASKGATE_API_KEY=quota-key TASKGATE_UPSTREAM_URL="http://127.0.0.1:$up_port/api" \
+        TASKGATE_LISTEN="127.0.0.1:$px_port" TASKGATE_ADMIN_LISTEN="127.0.0.1:$adm_port" \
+        TASKGATE_RATE_LIMIT=0 TASKGATE_LOG=error "$@" "$bin") >"$tmp/$cur.log" 2>&1 & pids+=($!)
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$adm_port/readyz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "quota: taskgate never became ready:" >&2; cat "$tmp/$cur.log" >&2; return 1
+}
+
+results=()
+scenario() {  # name
+    local name=$1 mode=poll
+    cur=$name
+    echo "quota: $name ..." >&2
+    start_upstream "${name//[^a-z0-9]/}"
+    adm_port=""
+    case "$name" in
+        naive) start_nginx "$name" 0 ;;
+        nginx-1s) start_nginx "$name" 1 ;;
+        taskgate) start_taskgate ;;
+        taskgate-pending) start_taskgate TASKGATE_TTL_PENDING="${period_ms}ms" ;;
+        taskgate-pending-1s) start_taskgate TASKGATE_TTL_PENDING=1s ;;  # optional: nginx-1s's TTL
+        taskgate-watch) start_taskgate TASKGATE_WATCH_INTERVAL="${period_ms}ms"; mode=watch ;;
+        *) echo "quota: unknown scenario $name" >&2; exit 64 ;;
+    esac
+    python3 bench/quota/tabs.py --base "http://127.0.0.1:$px_port" \
+        --upstream "http://127.0.0.1:$up_port" --mode "$mode" --tabs "$tabs" \
+        --period "$period" --linger "$linger" >"$tmp/$name.json"
+    if [ -n "$adm_port" ]; then   # cross-check: taskgate's own count of upstream calls
+        local n
+        n=$(curl -s "http://127.0.0.1:$adm_port/metrics" |
+            awk '/^taskgate_upstream_requests_total/ {s += $NF} END {print s + 0}')
+        python3 - "$tmp/$name.json" "$n" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); r["proxy_upstream_calls"] = int(float(sys.argv[2]))
+json.dump(r, open(sys.argv[1], "w"))
+PY
+    fi
+    stop_all
+    results+=("$name=$tmp/$name.json")
+}
+
+start=$(date +%s)
+echo "quota: $tabs tabs x $tasks tasks, poll every ${period}s, tasks waiting ${wait}s+0..${stagger}s," \
+     "running ${run}s x0.75..1.25 (progress every ${progress_every}s), tabs go on ${linger}s after completion" >&2
+IFS=, read -ra names <<<"$only"
+for n in "${names[@]}"; do scenario "$n"; done
+python3 bench/quota/report.py "${results[@]}"
+echo "quota: done in $(( $(date +%s) - start )) s"
