@@ -916,7 +916,18 @@ fn parse_redis_url(value: &str) -> Result<Option<Secret>, String> {
         .strip_prefix("redis://")
         .or_else(|| value.strip_prefix("rediss://"));
     match rest {
-        Some(rest) if !rest.is_empty() => Ok(Some(Secret::new(value))),
+        Some(rest) if !rest.is_empty() => {
+            // The client's own parser (no connection is made), so `--check-config` catches
+            // what start-up would refuse. Its error kind only: the message may quote the URL.
+            #[cfg(feature = "redis")]
+            if let Err(e) = redis::Client::open(value) {
+                return Err(format!(
+                    "the value (hidden) is not a usable Redis URL ({:?})",
+                    e.kind()
+                ));
+            }
+            Ok(Some(Secret::new(value)))
+        }
         _ => Err("the value (hidden) is not a Redis URL \
                   (write redis://host:port/db or rediss://host:port/db)"
             .into()),
@@ -1611,6 +1622,14 @@ mod tests {
         assert!(e.starts_with("TASKGATE_REDIS_URL: the value (hidden) is not a Redis URL"));
         assert!(!e.contains(REDIS_PASSWORD));
         assert!(err(with_env(&[("TASKGATE_REDIS_URL", "redis://")])).contains("not a Redis URL"));
+        // Past the scheme check, the client's parser has the last word; the value stays hidden.
+        #[cfg(feature = "redis")]
+        {
+            let bad = format!("redis://:{REDIS_PASSWORD}@cache:notaport/0");
+            let e = err(with_env(&[("TASKGATE_REDIS_URL", &bad)]));
+            assert!(e.contains("not a usable Redis URL"), "{e}");
+            assert!(!e.contains(REDIS_PASSWORD), "{e}");
+        }
     }
 
     #[test]
