@@ -79,3 +79,38 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     crate::answer::error_response(status, message, &ids::new_request_id())
 }
+
+/// `taskgate --healthcheck`: GET `/healthz` on the admin listener at `addr` and report
+/// whether it answered 200 within `timeout`. For container health checks in images without a
+/// shell or an HTTP client. Plain blocking std I/O: it runs before any runtime exists.
+pub fn probe(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+
+    // A wildcard listener is reached on the loopback address of its family.
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect to the admin listener {addr}: {e}"))?;
+    tcp.set_read_timeout(Some(timeout))
+        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
+        .and_then(|()| {
+            tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        })
+        .map_err(|e| format!("admin listener {addr}: {e}"))?;
+    // The status line is all that matters; it fits in the first read of a small buffer.
+    let mut head = [0u8; 64];
+    let n = tcp
+        .read(&mut head)
+        .map_err(|e| format!("admin listener {addr}: no answer ({e})"))?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let line = line.lines().next().unwrap_or_default();
+    match line.split(' ').nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(format!("admin listener {addr}: /healthz answered {line:?}")),
+    }
+}

@@ -187,6 +187,10 @@ pub struct Cli {
     /// Validate the configuration and exit: 0 when valid, 64 with one line when not
     #[arg(long)]
     pub check_config: bool,
+    /// Check that a running taskgate's admin listener answers GET /healthz, and exit 0 (healthy)
+    /// or 1: a health check for container images without a shell or curl
+    #[arg(long)]
+    pub healthcheck: bool,
     /// Run in front of a built-in simulated task API on loopback (no key, no network)
     #[arg(long)]
     pub demo: bool,

@@ -29,6 +29,15 @@ fn main() -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => return usage_error(&e),
     };
+    if cli.healthcheck {
+        return match taskgate::admin::probe(cfg.admin_listen, std::time::Duration::from_secs(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("taskgate: unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.check_config {
         // Also proves the CA file and base URL are usable, as start-up would.
         if let Err(e) = upstream::Upstream::new(&cfg) {

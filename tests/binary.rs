@@ -153,3 +153,42 @@ async fn the_drain_is_bounded_by_the_drain_timeout() {
         started.elapsed()
     );
 }
+
+/// `taskgate --healthcheck` run the way a container health check runs it: same environment as
+/// the server, its exit code the verdict. Healthy while the server runs; unhealthy (1, one
+/// line on stderr, never the key) once nothing listens on the admin port.
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_flag_reports_the_running_server() {
+    let mock = MockUpstream::start().await;
+    let proc = Binary::spawn(&mock.base_url(), &[]);
+    let admin = proc.admin.to_string();
+    let check = |admin: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskgate"))
+            .arg("--healthcheck")
+            .env_clear()
+            .env("TASKGATE_API_KEY", KEY)
+            .env("TASKGATE_ADMIN_LISTEN", admin)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(&admin);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    // A wildcard admin address (as in the container image) is probed on loopback.
+    let wildcard = format!("0.0.0.0:{}", proc.admin.port());
+    assert_eq!(check(&wildcard).0, Some(0));
+
+    let (exit, _, _) = tokio::task::spawn_blocking(move || proc.terminate())
+        .await
+        .unwrap();
+    assert_eq!(exit, 0);
+    let (code, stderr) = check(&admin);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(stderr.starts_with("taskgate: unhealthy: "), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains(KEY));
+    assert_eq!(mock.calls(), 0, "a health check never reaches the API");
+}
