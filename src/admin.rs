@@ -86,14 +86,7 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 pub fn probe(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Result<(), String> {
     use std::io::{Read, Write};
 
-    // A wildcard listener is reached on the loopback address of its family.
-    let mut addr = addr;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
+    let addr = crate::server::local_address(addr);
     let mut tcp = std::net::TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("cannot connect to the admin listener {addr}: {e}"))?;
     tcp.set_read_timeout(Some(timeout))

@@ -922,12 +922,11 @@ fn parse_redis_url(value: &str) -> Result<Option<Secret>, String> {
     match rest {
         Some(rest) if !rest.is_empty() => {
             // The client's own parser (no connection is made), so `--check-config` catches
-            // what start-up would refuse. Its error kind only: the message may quote the URL.
+            // what start-up would refuse.
             #[cfg(feature = "redis")]
-            if let Err(e) = redis::Client::open(value) {
+            if let Err(kind) = crate::l2::client(value) {
                 return Err(format!(
-                    "the value (hidden) is not a usable Redis URL ({:?})",
-                    e.kind()
+                    "the value (hidden) is not a usable Redis URL ({kind})"
                 ));
             }
             Ok(Some(Secret::new(value)))

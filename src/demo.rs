@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -545,15 +545,8 @@ pub async fn start_for_cli(cfg: &mut Config) -> io::Result<Simulator> {
     let sim = Simulator::start(([127, 0, 0, 1], 0).into(), Timeline::demo()).await?;
     cfg.api_key = ApiKey::new(DEMO_API_KEY);
     cfg.upstream_url = sim.base_url();
-    // A wildcard listener is reachable on loopback; print an address curl can use.
-    let mut public = cfg.listen;
-    if public.ip().is_unspecified() {
-        public.set_ip(if public.is_ipv4() {
-            Ipv4Addr::LOCALHOST.into()
-        } else {
-            Ipv6Addr::LOCALHOST.into()
-        });
-    }
+    // An address curl can use, also when the listener is a wildcard.
+    let public = crate::server::local_address(cfg.listen);
     println!("taskgate demo: simulated task API at {}\n", sim.base_url());
     println!("{}", curl_lines(&format!("http://{public}")));
     Ok(sim)

@@ -35,6 +35,12 @@ fn describe(e: &redis::RedisError) -> String {
     format!("{:?}", e.kind())
 }
 
+/// The client for `url`, parsed without connecting; on error, only the error's kind (the
+/// message may quote the URL, which can hold a password). Also used to check the setting.
+pub(crate) fn client(url: &str) -> Result<redis::Client, String> {
+    redis::Client::open(url).map_err(|e| describe(&e))
+}
+
 fn key(id: &str) -> String {
     format!("taskgate:v1:task:{id}")
 }
@@ -50,8 +56,7 @@ pub struct L2 {
 impl L2 {
     /// Builds the client; no connection is made until the first command.
     pub fn new(url: &str, timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client = redis::Client::open(url)
-            .map_err(|e| format!("TASKGATE_REDIS_URL: {}", describe(&e)))?;
+        let client = client(url).map_err(|kind| format!("TASKGATE_REDIS_URL: {kind}"))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(timeout))

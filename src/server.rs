@@ -28,6 +28,18 @@ use crate::{admin::Admin, answer::Body, config::Config, proxy::Proxy, upstream::
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
+/// The address a client on this host uses for a listener bound to `addr`: a wildcard
+/// (`0.0.0.0`, `::`) is reached on the loopback address of its family.
+pub fn local_address(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
 /// Why taskgate could not start.
 #[derive(Debug)]
 pub enum StartError {
