@@ -24,6 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+. bench/lib.sh
 
 quick=0 strict=0 keep=0
 while [ $# -gt 0 ]; do
@@ -59,12 +60,8 @@ if [ ! -x "$oha" ]; then
     cargo install oha --version "$oha_version" --locked --root "$root/bench/.tools" --quiet
 fi
 
-bin="${TASKGATE_BIN:-}"
-if [ -z "$bin" ]; then
-    say "cargo build --release --locked"
-    cargo build --release --locked --quiet
-    bin=$root/target/release/taskgate
-fi
+[ -n "${TASKGATE_BIN:-}" ] || say "cargo build --release --locked"
+bin=$(taskgate_bin)
 
 # --- temp dir, processes, cleanup ---------------------------------------------------------
 tmp=$(mktemp -d -p /dev/shm taskgate-compare.XXXXXX 2>/dev/null ||
@@ -74,18 +71,12 @@ res=$tmp/results
 mkdir -p "$res"
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    stop_pids
     if [ "$keep" = 1 ]; then say "files kept in $tmp"; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {   # URL: until it answers at all
-    for _ in $(seq 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done
-    say "$1 never answered"; return 1
-}
 procstat() { python3 bench/compare/procstat.py "$1"; }
 busy() { python3 bench/compare/procstat.py busy $$; }   # other processes using the cores
 busy >"$res/busy-start.json"
@@ -115,15 +106,7 @@ python3 bench/compare/tasks.py files "$tmp/www" "$hot_ids" >"$res/bodies.json"
 template=$(python3 bench/compare/tasks.py template)
 up_port=$(free_port)
 mkdir -p "$tmp/up"
-cat >"$tmp/up/nginx.conf" <<EOF
-worker_processes auto;
-pid $tmp/up/nginx.pid;
-error_log $tmp/up/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $tmp/up/body; proxy_temp_path $tmp/up/proxy;
-    fastcgi_temp_path $tmp/up/fcgi; uwsgi_temp_path $tmp/up/uwsgi; scgi_temp_path $tmp/up/scgi;
+{ nginx_head "$tmp/up" auto; cat <<EOF
     keepalive_requests 1000000;
     types { }
     default_type application/json;
@@ -136,7 +119,8 @@ http {
     }
 }
 EOF
-nginx -e "$tmp/up/error.log" -p "$tmp/up" -c "$tmp/up/nginx.conf" -g 'daemon off;' & pids+=($!)
+} >"$tmp/up/nginx.conf"
+start_nginx_in "$tmp/up"
 slow_port=$(free_port)
 python3 bench/compare/slow_upstream.py "$slow_port" "$slow_delay" & pids+=($!)
 wait_http "http://127.0.0.1:$up_port/api/task/done-0"
@@ -149,15 +133,7 @@ ngx_port=$(free_port) ngx_slow_port=$(free_port) ngx_nocache_port=$(free_port) n
 mkdir -p "$tmp/ngx/cache" "$tmp/ngx/cache-slow"
 chmod 777 "$tmp/ngx" "$tmp/ngx/cache" "$tmp/ngx/cache-slow"
 proxy_common='proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Authorization "Bearer bench-key";'
-cat >"$tmp/ngx/nginx.conf" <<EOF
-worker_processes auto;
-pid $tmp/ngx/nginx.pid;
-error_log $tmp/ngx/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $tmp/ngx/body; proxy_temp_path $tmp/ngx/proxy;
-    fastcgi_temp_path $tmp/ngx/fcgi; uwsgi_temp_path $tmp/ngx/uwsgi; scgi_temp_path $tmp/ngx/scgi;
+{ nginx_head "$tmp/ngx" auto; cat <<EOF
     keepalive_requests 1000000;
     upstream fast { server 127.0.0.1:$up_port; keepalive 64; }
     upstream slow { server 127.0.0.1:$slow_port; keepalive 64; }
@@ -197,8 +173,8 @@ http {
     }
 }
 EOF
-nginx -e "$tmp/ngx/error.log" -p "$tmp/ngx" -c "$tmp/ngx/nginx.conf" -g 'daemon off;' & ngx_pid=$!
-pids+=($ngx_pid)
+} >"$tmp/ngx/nginx.conf"
+start_nginx_in "$tmp/ngx"; ngx_pid=${pids[-1]}
 wait_http "http://127.0.0.1:$ngx_port/"
 
 # --- taskgate -----------------------------------------------------------------------------
@@ -211,11 +187,7 @@ start_taskgate() {  # name upstream_url extra-env... -> sets tg_port, tg_adm, tg
         TASKGATE_RATE_LIMIT=0 TASKGATE_CACHE_MAX_BYTES=1GiB TASKGATE_LOG=warn \
         "${@:3}" "$bin") >"$tmp/$1.log" 2>&1 & tg_pid=$!
     pids+=($tg_pid)
-    for _ in $(seq 200); do
-        curl -sf "http://127.0.0.1:$tg_adm/readyz" >/dev/null 2>&1 && return 0
-        sleep 0.05
-    done
-    say "taskgate $1 never became ready:"; cat "$tmp/$1.log" >&2; return 1
+    wait_ready "$tg_adm" "$tmp/$1.log"
 }
 start_taskgate tg "http://127.0.0.1:$up_port/api"
 tg_port_main=$tg_port tg_adm_main=$tg_adm tg_pid_main=$tg_pid

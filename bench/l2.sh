@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+. bench/lib.sh
 
 latency_ms=50 ids=1000 misses=100 duration=10 connections=32 threads=1 rounds=2 keep=0
 while [ $# -gt 0 ]; do
@@ -34,19 +35,13 @@ for t in redis-server redis-cli wrk curl python3; do
     command -v "$t" >/dev/null || { echo "l2: $t is missing (Debian: apt-get install -y wrk redis-server)" >&2; exit 69; }
 done
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-bin="${TASKGATE_BIN:-}"
-if [ -z "$bin" ]; then
-    cargo build --release --locked --quiet
-    bin=$root/target/release/taskgate
-fi
+bin=$(taskgate_bin)
 
 tmp=$(mktemp -d /tmp/taskgate-l2.XXXXXX)
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    stop_pids
     [ "$keep" = 1 ] && echo "l2: files kept in $tmp" || rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -62,7 +57,7 @@ redis-cli -p "$redis_port" ping >/dev/null
 up_port=$(free_port)
 python3 bench/quota/upstream.py --port "$up_port" --mode completed \
     --latency "$(python3 -c "print($latency_ms / 1000)")" & pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$up_port/ctl/stats" >/dev/null && break; sleep 0.1; done
+wait_http "http://127.0.0.1:$up_port/ctl/stats"
 
 declare -A pub adm
 start_taskgate() {  # name extra-env...
@@ -72,11 +67,7 @@ start_taskgate() {  # name extra-env...
         TASKGATE_API_KEY=l2-key TASKGATE_UPSTREAM_URL="http://127.0.0.1:$up_port/api" \
         TASKGATE_LISTEN="127.0.0.1:${pub[$name]}" TASKGATE_ADMIN_LISTEN="127.0.0.1:${adm[$name]}" \
         TASKGATE_RATE_LIMIT=0 TASKGATE_LOG=warn "$@" "$bin") >"$tmp/$name.log" 2>&1 & pids+=($!)
-    for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:${adm[$name]}/readyz" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "l2: taskgate $name never became ready:" >&2; cat "$tmp/$name.log" >&2; exit 1
+    wait_ready "${adm[$name]}" "$tmp/$name.log" || exit 1
 }
 start_taskgate A TASKGATE_REDIS_URL="redis://127.0.0.1:$redis_port/0"
 start_taskgate B TASKGATE_REDIS_URL="redis://127.0.0.1:$redis_port/0"

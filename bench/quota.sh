@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+. bench/lib.sh
 
 tabs=50 tasks=20 period=2 wait=2 run=16 stagger=4 progress_every=4 linger=15
 only="naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch" keep=0
@@ -41,34 +42,17 @@ done
 command -v nginx >/dev/null || case ",$only," in *,naive,*|*,nginx-1s,*)
     echo "quota: nginx is missing (Debian: apt-get install -y nginx)" >&2; exit 69 ;; esac
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 period_ms=$(python3 -c "print(round(float('$period') * 1000))")
 
-bin="${TASKGATE_BIN:-}"
-if [ -z "$bin" ]; then
-    cargo build --release --locked --quiet
-    bin=$root/target/release/taskgate
-fi
+bin=$(taskgate_bin)
 
 tmp=$(mktemp -d /tmp/taskgate-quota.XXXXXX)
 chmod 755 "$tmp"   # nginx workers drop to nobody
 pids=()
-stop_all() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    pids=()
-}
-cleanup() { stop_all; [ "$keep" = 1 ] && echo "quota: files kept in $tmp" || rm -rf "$tmp"; }
+cleanup() { stop_pids; [ "$keep" = 1 ] && echo "quota: files kept in $tmp" || rm -rf "$tmp"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_http() {   # URL: until it answers at all (any status)
-    for _ in $(seq 100); do
-        curl -s -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    echo "quota: $1 never answered" >&2; return 1
-}
 
 start_upstream() {  # tag -> sets up_port
     up_port=$(free_port)
@@ -80,22 +64,14 @@ start_upstream() {  # tag -> sets up_port
 
 start_nginx() {  # name cache(0|1) -> sets px_port
     px_port=$(free_port)
-    local d="$tmp/$1"; mkdir -p "$d/cache" "$d/temp"; chmod 777 "$d/cache" "$d/temp"
+    local d="$tmp/$1"; mkdir -p "$d/cache"; chmod 777 "$d" "$d/cache"
     local cache_http="" cache_loc=""
     if [ "$2" = 1 ]; then
         cache_http="proxy_cache_path $d/cache levels=1:2 keys_zone=tasks:10m max_size=100m inactive=60s use_temp_path=off;"
         cache_loc="proxy_cache tasks; proxy_cache_key \$1; proxy_cache_valid 200 1s; proxy_cache_lock on;
             add_header x-cache \$upstream_cache_status always;"
     fi
-    cat >"$d/nginx.conf" <<EOF
-worker_processes 2;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $d/temp/body; proxy_temp_path $d/temp/proxy;
-    fastcgi_temp_path $d/temp/fcgi; uwsgi_temp_path $d/temp/uwsgi; scgi_temp_path $d/temp/scgi;
+    { nginx_head "$d" 2; cat <<EOF
     keepalive_requests 100000;
     upstream studio { server 127.0.0.1:$up_port; keepalive 64; }
     $cache_http
@@ -112,7 +88,8 @@ http {
     }
 }
 EOF
-    nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf" -g 'daemon off;' & pids+=($!)
+    } >"$d/nginx.conf"
+    start_nginx_in "$d"
     wait_http "http://127.0.0.1:$px_port/"
 }
 
@@ -123,11 +100,7 @@ start_taskgate() {  # extra env... -> sets px_port, adm_port
         TASKGATE_API_KEY=quota-key TASKGATE_UPSTREAM_URL="http://127.0.0.1:$up_port/api" \
         TASKGATE_LISTEN="127.0.0.1:$px_port" TASKGATE_ADMIN_LISTEN="127.0.0.1:$adm_port" \
         TASKGATE_RATE_LIMIT=0 TASKGATE_LOG=error "$@" "$bin") >"$tmp/$cur.log" 2>&1 & pids+=($!)
-    for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:$adm_port/readyz" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "quota: taskgate never became ready:" >&2; cat "$tmp/$cur.log" >&2; return 1
+    wait_ready "$adm_port" "$tmp/$cur.log"
 }
 
 results=()
@@ -159,7 +132,7 @@ r = json.load(open(sys.argv[1])); r["proxy_upstream_calls"] = int(float(sys.argv
 json.dump(r, open(sys.argv[1], "w"))
 PY
     fi
-    stop_all
+    stop_pids
     results+=("$name=$tmp/$name.json")
 }
 

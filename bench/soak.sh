@@ -15,17 +15,12 @@ while [ $# -gt 0 ]; do
 done
 interval=5
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 
-bin="${TASKGATE_BIN:-}"
-if [ -z "$bin" ]; then
-    cargo build --release --locked --quiet
-    bin=target/release/taskgate
-fi
+bin=$(taskgate_bin)
 up_port=$(free_port); pub_port=$(free_port); adm_port=$(free_port)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+trap stop_pids EXIT
 
 python3 bench/soak/upstream.py "$up_port" & pids+=($!)
 env -i PATH="$PATH" \
@@ -33,11 +28,7 @@ env -i PATH="$PATH" \
     TASKGATE_LISTEN="127.0.0.1:$pub_port" TASKGATE_ADMIN_LISTEN="127.0.0.1:$adm_port" \
     TASKGATE_CACHE_MAX_BYTES=2MiB TASKGATE_UPSTREAM_TIMEOUT=1s TASKGATE_LOG=error \
     "$bin" >/dev/null & tg=$!; pids+=($tg)
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$adm_port/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -sf "http://127.0.0.1:$adm_port/readyz" >/dev/null
+wait_ready "$adm_port" /dev/null
 
 echo "soak: ${duration}s of mixed load, a sample every ${interval}s (taskgate pid $tg)"
 samples=$(mktemp)
