@@ -22,6 +22,7 @@ pub mod phase;
 pub mod proxy;
 pub mod redact;
 pub mod route;
+pub mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -1,21 +1,78 @@
-//! `taskgate`: read config → init logs (and span export) → start → run until SIGTERM/SIGINT →
-//! drain → flush spans → exit 0.
+//! `taskgate`: parse the command line → read config → init logs (and span export) → start →
+//! run until SIGTERM/SIGINT → drain → flush spans → exit 0.
 //! A bad configuration prints one line and exits 64 (EX_USAGE).
+//!
+//! The run modes (`--demo`, `--check-config`, `--healthcheck`) and `--config` are this binary's;
+//! the setting flags come from the settings table ([`config::flags`]) and go back to the
+//! configuration as (key, value) pairs.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::Parser as _;
+use clap::{Arg, ArgMatches, CommandFactory as _, FromArgMatches as _};
 use taskgate::{
-    config::{self, Cli, Config, Env},
+    config::{self, Args, Config, Env},
+    secret::ApiKey,
     server::{self, StartError},
-    telemetry, upstream,
+    telemetry,
 };
 
 const EX_USAGE: u8 = 64;
 
+/// The run modes and the configuration file; the setting flags are added from the table.
+/// There is deliberately no `--api-key`: a flag shows in `ps` to every user of the machine.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "taskgate",
+    version,
+    about = "Caching reverse proxy (sidecar) for the Livepeer Studio task API",
+    after_help = "Every setting can also be set in the TOML file (see config/taskgate.toml) or \
+                  as a TASKGATE_* environment variable; flags win over the environment, which \
+                  wins over the file. The API key comes from TASKGATE_API_KEY or \
+                  TASKGATE_API_KEY_FILE. Bad configuration exits with status 64."
+)]
+struct Cli {
+    /// Read settings from this TOML file [default: config/taskgate.toml when present]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit: 0 when valid, 64 with one line when not
+    #[arg(long)]
+    check_config: bool,
+    /// Check that a running taskgate's admin listener answers GET /healthz, and exit 0 (healthy)
+    /// or 1: a health check for container images without a shell or curl
+    #[arg(long)]
+    healthcheck: bool,
+    /// Run in front of a built-in simulated task API on loopback (no key, no network)
+    #[arg(long)]
+    demo: bool,
+}
+
+/// The command line: [`Cli`] plus one flag per table row that is a flag.
+fn command() -> clap::Command {
+    config::flags().fold(Cli::command(), |cmd, setting| {
+        // clap (without its `string` feature) keeps 'static names: a few bytes, once.
+        let long: &'static str = Box::leak(setting.flag_name().split_off(2).into_boxed_str());
+        cmd.arg(
+            Arg::new(setting.key)
+                .long(long)
+                .value_name(setting.flag.unwrap_or("VALUE"))
+                .help(setting.help()),
+        )
+    })
+}
+
+/// The setting flags given, as (key, value) for [`Args::flags`].
+fn setting_flags(matches: &ArgMatches) -> Vec<(&'static str, String)> {
+    config::flags()
+        .filter_map(|s| Some((s.key, matches.get_one::<String>(s.key)?.clone())))
+        .collect()
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let (cli, flags) = match command()
+        .try_get_matches()
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, setting_flags(&m))))
+    {
+        Ok(parsed) => parsed,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
             // One line, like every other configuration error (clap's own is a usage block).
@@ -25,7 +82,15 @@ fn main() -> ExitCode {
             return usage_error(&format!("{first} (see --help)"));
         }
     };
-    let cfg = match config::load(&cli, &Env::from_process()) {
+    let args = Args {
+        config: cli.config,
+        flags,
+        // The demo points the key at its simulated API anyway; none is needed.
+        fallback_api_key: cli
+            .demo
+            .then(|| ApiKey::new(taskgate::demo::DEMO_API_KEY)),
+    };
+    let cfg = match config::load(&args, &Env::from_process()) {
         Ok(cfg) => cfg,
         Err(e) => return usage_error(&e),
     };
@@ -38,18 +103,20 @@ fn main() -> ExitCode {
             }
         };
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
     if cli.check_config {
-        // Also proves the CA file and base URL are usable, as start-up would.
-        if let Err(e) = upstream::Upstream::new(&cfg) {
+        // What start-up builds (upstream client and TLS roots, Redis client, webhooks, …),
+        // minus binding the listeners: nothing connects anywhere. Inside the runtime, as at
+        // start-up: the Redis connection manager is made on it (lazily, without connecting).
+        if let Err(e) = runtime.block_on(async { taskgate::proxy::Proxy::new(&cfg).map(drop) }) {
             return usage_error(&e);
         }
         println!("taskgate: configuration ok");
         return ExitCode::SUCCESS;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("the tokio runtime starts");
     runtime.block_on(async move {
         // Inside the runtime: the span exporter (feature `otel`) runs its batch task on it.
         let telemetry = telemetry::init(cfg.log_format, &cfg.log);

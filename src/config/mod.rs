@@ -1,72 +1,53 @@
 //! Typed configuration: one table of settings, read from four layers in order of precedence —
-//! built-in defaults < TOML file < `TASKGATE_*` environment < command-line flags.
+//! built-in values < TOML file < `TASKGATE_*` environment < command-line flags.
 //!
-//! Guarantees:
+//! # Layout
+//!
+//! - `mod.rs` (here): [`Config`], the typed result, and the public surface.
+//! - [`settings`]: the table, one row per setting (key, built-in value, doc line, flag,
+//!   parser). Defaults, environment names, flag names and `--help` lines, and the unknown-name
+//!   checks all derive from it; adding a setting is a row plus a [`Config`] field.
+//! - `sources`: the layers ([`Env`], the TOML file, the flags in [`Args`]) and [`load`].
+//! - `parse`: one parser per kind of value (durations, sizes, addresses, URLs, …).
+//! - `error`: [`ConfigError`].
+//!
+//! A leaf: nothing here imports the proxy, the server or the demo. Run modes (`--demo`,
+//! `--check-config`, `--healthcheck`) belong to the binary, which parses the command line and
+//! hands over the file, the setting flags and the key to use when none is set ([`Args`]).
+//!
+//! # Guarantees
+//!
 //! - Every setting has one name, spelled three ways: `ttl_completed` in the file,
 //!   `TASKGATE_TTL_COMPLETED` in the environment, and (for the common ones) `--ttl-completed`
-//!   style flags. All three go through the same parser, so they accept the same values.
+//!   style flags. All three go through the same parser, so they accept the same values; so
+//!   does the built-in value.
 //! - Every value given is validated, even one a higher layer overrides: `--check-config` checks
 //!   the whole file, not only what happens to be in effect.
 //! - A bad configuration is one [`ConfigError`], one line, naming the setting as the user wrote
 //!   it; unknown names are errors, so typos do not silently fall back to defaults.
 //! - Secrets (the API key, the webhook secret, the Redis URL, which can hold a password) never
 //!   appear in an error or a `Debug` print.
+//! - Values are checked for syntax only: nothing here connects anywhere or builds a client.
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    io::Read,
-    net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+mod error;
+mod parse;
+pub mod settings;
+mod sources;
 
-use toml::de::{DeTable, DeValue};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+pub use crate::secret::{ApiKey, Secret};
+pub use error::ConfigError;
+pub use settings::{flags, Setting};
+pub use sources::{load, Args, Env};
 
 /// The file read when `--config` is not given, relative to the working directory, if present.
 pub const DEFAULT_CONFIG_FILE: &str = "config/taskgate.toml";
 /// Where tasks are fetched by default: `{base}/task/{id}`.
 pub const DEFAULT_UPSTREAM_URL: &str = "https://livepeer.studio/api";
 
-const ENV_PREFIX: &str = "TASKGATE_";
-/// Longest duration accepted anywhere. Far beyond any sensible TTL or timeout, and far below
-/// what the cache (moka refuses TTLs over 1000 years) or `Instant` arithmetic would choke on.
-const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
-/// A key file larger than this is not a key file (and reading stops there: think `/dev/zero`).
-const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
-const MISSING_KEY: &str =
-    "missing (set TASKGATE_API_KEY or TASKGATE_API_KEY_FILE, or run with --demo)";
-
-/// A value that must never be printed. `Debug` and `Display` print `***`; only
-/// [`Secret::expose`] reveals it, so every place that uses the real value is greppable.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<str>);
-
-impl Secret {
-    pub fn new(value: impl Into<Arc<str>>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// The Studio API key injected upstream.
-pub type ApiKey = Secret;
+/// Every environment name of a setting starts with this.
+pub const ENV_PREFIX: &str = "TASKGATE_";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -128,818 +109,53 @@ pub struct Config {
 }
 
 impl Config {
-    /// The built-in defaults (SPEC's table) with the given key and upstream. Not validated:
-    /// tests use it with a plain-http mock upstream on loopback.
+    /// The built-in values of the settings table, with the given key and upstream. Not
+    /// validated as a whole: tests use it with a plain-http mock upstream on loopback.
     pub fn new(api_key: ApiKey, upstream_url: &str) -> Self {
+        let mut cfg = settings::Draft::builtin(api_key).cfg;
+        cfg.upstream_url = upstream_url.trim_end_matches('/').to_owned();
+        cfg
+    }
+
+    /// Placeholders only, each overwritten at once by the table's built-in value (or, for
+    /// `rate_burst`, its derived one): the defaults live in the table, not here.
+    fn blank(api_key: ApiKey) -> Self {
+        let zero = Duration::ZERO;
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
         Self {
             api_key,
-            upstream_url: upstream_url.trim_end_matches('/').to_owned(),
-            listen: ([127, 0, 0, 1], 8080).into(),
-            admin_listen: ([127, 0, 0, 1], 9090).into(),
-            upstream_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(2),
-            max_body: 1 << 20,
+            upstream_url: String::new(),
+            listen: nowhere,
+            admin_listen: nowhere,
+            upstream_timeout: zero,
+            connect_timeout: zero,
+            max_body: 0,
             upstream_ca_file: None,
-            upstream_concurrency: 64,
-            cache_max_bytes: 64 << 20,
-            ttl_completed: Duration::from_secs(24 * 3600),
-            ttl_failed: Duration::from_secs(30),
-            ttl_not_found: Duration::from_secs(5),
-            ttl_pending: Duration::ZERO,
+            upstream_concurrency: 0,
+            cache_max_bytes: 0,
+            ttl_completed: zero,
+            ttl_failed: zero,
+            ttl_not_found: zero,
+            ttl_pending: zero,
             cors_origins: CorsOrigins::None,
             rate_limit: 0.0,
             rate_burst: 0.0,
             trust_forwarded: false,
-            max_connections: 10_000,
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            redact: true,
+            max_connections: 0,
+            header_timeout: zero,
+            idle_timeout: zero,
+            redact: false,
             redis_url: None,
-            redis_timeout: Duration::from_millis(50),
+            redis_timeout: zero,
             webhook_secret: None,
-            watch_interval: Duration::from_secs(2),
-            watch_max: 1000,
+            watch_interval: zero,
+            watch_max: 0,
             log_format: LogFormat::Json,
-            log: "info".into(),
-            shutdown_grace: Duration::ZERO,
-            drain_timeout: Duration::from_secs(10),
+            log: String::new(),
+            shutdown_grace: zero,
+            drain_timeout: zero,
         }
     }
-}
-
-/// The command line. Setting flags are plain strings handed to the same parser as the
-/// environment variable of that setting. There is deliberately no `--api-key`: a flag shows in
-/// `ps` to every user of the machine.
-#[derive(clap::Parser, Debug, Default)]
-#[command(
-    name = "taskgate",
-    version,
-    about = "Caching reverse proxy (sidecar) for the Livepeer Studio task API",
-    after_help = "Every setting can also be set in the TOML file (see config/taskgate.toml) or \
-                  as a TASKGATE_* environment variable; flags win over the environment, which \
-                  wins over the file. The API key comes from TASKGATE_API_KEY or \
-                  TASKGATE_API_KEY_FILE. Bad configuration exits with status 64."
-)]
-pub struct Cli {
-    /// Read settings from this TOML file [default: config/taskgate.toml when present]
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Validate the configuration and exit: 0 when valid, 64 with one line when not
-    #[arg(long)]
-    pub check_config: bool,
-    /// Check that a running taskgate's admin listener answers GET /healthz, and exit 0 (healthy)
-    /// or 1: a health check for container images without a shell or curl
-    #[arg(long)]
-    pub healthcheck: bool,
-    /// Run in front of a built-in simulated task API on loopback (no key, no network)
-    #[arg(long)]
-    pub demo: bool,
-    /// Public listener, ip:port [env: TASKGATE_LISTEN] [default: 127.0.0.1:8080]
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// Admin listener, ip:port [env: TASKGATE_ADMIN_LISTEN] [default: 127.0.0.1:9090]
-    #[arg(long, value_name = "ADDR")]
-    pub admin_listen: Option<String>,
-    /// Studio API base URL [env: TASKGATE_UPSTREAM_URL] [default: https://livepeer.studio/api]
-    #[arg(long, value_name = "URL")]
-    pub upstream_url: Option<String>,
-    /// Read the API key from this file [env: TASKGATE_API_KEY_FILE]
-    #[arg(long, value_name = "FILE")]
-    pub api_key_file: Option<String>,
-    /// Comma list of exact allowed origins, or * [env: TASKGATE_CORS_ORIGINS]
-    #[arg(long, value_name = "ORIGINS")]
-    pub cors_origins: Option<String>,
-    /// json or pretty [env: TASKGATE_LOG_FORMAT] [default: json]
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
-    /// Log filter, RUST_LOG syntax [env: TASKGATE_LOG, then RUST_LOG] [default: info]
-    #[arg(long, value_name = "FILTER")]
-    pub log: Option<String>,
-}
-
-impl Cli {
-    /// The setting flags, as (flag, setting key, value).
-    fn settings(&self) -> [(&'static str, &'static str, Option<&str>); 7] {
-        [
-            ("--listen", "listen", self.listen.as_deref()),
-            (
-                "--admin-listen",
-                "admin_listen",
-                self.admin_listen.as_deref(),
-            ),
-            (
-                "--upstream-url",
-                "upstream_url",
-                self.upstream_url.as_deref(),
-            ),
-            (
-                "--api-key-file",
-                "api_key_file",
-                self.api_key_file.as_deref(),
-            ),
-            (
-                "--cors-origins",
-                "cors_origins",
-                self.cors_origins.as_deref(),
-            ),
-            ("--log-format", "log_format", self.log_format.as_deref()),
-            ("--log", "log", self.log.as_deref()),
-        ]
-    }
-}
-
-/// The environment variables configuration may read: `TASKGATE_*` and `RUST_LOG`. Handed to
-/// [`load`] so tests build one with [`Env::from_pairs`] instead of mutating the process
-/// environment (a data race under the parallel test runner).
-#[derive(Clone, Default)]
-pub struct Env {
-    vars: BTreeMap<String, String>,
-    /// `TASKGATE_*` variables whose name or value is not UTF-8: an error, reported by `load`.
-    not_utf8: Vec<String>,
-}
-
-impl Env {
-    pub fn from_process() -> Self {
-        let mut env = Self::default();
-        for (name, value) in std::env::vars_os() {
-            let lossy_name = name.to_string_lossy();
-            if lossy_name != "RUST_LOG" && !lossy_name.starts_with(ENV_PREFIX) {
-                continue;
-            }
-            match (name.to_str(), value.into_string()) {
-                (Some(name), Ok(value)) => {
-                    env.vars.insert(name.to_owned(), value);
-                }
-                // RUST_LOG belongs to everyone; an unusable one is simply not ours to use.
-                (Some("RUST_LOG"), Err(_)) => {}
-                _ => env.not_utf8.push(lossy_name.into_owned()),
-            }
-        }
-        env
-    }
-
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(
-        pairs: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
-        let vars = pairs
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
-        Self {
-            vars,
-            not_utf8: Vec::new(),
-        }
-    }
-}
-
-/// Names only: the values include the API key.
-impl fmt::Debug for Env {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.vars.keys()).finish()
-    }
-}
-
-/// A bad configuration: the setting as the user wrote it (`TASKGATE_LISTEN`, `--listen`,
-/// `listen in config/taskgate.toml`) and what is wrong with it. Displays as one line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    setting: String,
-    problem: String,
-}
-
-impl ConfigError {
-    fn new(setting: impl fmt::Display, problem: impl Into<String>) -> Self {
-        // One line, whatever a lower layer (io, toml, tracing) put in its message.
-        let problem = problem.into().replace(['\r', '\n'], " ");
-        Self {
-            setting: setting.to_string(),
-            problem,
-        }
-    }
-
-    /// The setting as the user wrote it, e.g. `TASKGATE_TTL_COMPLETED`.
-    pub fn setting(&self) -> &str {
-        &self.setting
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.setting, self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Reads the configuration: defaults, then the TOML file (`--config`, else
-/// [`DEFAULT_CONFIG_FILE`] when it exists), then the environment, then the flags.
-pub fn load(cli: &Cli, env: &Env) -> Result<Config, ConfigError> {
-    let file = match &cli.config {
-        Some(path) => Some(ConfigFile::read(path, "--config ")?),
-        None => ConfigFile::read_if_present(Path::new(DEFAULT_CONFIG_FILE))?,
-    };
-    build(cli, env, file.as_ref())
-}
-
-/// [`load`] once the file (if any) is read: the layers are applied in order of precedence, so
-/// a later value simply overwrites an earlier one.
-fn build(cli: &Cli, env: &Env, file: Option<&ConfigFile>) -> Result<Config, ConfigError> {
-    let mut draft = Draft {
-        cfg: Config::new(ApiKey::new(""), DEFAULT_UPSTREAM_URL),
-        rate_burst: None,
-        key: None,
-    };
-    if let Some(file) = file {
-        file.apply(&mut draft)?;
-    }
-    apply_env(&mut draft, env)?;
-    for (flag, key, value) in cli.settings() {
-        if let Some(value) = value {
-            let setting = find_setting(key).expect("every setting flag names an entry of SETTINGS");
-            setting.apply(&mut draft, value, &Origin::Flag(flag))?;
-        }
-    }
-    draft.finish(cli.demo)
-}
-
-struct ConfigFile {
-    path: PathBuf,
-    text: String,
-}
-
-impl ConfigFile {
-    fn read(path: &Path, label: &str) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(
-                format!("{label}{}", path.display()),
-                format!("cannot read ({e})"),
-            )
-        })?;
-        Ok(Self {
-            path: path.to_owned(),
-            text,
-        })
-    }
-
-    /// The default file is optional, but one that exists and cannot be read is an error: the
-    /// operator clearly meant it to be used.
-    fn read_if_present(path: &Path) -> Result<Option<Self>, ConfigError> {
-        match Self::read(path, "") {
-            Err(_) if !path.exists() => Ok(None),
-            other => other.map(Some),
-        }
-    }
-
-    fn apply(&self, draft: &mut Draft) -> Result<(), ConfigError> {
-        let table = DeTable::parse(&self.text).map_err(|e| {
-            let at = e.span().map_or(0, |span| span.start).min(self.text.len());
-            let line = 1 + self.text.as_bytes()[..at]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
-            ConfigError::new(
-                format!("{} line {line}", self.path.display()),
-                format!("not valid TOML ({})", e.message()),
-            )
-        })?;
-        for (key, value) in table.get_ref() {
-            let key: &str = key.get_ref();
-            let origin = Origin::File {
-                key: key.to_owned(),
-                path: self.path.clone(),
-            };
-            if key == "api_key" {
-                return Err(ConfigError::new(
-                    origin,
-                    "not accepted in a file: set TASKGATE_API_KEY or TASKGATE_API_KEY_FILE \
-                     (or api_key_file here)",
-                ));
-            }
-            let setting =
-                find_setting(key).ok_or_else(|| ConfigError::new(&origin, "unknown setting"))?;
-            let text = toml_value_text(setting, value.get_ref())
-                .map_err(|problem| ConfigError::new(&origin, problem))?;
-            setting.apply(draft, &text, &origin)?;
-        }
-        Ok(())
-    }
-}
-
-/// A TOML value in the string form the setting's parser reads, so `max_body = 1048576` and
-/// `max_body = "1MiB"` go through the same code.
-fn toml_value_text(setting: &Setting, value: &DeValue<'_>) -> Result<String, String> {
-    match value {
-        DeValue::String(s) => Ok(s.to_string()),
-        DeValue::Integer(n) => i64::from_str_radix(n.as_str(), n.radix())
-            .map(|n| n.to_string())
-            .map_err(|_| "integer out of range".to_owned()),
-        DeValue::Float(x) => Ok(x.as_str().to_owned()),
-        DeValue::Boolean(b) => Ok(b.to_string()),
-        DeValue::Array(items) if setting.key == "cors_origins" => items
-            .iter()
-            .map(|item| match item.get_ref() {
-                DeValue::String(s) if !s.contains(',') => Ok(s.to_string()),
-                _ => Err("expected an array of origin strings".to_owned()),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|origins| origins.join(",")),
-        other => Err(format!(
-            "expected a string, number or boolean, found {}",
-            other.type_str()
-        )),
-    }
-}
-
-fn apply_env(draft: &mut Draft, env: &Env) -> Result<(), ConfigError> {
-    if let Some(name) = env.not_utf8.first() {
-        return Err(ConfigError::new(name, "not valid UTF-8"));
-    }
-    // Two sources in one layer: neither wins, the operator must choose.
-    if env.vars.contains_key("TASKGATE_API_KEY") && env.vars.contains_key("TASKGATE_API_KEY_FILE") {
-        return Err(ConfigError::new(
-            "TASKGATE_API_KEY_FILE",
-            "set together with TASKGATE_API_KEY (set only one of them)",
-        ));
-    }
-    for (name, value) in &env.vars {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        match SETTINGS.iter().find(|s| s.key.to_ascii_uppercase() == rest) {
-            Some(setting) => setting.apply(draft, value, &Origin::Env(name))?,
-            None if is_kubernetes_service_link(name, value) => {}
-            None => return Err(ConfigError::new(name, "unknown setting")),
-        }
-    }
-    // RUST_LOG is the environment's other spelling of TASKGATE_LOG, used only without it.
-    if !env.vars.contains_key("TASKGATE_LOG") {
-        if let Some(filter) = env.vars.get("RUST_LOG").filter(|f| !f.trim().is_empty()) {
-            let setting = find_setting("log").expect("`log` is an entry of SETTINGS");
-            setting.apply(draft, filter, &Origin::Env("RUST_LOG"))?;
-        }
-    }
-    Ok(())
-}
-
-/// Kubernetes gives every pod `{SVC}_SERVICE_HOST`, `{SVC}_SERVICE_PORT[_{NAME}]`,
-/// `{SVC}_PORT=tcp://…` and `{SVC}_PORT_{N}_{PROTO}[_…]` for each Service in its namespace.
-/// A Service named `taskgate…` thus puts `TASKGATE_*` variables in our environment that no one
-/// wrote; refusing them as typos would stop the pod from starting. None of our settings has
-/// these shapes.
-fn is_kubernetes_service_link(name: &str, value: &str) -> bool {
-    let parts: Vec<&str> = name.split('_').collect();
-    let port_proto = parts.windows(3).any(|w| {
-        w[0] == "PORT"
-            && !w[1].is_empty()
-            && w[1].bytes().all(|b| b.is_ascii_digit())
-            && matches!(w[2], "TCP" | "UDP" | "SCTP")
-    });
-    port_proto
-        || name.ends_with("_SERVICE_HOST")
-        || name.ends_with("_SERVICE_PORT")
-        || name.contains("_SERVICE_PORT_")
-        || (name.ends_with("_PORT")
-            && ["tcp://", "udp://", "sctp://"]
-                .iter()
-                .any(|p| value.starts_with(p)))
-}
-
-/// Where a value came from, displayed the way the user wrote it.
-enum Origin<'a> {
-    File { key: String, path: PathBuf },
-    Env(&'a str),
-    Flag(&'static str),
-}
-
-impl fmt::Display for Origin<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::File { key, path } => write!(f, "{key} in {}", path.display()),
-            Origin::Env(name) => f.write_str(name),
-            Origin::Flag(flag) => f.write_str(flag),
-        }
-    }
-}
-
-/// The configuration being built, plus what can only be settled once every layer is in.
-struct Draft {
-    cfg: Config,
-    /// Unset means "twice the rate", whatever layer sets the rate.
-    rate_burst: Option<f64>,
-    /// The highest layer's key source, and where it was named (for errors when reading it).
-    key: Option<(KeySource, String)>,
-}
-
-enum KeySource {
-    Inline(ApiKey),
-    /// Read only at the end, so a key file named by a lower layer and overridden is not read.
-    File(PathBuf),
-}
-
-impl Draft {
-    fn finish(mut self, demo: bool) -> Result<Config, ConfigError> {
-        let rate = self.cfg.rate_limit;
-        // A bucket smaller than one token would refuse every request: with a low rate, 2 × rate
-        // is raised to 1.
-        self.cfg.rate_burst = match self.rate_burst {
-            Some(burst) => burst,
-            None if rate > 0.0 => (2.0 * rate).max(1.0),
-            None => 0.0,
-        };
-        self.cfg.api_key = match self.key {
-            Some((KeySource::Inline(key), _)) => key,
-            Some((KeySource::File(path), origin)) => {
-                read_key_file(&path).map_err(|problem| ConfigError::new(origin, problem))?
-            }
-            None if demo => ApiKey::new(crate::demo::DEMO_API_KEY),
-            None => return Err(ConfigError::new("TASKGATE_API_KEY", MISSING_KEY)),
-        };
-        Ok(self.cfg)
-    }
-}
-
-fn read_key_file(path: &Path) -> Result<ApiKey, String> {
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text))
-        .map_err(|e| format!("cannot read {path:?} ({e})"))?;
-    if text.len() as u64 > MAX_KEY_FILE_BYTES {
-        return Err(format!("{path:?} is too large to hold an API key"));
-    }
-    // Secret mounts and `echo key > file` end with a newline; it is not part of the key.
-    parse_api_key(text.trim_end()).map_err(|problem| format!("the key in {path:?} {problem}"))
-}
-
-/// One entry of the settings table: the file key (the environment name is derived from it)
-/// and how a string value is parsed into the draft.
-struct Setting {
-    key: &'static str,
-    /// Never echo the value in an error.
-    secret: bool,
-    apply: fn(&mut Draft, &str, &Origin<'_>) -> Result<(), String>,
-}
-
-impl Setting {
-    fn apply(
-        &self,
-        draft: &mut Draft,
-        value: &str,
-        origin: &Origin<'_>,
-    ) -> Result<(), ConfigError> {
-        // Stray spaces around a number or an address are a formatting slip, not a new value;
-        // secrets are taken byte for byte.
-        let value = if self.secret { value } else { value.trim() };
-        (self.apply)(draft, value, origin).map_err(|problem| {
-            // Parsers of secrets never quote their input; this is the second lock on that door.
-            let problem = if self.secret && !value.is_empty() {
-                problem.replace(value, "***")
-            } else {
-                problem
-            };
-            ConfigError::new(origin, problem)
-        })
-    }
-}
-
-/// A setting that parses into the `Config` field of the same name.
-macro_rules! field {
-    ($field:ident, $parse:expr) => {
-        field!($field, $parse, false)
-    };
-    ($field:ident, $parse:expr, secret) => {
-        field!($field, $parse, true)
-    };
-    ($field:ident, $parse:expr, $secret:literal) => {
-        Setting {
-            key: stringify!($field),
-            secret: $secret,
-            apply: |draft, value, _| {
-                draft.cfg.$field = $parse(value)?;
-                Ok(())
-            },
-        }
-    };
-}
-
-/// Every setting, in SPEC order. Adding one here makes it a file key, a `TASKGATE_*` variable
-/// and a known name for the unknown-name check, all at once.
-const SETTINGS: &[Setting] = &[
-    Setting {
-        key: "api_key",
-        secret: true,
-        apply: |draft, value, origin| {
-            let key = parse_api_key(value).map_err(|problem| format!("the key {problem}"))?;
-            draft.key = Some((KeySource::Inline(key), origin.to_string()));
-            Ok(())
-        },
-    },
-    Setting {
-        key: "api_key_file",
-        secret: false,
-        apply: |draft, value, origin| {
-            if value.is_empty() {
-                return Err("empty (write the path of a file holding the key)".into());
-            }
-            draft.key = Some((KeySource::File(value.into()), origin.to_string()));
-            Ok(())
-        },
-    },
-    field!(upstream_url, parse_upstream_url),
-    field!(listen, parse_addr),
-    field!(admin_listen, parse_addr),
-    field!(upstream_timeout, parse_positive_duration),
-    field!(connect_timeout, parse_positive_duration),
-    field!(max_body, parse_max_body),
-    field!(upstream_ca_file, parse_ca_file),
-    field!(upstream_concurrency, parse_count),
-    field!(cache_max_bytes, parse_size),
-    field!(ttl_completed, parse_duration),
-    field!(ttl_failed, parse_duration),
-    field!(ttl_not_found, parse_duration),
-    field!(ttl_pending, parse_duration),
-    field!(cors_origins, parse_cors_origins),
-    field!(rate_limit, parse_rate),
-    Setting {
-        key: "rate_burst",
-        secret: false,
-        apply: |draft, value, _| {
-            draft.rate_burst = Some(parse_burst(value)?);
-            Ok(())
-        },
-    },
-    field!(trust_forwarded, parse_bool),
-    field!(max_connections, parse_count),
-    field!(header_timeout, parse_positive_duration),
-    field!(idle_timeout, parse_positive_duration),
-    field!(redact, parse_bool),
-    field!(redis_url, parse_redis_url, secret),
-    field!(redis_timeout, parse_positive_duration),
-    field!(webhook_secret, parse_webhook_secret, secret),
-    field!(watch_interval, parse_positive_duration),
-    field!(watch_max, parse_count),
-    field!(log_format, parse_log_format),
-    field!(log, parse_log),
-    field!(shutdown_grace, parse_duration),
-    field!(drain_timeout, parse_duration),
-];
-
-fn find_setting(key: &str) -> Option<&'static Setting> {
-    SETTINGS.iter().find(|s| s.key == key)
-}
-
-// Parsers. Each takes the value as written and returns what is wrong as a phrase that follows
-// the setting's name: `"3 days" is not a duration (write …)`.
-
-fn parse_api_key(value: &str) -> Result<ApiKey, &'static str> {
-    if value.is_empty() {
-        return Err("is empty");
-    }
-    // It goes into an `Authorization` header; only visible ASCII is safe there.
-    if !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("contains characters not allowed in an HTTP header \
-                    (only visible ASCII, no spaces or newlines)");
-    }
-    Ok(ApiKey::new(value))
-}
-
-/// `250ms`, `30s`, `5m`, `24h`, `7d`, or a bare `0`.
-fn parse_duration(value: &str) -> Result<Duration, String> {
-    let bad = || format!("{value:?} is not a duration (write 250ms, 30s, 5m or 24h)");
-    if value == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let digits = value.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = value.split_at(digits);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let duration = match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        "d" => n.checked_mul(86_400).map(Duration::from_secs),
-        _ => return Err(bad()),
-    };
-    match duration {
-        Some(d) if d <= MAX_DURATION => Ok(d),
-        _ => Err(format!("{value:?} is too long (at most 3650d)")),
-    }
-}
-
-/// A duration where 0 would be meaningless (a timeout that always fires, a busy poll loop).
-fn parse_positive_duration(value: &str) -> Result<Duration, String> {
-    match parse_duration(value)? {
-        Duration::ZERO => Err(format!("{value:?} must be more than 0 (e.g. 500ms or 10s)")),
-        d => Ok(d),
-    }
-}
-
-/// `64MiB`, `512KiB`, `1GiB`, `10MB` (decimal), `100B`, or bare bytes.
-fn parse_size(value: &str) -> Result<u64, String> {
-    let bad =
-        || format!("{value:?} is not a size (write 512KiB, 64MiB, 1GiB, 10MB or a byte count)");
-    let digits = value.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = value.split_at(digits);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(multiplier)
-        .ok_or_else(|| format!("{value:?} is too large"))
-}
-
-fn parse_max_body(value: &str) -> Result<usize, String> {
-    match usize::try_from(parse_size(value)?) {
-        Ok(0) => Err(format!("{value:?} must be at least 1 byte")),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("{value:?} is too large")),
-    }
-}
-
-/// A count where 0 would be meaningless (no connections, no fetches, no watches).
-fn parse_count(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("{value:?} is not a whole number of at least 1")),
-    }
-}
-
-fn parse_rate(value: &str) -> Result<f64, String> {
-    match value.parse::<f64>() {
-        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
-        _ => Err(format!(
-            "{value:?} is not a rate (write requests per second, e.g. 20 or 2.5; 0 is off)"
-        )),
-    }
-}
-
-fn parse_burst(value: &str) -> Result<f64, String> {
-    match value.parse::<f64>() {
-        Ok(b) if b.is_finite() && b >= 1.0 => Ok(b),
-        _ => Err(format!(
-            "{value:?} is not a bucket size (write a number of at least 1)"
-        )),
-    }
-}
-
-fn parse_bool(value: &str) -> Result<bool, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!("{value:?} is not a boolean (write true or false)")),
-    }
-}
-
-fn parse_addr(value: &str) -> Result<SocketAddr, String> {
-    value.parse().map_err(|_| {
-        format!("{value:?} is not an address (write ip:port, e.g. 127.0.0.1:8080 or [::]:8080)")
-    })
-}
-
-fn parse_log_format(value: &str) -> Result<LogFormat, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "json" => Ok(LogFormat::Json),
-        "pretty" => Ok(LogFormat::Pretty),
-        _ => Err(format!(
-            "{value:?} is not a log format (write json or pretty)"
-        )),
-    }
-}
-
-/// Checked here so a typo is a startup error rather than a silently different filter.
-fn parse_log(value: &str) -> Result<String, String> {
-    let expected = "write e.g. info or taskgate=debug,warn";
-    if value.is_empty() {
-        return Err(format!("empty ({expected})"));
-    }
-    tracing_subscriber::EnvFilter::builder()
-        .parse(value)
-        .map(|_| value.to_owned())
-        .map_err(|e| format!("{value:?} is not a log filter ({e}; {expected})"))
-}
-
-/// An absolute `https` URL, or `http` to loopback only: the API key travels in a header, and
-/// plain http elsewhere would send it in clear.
-fn parse_upstream_url(value: &str) -> Result<String, String> {
-    // Checked before anything quotes the value: it could be `https://user:password@host`.
-    if value.contains('@') {
-        return Err("must not contain user:password@ (the key is sent as a header)".into());
-    }
-    let expected = "write an absolute URL such as https://livepeer.studio/api";
-    let uri: http::Uri = value
-        .parse()
-        .map_err(|_| format!("{value:?} is not a URL ({expected})"))?;
-    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
-        return Err(format!("{value:?} is not an absolute URL ({expected})"));
-    };
-    if uri.query().is_some() || value.contains('#') {
-        return Err(format!("{value:?} must not have a query or fragment"));
-    }
-    match scheme {
-        "https" => {}
-        "http" if is_loopback(host) => {}
-        "http" => {
-            return Err(format!(
-                "{value:?} would send the API key in clear: use https (http only to loopback)"
-            ))
-        }
-        _ => return Err(format!("{value:?} is not an https URL ({expected})")),
-    }
-    Ok(value.trim_end_matches('/').to_owned())
-}
-
-fn is_loopback(host: &str) -> bool {
-    let ip = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Checked at load time so a wrong mount fails at startup, not at the first upstream call.
-fn parse_ca_file(value: &str) -> Result<Option<PathBuf>, String> {
-    if value.is_empty() {
-        return Ok(None);
-    }
-    let pem = std::fs::read_to_string(value).map_err(|e| format!("cannot read {value:?} ({e})"))?;
-    if !pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!("{value:?} holds no PEM certificate"));
-    }
-    Ok(Some(value.into()))
-}
-
-/// Empty = none, `*` = any, else a comma list of exact origins.
-fn parse_cors_origins(value: &str) -> Result<CorsOrigins, String> {
-    let entries: Vec<&str> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .collect();
-    match entries.as_slice() {
-        [] => Ok(CorsOrigins::None),
-        ["*"] => Ok(CorsOrigins::Any),
-        _ => entries
-            .iter()
-            .map(|e| parse_origin(e))
-            .collect::<Result<_, _>>()
-            .map(CorsOrigins::List),
-    }
-}
-
-/// `scheme://host[:port]`, lower-cased because browsers send the `Origin` header that way.
-fn parse_origin(entry: &str) -> Result<String, String> {
-    let bad = |why: &str| {
-        format!("{entry:?} is not an origin ({why}; write scheme://host[:port], e.g. https://app.example.com)")
-    };
-    if entry == "*" {
-        return Err("\"*\" cannot be combined with other origins".into());
-    }
-    let uri: http::Uri = entry.parse().map_err(|_| bad("not a URL"))?;
-    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        return Err(bad("not absolute"));
-    };
-    if !matches!(scheme, "http" | "https") || authority.as_str().contains('@') {
-        return Err(bad("http or https, no user"));
-    }
-    let origin = format!("{scheme}://{authority}").to_ascii_lowercase();
-    if origin != entry.to_ascii_lowercase() {
-        return Err(bad("no path, query or trailing slash"));
-    }
-    Ok(origin)
-}
-
-/// Empty = off. The value is never quoted: it can hold a password.
-fn parse_redis_url(value: &str) -> Result<Option<Secret>, String> {
-    if value.is_empty() {
-        return Ok(None);
-    }
-    let rest = value
-        .strip_prefix("redis://")
-        .or_else(|| value.strip_prefix("rediss://"));
-    match rest {
-        Some(rest) if !rest.is_empty() => {
-            // The client's own parser (no connection is made), so `--check-config` catches
-            // what start-up would refuse.
-            #[cfg(feature = "redis")]
-            if let Err(kind) = crate::l2::client(value) {
-                return Err(format!(
-                    "the value (hidden) is not a usable Redis URL ({kind})"
-                ));
-            }
-            Ok(Some(Secret::new(value)))
-        }
-        _ => Err("the value (hidden) is not a Redis URL \
-                  (write redis://host:port/db or rediss://host:port/db)"
-            .into()),
-    }
-}
-
-/// Empty = the webhook route is off (SPEC's default).
-fn parse_webhook_secret(value: &str) -> Result<Option<Secret>, String> {
-    Ok((!value.is_empty()).then(|| Secret::new(value)))
 }
 
 #[cfg(test)]

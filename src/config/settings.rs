@@ -1,0 +1,427 @@
+//! The settings table: one row per setting, and everything else derived from it.
+//!
+//! A row holds the file key, the built-in value, the one-line doc, whether it is also a
+//! command-line flag, and how its text is parsed into the [`Config`] being built. From it come:
+//! the defaults ([`Config::new`]), the environment name (`TASKGATE_` + the key upper-cased),
+//! the flag name (`--` + the key with dashes) and its `--help` line, the unknown-name check of
+//! every layer, and the checks that `config/taskgate.toml` documents exactly these keys.
+//!
+//! Adding a setting is one row here plus its field in [`Config`] (and its placeholder in
+//! `Config::blank`, which the compiler asks for).
+
+use super::{
+    parse::*, sources::Origin, Config, ConfigError, DEFAULT_UPSTREAM_URL, ENV_PREFIX,
+};
+use crate::secret::ApiKey;
+use Builtin::{Derived, Unset, Value};
+
+/// A setting's value when no layer sets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Builtin {
+    /// This text, parsed like a value given in any layer (so it is checked like one).
+    Value(&'static str),
+    /// No value: the setting stays unset (another setting stands in, or it is required).
+    Unset,
+    /// Computed from other settings once every layer is in; the phrase says how.
+    Derived(&'static str),
+}
+
+/// One row of the table. See the module doc for what derives from it.
+pub struct Setting {
+    /// The key in the TOML file; lower case, words joined by `_`.
+    pub key: &'static str,
+    pub builtin: Builtin,
+    /// One line: what the setting does (the `--help` text of its flag).
+    pub doc: &'static str,
+    /// `Some(VALUE_NAME)`: also a command-line flag, `--key-with-dashes VALUE_NAME`.
+    pub flag: Option<&'static str>,
+    /// Never quoted in an error, and taken byte for byte (not trimmed).
+    pub secret: bool,
+    /// Refused in a TOML file (the API key: files get committed, copied and printed).
+    pub env_only: bool,
+    /// Parses a value into the draft; the error is a phrase that follows the setting's name.
+    parse_into: fn(&mut Draft, &str, &Origin<'_>) -> Result<(), String>,
+}
+
+impl Setting {
+    const fn row(
+        key: &'static str,
+        builtin: Builtin,
+        parse_into: fn(&mut Draft, &str, &Origin<'_>) -> Result<(), String>,
+        doc: &'static str,
+    ) -> Self {
+        Self {
+            key,
+            builtin,
+            doc,
+            flag: None,
+            secret: false,
+            env_only: false,
+            parse_into,
+        }
+    }
+
+    const fn flag(mut self, value_name: &'static str) -> Self {
+        self.flag = Some(value_name);
+        self
+    }
+
+    const fn secret(mut self) -> Self {
+        self.secret = true;
+        self
+    }
+
+    const fn env_only(mut self) -> Self {
+        self.env_only = true;
+        self
+    }
+
+    /// `TASKGATE_TTL_COMPLETED` for `ttl_completed`.
+    pub fn env_name(&self) -> String {
+        format!("{ENV_PREFIX}{}", self.key.to_ascii_uppercase())
+    }
+
+    /// `--admin-listen` for `admin_listen` (whether or not it is a flag).
+    pub fn flag_name(&self) -> String {
+        format!("--{}", self.key.replace('_', "-"))
+    }
+
+    /// The `--help` line of its flag: the doc, the variable and the built-in value.
+    pub fn help(&self) -> String {
+        let builtin = match self.builtin {
+            Value("") | Unset => String::new(),
+            Value(text) | Derived(text) => format!(" [default: {text}]"),
+        };
+        format!("{} [env: {}]{builtin}", self.doc, self.env_name())
+    }
+
+    /// Parses `value` into the draft; a failure names the setting as `origin` says.
+    pub(super) fn apply(
+        &self,
+        draft: &mut Draft,
+        value: &str,
+        origin: &Origin<'_>,
+    ) -> Result<(), ConfigError> {
+        // Stray spaces around a number or an address are a formatting slip, not a new value;
+        // secrets are taken byte for byte.
+        let value = if self.secret { value } else { value.trim() };
+        (self.parse_into)(draft, value, origin).map_err(|problem| {
+            // Parsers of secrets never quote their input; this is the second lock on that door.
+            let problem = if self.secret && !value.is_empty() {
+                problem.replace(value, "***")
+            } else {
+                problem
+            };
+            ConfigError::new(origin, problem)
+        })
+    }
+}
+
+/// A row that parses into the [`Config`] field of the same name.
+macro_rules! field {
+    ($field:ident, $parse:expr) => {
+        |draft, value, _| {
+            draft.cfg.$field = $parse(value)?;
+            Ok(())
+        }
+    };
+}
+
+/// Every setting, in SPEC order.
+pub static SETTINGS: &[Setting] = &[
+    Setting::row("api_key", Unset, set_api_key, "Studio API key injected upstream")
+        .secret()
+        .env_only(),
+    Setting::row(
+        "api_key_file",
+        Unset,
+        set_api_key_file,
+        "Read the API key from this file (a trailing newline is trimmed)",
+    )
+    .flag("FILE"),
+    Setting::row(
+        "upstream_url",
+        Value(DEFAULT_UPSTREAM_URL),
+        field!(upstream_url, parse_upstream_url),
+        "Studio API base URL: https, or http to loopback only",
+    )
+    .flag("URL"),
+    Setting::row(
+        "listen",
+        Value("127.0.0.1:8080"),
+        field!(listen, parse_addr),
+        "Public listener, ip:port",
+    )
+    .flag("ADDR"),
+    Setting::row(
+        "admin_listen",
+        Value("127.0.0.1:9090"),
+        field!(admin_listen, parse_addr),
+        "Admin listener, ip:port",
+    )
+    .flag("ADDR"),
+    Setting::row(
+        "upstream_timeout",
+        Value("10s"),
+        field!(upstream_timeout, parse_positive_duration),
+        "Time allowed for the whole upstream exchange, headers and body",
+    ),
+    Setting::row(
+        "connect_timeout",
+        Value("2s"),
+        field!(connect_timeout, parse_positive_duration),
+        "Time allowed for the TCP + TLS connect",
+    ),
+    Setting::row(
+        "max_body",
+        Value("1MiB"),
+        field!(max_body, parse_max_body),
+        "Larger upstream bodies are refused (502)",
+    ),
+    Setting::row(
+        "upstream_ca_file",
+        Value(""),
+        field!(upstream_ca_file, parse_ca_file),
+        "Extra PEM root certificates trusted for the upstream, beside the usual ones",
+    ),
+    Setting::row(
+        "upstream_concurrency",
+        Value("64"),
+        field!(upstream_concurrency, parse_count),
+        "Most upstream fetches in flight at once",
+    ),
+    Setting::row(
+        "cache_max_bytes",
+        Value("64MiB"),
+        field!(cache_max_bytes, parse_size),
+        "Bound on the cached bodies held in memory",
+    ),
+    Setting::row(
+        "ttl_completed",
+        Value("24h"),
+        field!(ttl_completed, parse_duration),
+        "How long a completed task is kept",
+    ),
+    Setting::row(
+        "ttl_failed",
+        Value("30s"),
+        field!(ttl_failed, parse_duration),
+        "How long a failed or cancelled task is kept",
+    ),
+    Setting::row(
+        "ttl_not_found",
+        Value("5s"),
+        field!(ttl_not_found, parse_duration),
+        "Negative cache for upstream 404s; 0s turns it off",
+    ),
+    Setting::row(
+        "ttl_pending",
+        Value("0s"),
+        field!(ttl_pending, parse_duration),
+        "Micro-cache for unfinished tasks; 0s passes every request through",
+    ),
+    Setting::row(
+        "cors_origins",
+        Value(""),
+        field!(cors_origins, parse_cors_origins),
+        "Comma list of exact allowed origins, or *; empty sends no CORS headers",
+    )
+    .flag("ORIGINS"),
+    Setting::row(
+        "rate_limit",
+        Value("0"),
+        field!(rate_limit, parse_rate),
+        "Requests per second per client address (token bucket); 0 is off",
+    ),
+    Setting::row(
+        "rate_burst",
+        Derived("twice rate_limit, at least 1"),
+        |draft, value, _| {
+            draft.rate_burst = Some(parse_burst(value)?);
+            Ok(())
+        },
+        "Token bucket size: how many requests a client may make at once",
+    ),
+    Setting::row(
+        "trust_forwarded",
+        Value("false"),
+        field!(trust_forwarded, parse_bool),
+        "Take the client address from the last X-Forwarded-For hop",
+    ),
+    Setting::row(
+        "max_connections",
+        Value("10000"),
+        field!(max_connections, parse_count),
+        "Most client connections open at once",
+    ),
+    Setting::row(
+        "header_timeout",
+        Value("10s"),
+        field!(header_timeout, parse_positive_duration),
+        "A client must finish sending its request headers within this",
+    ),
+    Setting::row(
+        "idle_timeout",
+        Value("60s"),
+        field!(idle_timeout, parse_positive_duration),
+        "An idle keep-alive client connection is closed after this",
+    ),
+    Setting::row(
+        "redact",
+        Value("true"),
+        field!(redact, parse_bool),
+        "Scrub credentials and presigned URLs from task bodies",
+    ),
+    Setting::row(
+        "redis_url",
+        Value(""),
+        field!(redis_url, parse_redis_url),
+        "redis://host:port/db or rediss://...: second-level cache shared by replicas; empty is off",
+    )
+    .secret(),
+    Setting::row(
+        "redis_timeout",
+        Value("50ms"),
+        field!(redis_timeout, parse_positive_duration),
+        "A slower Redis answer counts as a miss",
+    ),
+    Setting::row(
+        "webhook_secret",
+        Value(""),
+        field!(webhook_secret, parse_webhook_secret),
+        "Shared secret of a Studio webhook pointed at /webhooks/livepeer; empty turns the route off",
+    )
+    .secret(),
+    Setting::row(
+        "watch_interval",
+        Value("2s"),
+        field!(watch_interval, parse_positive_duration),
+        "How often a watched unfinished task is fetched",
+    ),
+    Setting::row(
+        "watch_max",
+        Value("1000"),
+        field!(watch_max, parse_count),
+        "Most task ids watched at once",
+    ),
+    Setting::row(
+        "log_format",
+        Value("json"),
+        field!(log_format, parse_log_format),
+        "json or pretty",
+    )
+    .flag("FORMAT"),
+    Setting::row(
+        "log",
+        Value("info"),
+        field!(log, parse_log),
+        "Log filter, RUST_LOG syntax (RUST_LOG is read when TASKGATE_LOG is unset)",
+    )
+    .flag("FILTER"),
+    Setting::row(
+        "shutdown_grace",
+        Value("0s"),
+        field!(shutdown_grace, parse_duration),
+        "After SIGTERM, keep serving this long while readiness reports 503",
+    ),
+    Setting::row(
+        "drain_timeout",
+        Value("10s"),
+        field!(drain_timeout, parse_duration),
+        "Then wait this long for in-flight requests",
+    ),
+];
+
+/// The row whose file key is `key`.
+pub fn find(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.key == key)
+}
+
+/// The settings that are also command-line flags, in table order. The binary turns each into
+/// a flag named [`Setting::flag_name`] with [`Setting::help`], and hands the values back in
+/// [`super::Args::flags`] under [`Setting::key`].
+pub fn flags() -> impl Iterator<Item = &'static Setting> {
+    SETTINGS.iter().filter(|s| s.flag.is_some())
+}
+
+
+fn set_api_key(draft: &mut Draft, value: &str, origin: &Origin<'_>) -> Result<(), String> {
+    let key = parse_api_key(value).map_err(|problem| format!("the key {problem}"))?;
+    draft.key = Some((KeySource::Inline(key), origin.to_string()));
+    Ok(())
+}
+
+fn set_api_key_file(draft: &mut Draft, value: &str, origin: &Origin<'_>) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("empty (write the path of a file holding the key)".into());
+    }
+    draft.key = Some((KeySource::File(value.into()), origin.to_string()));
+    Ok(())
+}
+
+/// The configuration being built, plus what can only be settled once every layer is in.
+pub(super) struct Draft {
+    pub(super) cfg: Config,
+    /// Unset means "twice the rate", whatever layer sets the rate.
+    rate_burst: Option<f64>,
+    /// The highest layer's key source, and where it was named (for errors when reading it).
+    key: Option<(KeySource, String)>,
+}
+
+enum KeySource {
+    Inline(ApiKey),
+    /// Read only at the end, so a key file named by a lower layer and overridden is not read.
+    File(std::path::PathBuf),
+}
+
+const MISSING_KEY: &str =
+    "missing (set TASKGATE_API_KEY or TASKGATE_API_KEY_FILE, or run with --demo)";
+
+impl Draft {
+    /// Every row's built-in value, parsed by the row's own parser.
+    pub(super) fn builtin(api_key: ApiKey) -> Self {
+        let mut draft = Draft {
+            cfg: Config::blank(api_key),
+            rate_burst: None,
+            key: None,
+        };
+        for setting in SETTINGS {
+            if let Value(text) = setting.builtin {
+                setting
+                    .apply(&mut draft, text, &Origin::Builtin)
+                    .unwrap_or_else(|e| panic!("the built-in value of {} parses: {e}", setting.key));
+            }
+        }
+        draft.derive();
+        draft
+    }
+
+    /// The [`Derived`] values, from what the layers set.
+    fn derive(&mut self) {
+        let rate = self.cfg.rate_limit;
+        // A bucket smaller than one token would refuse every request: with a low rate, 2 × rate
+        // is raised to 1.
+        self.cfg.rate_burst = match self.rate_burst {
+            Some(burst) => burst,
+            None if rate > 0.0 => (2.0 * rate).max(1.0),
+            None => 0.0,
+        };
+    }
+
+    /// The configuration, once every layer is in. The key file is read here; `fallback_key`
+    /// is used when no layer names a key (the binary's `--demo`), else that is an error.
+    pub(super) fn finish(mut self, fallback_key: Option<&ApiKey>) -> Result<Config, ConfigError> {
+        self.derive();
+        self.cfg.api_key = match self.key {
+            Some((KeySource::Inline(key), _)) => key,
+            Some((KeySource::File(path), origin)) => {
+                read_key_file(&path).map_err(|problem| ConfigError::new(origin, problem))?
+            }
+            None => match fallback_key {
+                Some(key) => key.clone(),
+                None => return Err(ConfigError::new("TASKGATE_API_KEY", MISSING_KEY)),
+            },
+        };
+        Ok(self.cfg)
+    }
+}
