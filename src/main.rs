@@ -86,9 +86,7 @@ fn main() -> ExitCode {
         config: cli.config,
         flags,
         // The demo points the key at its simulated API anyway; none is needed.
-        fallback_api_key: cli
-            .demo
-            .then(|| ApiKey::new(taskgate::demo::DEMO_API_KEY)),
+        fallback_api_key: cli.demo.then(|| ApiKey::new(taskgate::demo::DEMO_API_KEY)),
     };
     let cfg = match config::load(&args, &Env::from_process()) {
         Ok(cfg) => cfg,
@@ -163,5 +161,43 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
         _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn setting_flags_reach_the_configuration_under_their_keys() {
+        let m = command()
+            .try_get_matches_from([
+                "taskgate",
+                "--demo",
+                "--admin-listen",
+                "127.0.0.1:1",
+                "--log",
+                "warn",
+            ])
+            .unwrap();
+        assert!(Cli::from_arg_matches(&m).unwrap().demo);
+        assert_eq!(
+            setting_flags(&m),
+            [
+                ("admin_listen", "127.0.0.1:1".to_owned()),
+                ("log", "warn".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn there_is_no_flag_for_the_key() {
+        let m = command().try_get_matches_from(["taskgate", "--api-key", "x"]);
+        assert!(m.is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ring::hmac;
 use serde::Deserialize;
 
-use crate::{config::Secret, route};
+use crate::{route, secret::Secret};
 
 /// Largest body accepted; Studio's task events are a few KiB.
 pub const MAX_BODY: usize = 64 * 1024;

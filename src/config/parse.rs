@@ -30,8 +30,6 @@ pub(super) fn read_key_file(path: &Path) -> Result<ApiKey, String> {
     parse_api_key(text.trim_end()).map_err(|problem| format!("the key in {path:?} {problem}"))
 }
 
-
-
 pub(super) fn parse_api_key(value: &str) -> Result<ApiKey, &'static str> {
     if value.is_empty() {
         return Err("is empty");
@@ -294,12 +292,17 @@ fn check_redis_url(value: &str) -> Result<(), &'static str> {
         None => authority,
     };
     let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-        let (ip, after) = v6.split_once(']').ok_or("an IPv6 host needs its closing ]")?;
+        let (ip, after) = v6
+            .split_once(']')
+            .ok_or("an IPv6 host needs its closing ]")?;
         ip.parse::<std::net::Ipv6Addr>()
             .map_err(|_| "the host in [ ] is not an IPv6 address")?;
         match after {
             "" => (ip, None),
-            _ => (ip, Some(after.strip_prefix(':').ok_or("junk after the IPv6 host")?)),
+            _ => (
+                ip,
+                Some(after.strip_prefix(':').ok_or("junk after the IPv6 host")?),
+            ),
         }
     } else {
         match host_port.split_once(':') {
@@ -321,8 +324,7 @@ fn check_redis_url(value: &str) -> Result<(), &'static str> {
         }
     }
     let db = path.strip_prefix('/').unwrap_or(path);
-    if !db.is_empty() && (!db.bytes().all(|b| b.is_ascii_digit()) || db.parse::<u32>().is_err())
-    {
+    if !db.is_empty() && (!db.bytes().all(|b| b.is_ascii_digit()) || db.parse::<u32>().is_err()) {
         return Err("the path must be a database number, like /0");
     }
     if let Some(query) = query {
@@ -357,4 +359,3 @@ fn check_userinfo(userinfo: &str) -> Result<(), &'static str> {
 pub(super) fn parse_webhook_secret(value: &str) -> Result<Option<Secret>, String> {
     Ok((!value.is_empty()).then(|| Secret::new(value)))
 }
-

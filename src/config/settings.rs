@@ -9,9 +9,7 @@
 //! Adding a setting is one row here plus its field in [`Config`] (and its placeholder in
 //! `Config::blank`, which the compiler asks for).
 
-use super::{
-    parse::*, sources::Origin, Config, ConfigError, DEFAULT_UPSTREAM_URL, ENV_PREFIX,
-};
+use super::{parse::*, sources::Origin, Config, ConfigError, DEFAULT_UPSTREAM_URL, ENV_PREFIX};
 use crate::secret::ApiKey;
 use Builtin::{Derived, Unset, Value};
 
@@ -344,7 +342,6 @@ pub fn flags() -> impl Iterator<Item = &'static Setting> {
     SETTINGS.iter().filter(|s| s.flag.is_some())
 }
 
-
 fn set_api_key(draft: &mut Draft, value: &str, origin: &Origin<'_>) -> Result<(), String> {
     let key = parse_api_key(value).map_err(|problem| format!("the key {problem}"))?;
     draft.key = Some((KeySource::Inline(key), origin.to_string()));
@@ -389,7 +386,9 @@ impl Draft {
             if let Value(text) = setting.builtin {
                 setting
                     .apply(&mut draft, text, &Origin::Builtin)
-                    .unwrap_or_else(|e| panic!("the built-in value of {} parses: {e}", setting.key));
+                    .unwrap_or_else(|e| {
+                        panic!("the built-in value of {} parses: {e}", setting.key)
+                    });
             }
         }
         draft.derive();
@@ -423,5 +422,170 @@ impl Draft {
             },
         };
         Ok(self.cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use toml::de::DeTable;
+
+    use super::*;
+    use crate::config::{
+        sources::{is_kubernetes_service_link, toml_value_text},
+        DEFAULT_CONFIG_FILE,
+    };
+
+    /// The `key = value` lines of the shipped file, commented out or not, as (key, value
+    /// text); found the way `.ci/deploy-check` finds them.
+    fn documented() -> Vec<(String, String)> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+        let text = std::fs::read_to_string(path).expect("config/taskgate.toml is readable");
+        text.lines()
+            .filter_map(|line| {
+                let line = line.strip_prefix('#').unwrap_or(line).trim_start();
+                let (key, value) = line.split_once('=')?;
+                let key = key.trim_end();
+                let is_key = key.starts_with(|c: char| c.is_ascii_lowercase())
+                    && key
+                        .bytes()
+                        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'));
+                is_key.then(|| (key.to_owned(), value.trim().to_owned()))
+            })
+            .collect()
+    }
+
+    /// A TOML value as the setting's parser reads it (`64` and `"64"` alike).
+    fn value_text(setting: &Setting, value: &str) -> String {
+        let line = format!("v = {value}");
+        let parsed = DeTable::parse(&line)
+            .unwrap_or_else(|e| panic!("{} = {value} is not TOML: {e}", setting.key));
+        let text = toml_value_text(setting, parsed.get_ref()["v"].get_ref());
+        text.unwrap_or_else(|e| panic!("{} = {value}: {e}", setting.key))
+    }
+
+    #[test]
+    fn the_shipped_file_documents_each_setting_at_its_built_in_value_and_nothing_else() {
+        let lines = documented();
+        for (key, value) in &lines {
+            let setting = find(key).unwrap_or_else(|| panic!("{key} in the file is not a setting"));
+            assert!(
+                !setting.env_only,
+                "{key} is refused in a file, yet the file shows it"
+            );
+            value_text(setting, value);
+        }
+        for setting in SETTINGS.iter().filter(|s| !s.env_only) {
+            let shown: Vec<String> = lines
+                .iter()
+                .filter(|(key, _)| key == setting.key)
+                .map(|(_, value)| value_text(setting, value))
+                .collect();
+            assert!(!shown.is_empty(), "{} is not in the file", setting.key);
+            if let Value(builtin) = setting.builtin {
+                assert!(
+                    shown.iter().any(|v| v == builtin),
+                    "the file does not show {} = {builtin:?} (it shows {shown:?})",
+                    setting.key
+                );
+            }
+        }
+    }
+
+    /// The rules `.ci/deploy-check` relies on when it maps `TASKGATE_*` names in deploy/ to the
+    /// keys of config/taskgate.toml.
+    #[test]
+    fn setting_names_follow_the_rules_deploy_check_relies_on() {
+        let mut keys = BTreeSet::new();
+        for s in SETTINGS {
+            assert!(keys.insert(s.key), "{} is in the table twice", s.key);
+            // A file key: lower case, digits and single inner underscores.
+            assert!(
+                s.key.starts_with(|c: char| c.is_ascii_lowercase())
+                    && !s.key.ends_with('_')
+                    && !s.key.contains("__")
+                    && s.key
+                        .bytes()
+                        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_')),
+                "{} is not a lower_snake_case key",
+                s.key
+            );
+            // `TASKGATE_` + the key upper-cased, and back.
+            let env = s.env_name();
+            assert_eq!(env, format!("TASKGATE_{}", s.key.to_ascii_uppercase()));
+            assert_eq!(env["TASKGATE_".len()..].to_ascii_lowercase(), s.key);
+            assert!(
+                env.bytes()
+                    .all(|b| matches!(b, b'A'..=b'Z' | b'0'..=b'9' | b'_')),
+                "{env}"
+            );
+            // Never mistaken for (or taken for) a Kubernetes service link.
+            assert!(
+                !is_kubernetes_service_link(&env, "tcp://10.0.0.1:80"),
+                "{env} looks like a Kubernetes service link"
+            );
+            assert_eq!(s.flag_name(), format!("--{}", s.key.replace('_', "-")));
+        }
+        // Only the key itself is environment-only (deploy-check's ENV_ONLY).
+        let env_only: Vec<&str> = SETTINGS
+            .iter()
+            .filter(|s| s.env_only)
+            .map(|s| s.key)
+            .collect();
+        assert_eq!(env_only, ["api_key"]);
+        // deploy-check's stop-budget arithmetic assumes these built-in values.
+        assert_eq!(find("shutdown_grace").unwrap().builtin, Value("0s"));
+        assert_eq!(find("drain_timeout").unwrap().builtin, Value("10s"));
+    }
+
+    #[test]
+    fn flags_are_never_secrets_and_never_clash_with_the_binarys_own() {
+        for s in flags() {
+            assert!(!s.secret, "{}: a flag shows in ps to every user", s.key);
+            assert!(
+                ![
+                    "config",
+                    "check_config",
+                    "healthcheck",
+                    "demo",
+                    "help",
+                    "version"
+                ]
+                .contains(&s.key),
+                "{} is a flag of the binary",
+                s.key
+            );
+            assert!(s.help().contains(&s.env_name()), "{}", s.help());
+        }
+    }
+
+    #[test]
+    fn every_built_in_value_parses_with_its_own_parser() {
+        for s in SETTINGS {
+            if let Value(text) = s.builtin {
+                let mut draft = Draft::builtin(ApiKey::new("k"));
+                s.apply(&mut draft, text, &Origin::Builtin)
+                    .unwrap_or_else(|e| panic!("{}: {e}", s.key));
+            }
+        }
+    }
+
+    /// Each `Config` field (its `Debug` lists them) is a row of the table, so none keeps a
+    /// placeholder of `Config::blank` for its default; the one row without a field is the
+    /// key file, which stands in for the key.
+    #[test]
+    fn every_config_field_is_a_row_and_every_row_but_the_key_file_a_field() {
+        let debug = format!("{:#?}", Config::new(ApiKey::new("k"), DEFAULT_UPSTREAM_URL));
+        let fields: BTreeSet<&str> = debug
+            .lines()
+            .filter_map(|l| l.strip_prefix("    ")?.split_once(": ").map(|(f, _)| f))
+            .filter(|f| !f.starts_with(' '))
+            .collect();
+        let rows: BTreeSet<&str> = SETTINGS.iter().map(|s| s.key).collect();
+        let not_fields: Vec<&&str> = rows.difference(&fields).collect();
+        let not_rows: Vec<&&str> = fields.difference(&rows).collect();
+        assert_eq!(not_rows, Vec::<&&str>::new(), "Config fields without a row");
+        assert_eq!(not_fields, [&"api_key_file"], "rows without a Config field");
     }
 }

@@ -155,8 +155,8 @@ impl ConfigFile {
                 key: key.to_owned(),
                 path: self.path.clone(),
             };
-            let setting = settings::find(key)
-                .ok_or_else(|| ConfigError::new(&origin, "unknown setting"))?;
+            let setting =
+                settings::find(key).ok_or_else(|| ConfigError::new(&origin, "unknown setting"))?;
             if setting.env_only {
                 return Err(ConfigError::new(
                     origin,
@@ -178,7 +178,7 @@ impl ConfigFile {
 
 /// A TOML value in the string form the setting's parser reads, so `max_body = 1048576` and
 /// `max_body = "1MiB"` go through the same code.
-fn toml_value_text(setting: &Setting, value: &DeValue<'_>) -> Result<String, String> {
+pub(super) fn toml_value_text(setting: &Setting, value: &DeValue<'_>) -> Result<String, String> {
     match value {
         DeValue::String(s) => Ok(s.to_string()),
         DeValue::Integer(n) => i64::from_str_radix(n.as_str(), n.radix())
@@ -237,7 +237,7 @@ pub(super) fn apply_env(draft: &mut Draft, env: &Env) -> Result<(), ConfigError>
 /// A Service named `taskgate…` thus puts `TASKGATE_*` variables in our environment that no one
 /// wrote; refusing them as typos would stop the pod from starting. None of our settings has
 /// these shapes.
-fn is_kubernetes_service_link(name: &str, value: &str) -> bool {
+pub(super) fn is_kubernetes_service_link(name: &str, value: &str) -> bool {
     let parts: Vec<&str> = name.split('_').collect();
     let port_proto = parts.windows(3).any(|w| {
         w[0] == "PORT"
@@ -257,7 +257,10 @@ fn is_kubernetes_service_link(name: &str, value: &str) -> bool {
 
 /// Where a value came from, displayed the way the user wrote it.
 pub(super) enum Origin<'a> {
-    File { key: String, path: PathBuf },
+    File {
+        key: String,
+        path: PathBuf,
+    },
     Env(&'a str),
     Flag(&'static Setting),
     /// The table's own value (whose failure to parse is a bug, not a user's error).
@@ -274,4 +277,3 @@ impl fmt::Display for Origin<'_> {
         }
     }
 }
-

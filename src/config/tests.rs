@@ -22,8 +22,8 @@ impl TempDir {
     fn new() -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir()
-            .join(format!("taskgate-config-test-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("taskgate-config-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir is writable");
         Self(dir)
     }
@@ -259,7 +259,10 @@ fn every_spec_variable_is_a_known_setting() {
         "SHUTDOWN_GRACE",
         "DRAIN_TIMEOUT",
     ] {
-        assert!(settings::find(&name.to_ascii_lowercase()).is_some(), "{name}");
+        assert!(
+            settings::find(&name.to_ascii_lowercase()).is_some(),
+            "{name}"
+        );
     }
     assert_eq!(SETTINGS.len(), 32);
 }
