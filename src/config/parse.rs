@@ -274,7 +274,7 @@ fn check_redis_url(value: &str) -> Result<(), &'static str> {
         .or_else(|| value.strip_prefix("rediss://"))
         .ok_or("the scheme must be redis:// or rediss://")?;
     if rest.contains('#') {
-        return Err("no #fragment");
+        return Err("no #fragment: TLS verification cannot be turned off");
     }
     let (rest, query) = match rest.split_once('?') {
         Some((rest, query)) => (rest, Some(query)),
@@ -291,31 +291,33 @@ fn check_redis_url(value: &str) -> Result<(), &'static str> {
         }
         None => authority,
     };
-    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-        let (ip, after) = v6
-            .split_once(']')
-            .ok_or("an IPv6 host needs its closing ]")?;
-        ip.parse::<std::net::Ipv6Addr>()
-            .map_err(|_| "the host in [ ] is not an IPv6 address")?;
-        match after {
-            "" => (ip, None),
-            _ => (
-                ip,
-                Some(after.strip_prefix(':').ok_or("junk after the IPv6 host")?),
-            ),
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (ip, after) = v6
+                .split_once(']')
+                .ok_or("an IPv6 host needs its closing ]")?;
+            ip.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| "the host in [ ] is not an IPv6 address")?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or("junk after the IPv6 host")?),
+            };
+            (ip, port)
         }
-    } else {
-        match host_port.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (host_port, None),
+        None => {
+            let (host, port) = match host_port.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (host_port, None),
+            };
+            let name_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+            if !host.bytes().all(name_char) {
+                return Err("the host is not a name or an IP address");
+            }
+            (host, port)
         }
     };
-    let host_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
     if host.is_empty() {
         return Err("no host");
-    }
-    if !host.contains(':') && !host.bytes().all(host_char) {
-        return Err("the host is not a name or an IP address");
     }
     if let Some(port) = port {
         match port.parse::<u16>() {
@@ -358,4 +360,73 @@ fn check_userinfo(userinfo: &str) -> Result<(), &'static str> {
 /// Empty = the webhook route is off (SPEC's default).
 pub(super) fn parse_webhook_secret(value: &str) -> Result<Option<Secret>, String> {
     Ok((!value.is_empty()).then(|| Secret::new(value)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWORD: &str = "pw-TEST-SHOULD-NEVER-PRINT";
+
+    #[test]
+    fn redis_urls_of_every_documented_shape_are_accepted() {
+        for url in [
+            "redis://cache".to_owned(),
+            "redis://cache:6379".to_owned(),
+            "redis://cache:6379/".to_owned(),
+            "redis://cache:6379/0".to_owned(),
+            "rediss://cache.internal.example:6380/15".to_owned(),
+            "redis://10.0.0.5:6379/0".to_owned(),
+            "redis://[::1]:6379/0".to_owned(),
+            "redis://[fd00::5]".to_owned(),
+            "redis://default@cache:6379".to_owned(),
+            format!("redis://:{PASSWORD}@cache:6379/0"),
+            format!("rediss://default:{PASSWORD}@cache:6380/0"),
+            "redis://user:p%40ss%2Fw0rd@cache".to_owned(),
+            "redis://cache:6379/0?protocol=resp3".to_owned(),
+        ] {
+            let got = parse_redis_url(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(got.map(|s| s.expose().to_owned()), Some(url));
+        }
+        assert_eq!(parse_redis_url(""), Ok(None), "empty is off");
+    }
+
+    #[test]
+    fn malformed_redis_urls_are_refused_without_quoting_them() {
+        for (url, why) in [
+            (format!("http://:{PASSWORD}@cache:6379"), "scheme"),
+            (format!("REDIS://:{PASSWORD}@cache"), "scheme"),
+            ("redis://".to_owned(), "no host"),
+            (format!("redis://:{PASSWORD}@"), "no host"),
+            (format!("redis://:{PASSWORD}@:6379/0"), "no host"),
+            (format!("redis://:{PASSWORD}@cache:notaport/0"), "port"),
+            (format!("redis://:{PASSWORD}@cache:0"), "port"),
+            (format!("redis://:{PASSWORD}@cache:65536"), "port"),
+            (format!("redis://:{PASSWORD}@cache:+6379"), "port"),
+            (
+                format!("redis://:{PASSWORD}@cache:6379/db0"),
+                "database number",
+            ),
+            (
+                format!("redis://:{PASSWORD}@cache:6379/0/1"),
+                "database number",
+            ),
+            (format!("redis://:{PASSWORD}@ca che:6379"), "host"),
+            (format!("redis://:{PASSWORD}@[::1:6379"), "closing ]"),
+            (format!("redis://:{PASSWORD}@[nope]:6379"), "IPv6"),
+            (format!("redis://:{PASSWORD}@[::1]6379"), "junk"),
+            (format!("redis://:{PASSWORD} x@cache"), "%-encoding"),
+            (format!("redis://:{PASSWORD}%zz@cache"), "%-encoding"),
+            (format!("rediss://:{PASSWORD}@cache/#insecure"), "fragment"),
+            (format!("redis://:{PASSWORD}@cache/0?resp3"), "name=value"),
+        ] {
+            let e = parse_redis_url(&url).expect_err(&url);
+            assert!(
+                e.starts_with("the value (hidden) is not a Redis URL ("),
+                "{e}"
+            );
+            assert!(e.contains(why), "{url}: {e}");
+            assert!(!e.contains(PASSWORD), "{e}");
+        }
+    }
 }
