@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! - `mod.rs` (here): [`Config`], the typed result, and the public surface.
-//! - [`settings`]: the table, one row per setting (key, built-in value, doc line, flag,
+//! - `settings`: the table ([`SETTINGS`]), one row per setting (key, built-in value, doc line, flag,
 //!   parser). Defaults, environment names, flag names and `--help` lines, and the unknown-name
 //!   checks all derive from it; adding a setting is a row plus a [`Config`] field.
 //! - `sources`: the layers ([`Env`], the TOML file, the flags in [`Args`]) and [`load`].
@@ -31,14 +31,14 @@
 
 mod error;
 mod parse;
-pub mod settings;
+mod settings;
 mod sources;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 pub use crate::secret::{ApiKey, Secret};
 pub use error::ConfigError;
-pub use settings::{flags, Setting};
+pub use settings::{flags, Builtin, Setting, SETTINGS};
 pub use sources::{load, Args, Env};
 
 /// The file read when `--config` is not given, relative to the working directory, if present.

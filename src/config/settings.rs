@@ -115,219 +115,91 @@ impl Setting {
     }
 }
 
-/// A row that parses into the [`Config`] field of the same name.
+/// A row whose parser's result goes into the [`Config`] field of the same name.
 macro_rules! field {
-    ($field:ident, $parse:expr) => {
-        |draft, value, _| {
-            draft.cfg.$field = $parse(value)?;
-            Ok(())
-        }
+    ($field:ident, $builtin:expr, $parse:expr, $doc:literal) => {
+        Setting::row(
+            stringify!($field),
+            $builtin,
+            |draft, value, _| {
+                draft.cfg.$field = $parse(value)?;
+                Ok(())
+            },
+            $doc,
+        )
     };
 }
 
-/// Every setting, in SPEC order.
+/// Every setting, in SPEC order: the key, the built-in value, the parser, the doc line, and
+/// whether it is also a flag (`.flag(VALUE_NAME)`), a secret, or refused in a file.
+#[rustfmt::skip]
 pub static SETTINGS: &[Setting] = &[
-    Setting::row("api_key", Unset, set_api_key, "Studio API key injected upstream")
-        .secret()
-        .env_only(),
-    Setting::row(
-        "api_key_file",
-        Unset,
-        set_api_key_file,
-        "Read the API key from this file (a trailing newline is trimmed)",
-    )
-    .flag("FILE"),
-    Setting::row(
-        "upstream_url",
-        Value(DEFAULT_UPSTREAM_URL),
-        field!(upstream_url, parse_upstream_url),
-        "Studio API base URL: https, or http to loopback only",
-    )
-    .flag("URL"),
-    Setting::row(
-        "listen",
-        Value("127.0.0.1:8080"),
-        field!(listen, parse_addr),
-        "Public listener, ip:port",
-    )
-    .flag("ADDR"),
-    Setting::row(
-        "admin_listen",
-        Value("127.0.0.1:9090"),
-        field!(admin_listen, parse_addr),
-        "Admin listener, ip:port",
-    )
-    .flag("ADDR"),
-    Setting::row(
-        "upstream_timeout",
-        Value("10s"),
-        field!(upstream_timeout, parse_positive_duration),
-        "Time allowed for the whole upstream exchange, headers and body",
-    ),
-    Setting::row(
-        "connect_timeout",
-        Value("2s"),
-        field!(connect_timeout, parse_positive_duration),
-        "Time allowed for the TCP + TLS connect",
-    ),
-    Setting::row(
-        "max_body",
-        Value("1MiB"),
-        field!(max_body, parse_max_body),
-        "Larger upstream bodies are refused (502)",
-    ),
-    Setting::row(
-        "upstream_ca_file",
-        Value(""),
-        field!(upstream_ca_file, parse_ca_file),
-        "Extra PEM root certificates trusted for the upstream, beside the usual ones",
-    ),
-    Setting::row(
-        "upstream_concurrency",
-        Value("64"),
-        field!(upstream_concurrency, parse_count),
-        "Most upstream fetches in flight at once",
-    ),
-    Setting::row(
-        "cache_max_bytes",
-        Value("64MiB"),
-        field!(cache_max_bytes, parse_size),
-        "Bound on the cached bodies held in memory",
-    ),
-    Setting::row(
-        "ttl_completed",
-        Value("24h"),
-        field!(ttl_completed, parse_duration),
-        "How long a completed task is kept",
-    ),
-    Setting::row(
-        "ttl_failed",
-        Value("30s"),
-        field!(ttl_failed, parse_duration),
-        "How long a failed or cancelled task is kept",
-    ),
-    Setting::row(
-        "ttl_not_found",
-        Value("5s"),
-        field!(ttl_not_found, parse_duration),
-        "Negative cache for upstream 404s; 0s turns it off",
-    ),
-    Setting::row(
-        "ttl_pending",
-        Value("0s"),
-        field!(ttl_pending, parse_duration),
-        "Micro-cache for unfinished tasks; 0s passes every request through",
-    ),
-    Setting::row(
-        "cors_origins",
-        Value(""),
-        field!(cors_origins, parse_cors_origins),
-        "Comma list of exact allowed origins, or *; empty sends no CORS headers",
-    )
-    .flag("ORIGINS"),
-    Setting::row(
-        "rate_limit",
-        Value("0"),
-        field!(rate_limit, parse_rate),
-        "Requests per second per client address (token bucket); 0 is off",
-    ),
-    Setting::row(
-        "rate_burst",
-        Derived("twice rate_limit, at least 1"),
-        |draft, value, _| {
-            draft.rate_burst = Some(parse_burst(value)?);
-            Ok(())
-        },
-        "Token bucket size: how many requests a client may make at once",
-    ),
-    Setting::row(
-        "trust_forwarded",
-        Value("false"),
-        field!(trust_forwarded, parse_bool),
-        "Take the client address from the last X-Forwarded-For hop",
-    ),
-    Setting::row(
-        "max_connections",
-        Value("10000"),
-        field!(max_connections, parse_count),
-        "Most client connections open at once",
-    ),
-    Setting::row(
-        "header_timeout",
-        Value("10s"),
-        field!(header_timeout, parse_positive_duration),
-        "A client must finish sending its request headers within this",
-    ),
-    Setting::row(
-        "idle_timeout",
-        Value("60s"),
-        field!(idle_timeout, parse_positive_duration),
-        "An idle keep-alive client connection is closed after this",
-    ),
-    Setting::row(
-        "redact",
-        Value("true"),
-        field!(redact, parse_bool),
-        "Scrub credentials and presigned URLs from task bodies",
-    ),
-    Setting::row(
-        "redis_url",
-        Value(""),
-        field!(redis_url, parse_redis_url),
-        "redis://host:port/db or rediss://...: second-level cache shared by replicas; empty is off",
-    )
-    .secret(),
-    Setting::row(
-        "redis_timeout",
-        Value("50ms"),
-        field!(redis_timeout, parse_positive_duration),
-        "A slower Redis answer counts as a miss",
-    ),
-    Setting::row(
-        "webhook_secret",
-        Value(""),
-        field!(webhook_secret, parse_webhook_secret),
-        "Shared secret of a Studio webhook pointed at /webhooks/livepeer; empty turns the route off",
-    )
-    .secret(),
-    Setting::row(
-        "watch_interval",
-        Value("2s"),
-        field!(watch_interval, parse_positive_duration),
-        "How often a watched unfinished task is fetched",
-    ),
-    Setting::row(
-        "watch_max",
-        Value("1000"),
-        field!(watch_max, parse_count),
-        "Most task ids watched at once",
-    ),
-    Setting::row(
-        "log_format",
-        Value("json"),
-        field!(log_format, parse_log_format),
-        "json or pretty",
-    )
-    .flag("FORMAT"),
-    Setting::row(
-        "log",
-        Value("info"),
-        field!(log, parse_log),
-        "Log filter, RUST_LOG syntax (RUST_LOG is read when TASKGATE_LOG is unset)",
-    )
-    .flag("FILTER"),
-    Setting::row(
-        "shutdown_grace",
-        Value("0s"),
-        field!(shutdown_grace, parse_duration),
-        "After SIGTERM, keep serving this long while readiness reports 503",
-    ),
-    Setting::row(
-        "drain_timeout",
-        Value("10s"),
-        field!(drain_timeout, parse_duration),
-        "Then wait this long for in-flight requests",
-    ),
+    Setting::row("api_key",      Unset,                       set_api_key,
+        "Studio API key injected upstream").secret().env_only(),
+    Setting::row("api_key_file", Unset,                       set_api_key_file,
+        "Read the API key from this file (a trailing newline is trimmed)").flag("FILE"),
+    field!(upstream_url,         Value(DEFAULT_UPSTREAM_URL), parse_upstream_url,
+        "Studio API base URL: https, or http to loopback only").flag("URL"),
+    field!(listen,               Value("127.0.0.1:8080"),     parse_addr,
+        "Public listener, ip:port").flag("ADDR"),
+    field!(admin_listen,         Value("127.0.0.1:9090"),     parse_addr,
+        "Admin listener, ip:port").flag("ADDR"),
+    field!(upstream_timeout,     Value("10s"),                parse_positive_duration,
+        "Time allowed for the whole upstream exchange, headers and body"),
+    field!(connect_timeout,      Value("2s"),                 parse_positive_duration,
+        "Time allowed for the TCP + TLS connect"),
+    field!(max_body,             Value("1MiB"),               parse_max_body,
+        "Larger upstream bodies are refused (502)"),
+    field!(upstream_ca_file,     Value(""),                   parse_ca_file,
+        "Extra PEM root certificates trusted for the upstream, beside the usual ones"),
+    field!(upstream_concurrency, Value("64"),                 parse_count,
+        "Most upstream fetches in flight at once"),
+    field!(cache_max_bytes,      Value("64MiB"),              parse_size,
+        "Bound on the cached bodies held in memory"),
+    field!(ttl_completed,        Value("24h"),                parse_duration,
+        "How long a completed task is kept"),
+    field!(ttl_failed,           Value("30s"),                parse_duration,
+        "How long a failed or cancelled task is kept"),
+    field!(ttl_not_found,        Value("5s"),                 parse_duration,
+        "Negative cache for upstream 404s; 0s turns it off"),
+    field!(ttl_pending,          Value("0s"),                 parse_duration,
+        "Micro-cache for unfinished tasks; 0s passes every request through"),
+    field!(cors_origins,         Value(""),                   parse_cors_origins,
+        "Comma list of exact allowed origins, or *; empty sends no CORS headers").flag("ORIGINS"),
+    field!(rate_limit,           Value("0"),                  parse_rate,
+        "Requests per second per client address (token bucket); 0 is off"),
+    Setting::row("rate_burst",   Derived("twice rate_limit, at least 1"), set_rate_burst,
+        "Token bucket size: how many requests a client may make at once"),
+    field!(trust_forwarded,      Value("false"),              parse_bool,
+        "Take the client address from the last X-Forwarded-For hop"),
+    field!(max_connections,      Value("10000"),              parse_count,
+        "Most client connections open at once"),
+    field!(header_timeout,       Value("10s"),                parse_positive_duration,
+        "A client must finish sending its request headers within this"),
+    field!(idle_timeout,         Value("60s"),                parse_positive_duration,
+        "An idle keep-alive client connection is closed after this"),
+    field!(redact,               Value("true"),               parse_bool,
+        "Scrub credentials and presigned URLs from task bodies"),
+    field!(redis_url,            Value(""),                   parse_redis_url,
+        "redis://host:port/db or rediss://...: second-level cache shared by replicas; empty is off")
+        .secret(),
+    field!(redis_timeout,        Value("50ms"),               parse_positive_duration,
+        "A slower Redis answer counts as a miss"),
+    field!(webhook_secret,       Value(""),                   parse_webhook_secret,
+        "Shared secret of the Studio webhook at /webhooks/livepeer; empty turns the route off")
+        .secret(),
+    field!(watch_interval,       Value("2s"),                 parse_positive_duration,
+        "How often a watched unfinished task is fetched"),
+    field!(watch_max,            Value("1000"),               parse_count,
+        "Most task ids watched at once"),
+    field!(log_format,           Value("json"),               parse_log_format,
+        "json or pretty").flag("FORMAT"),
+    field!(log,                  Value("info"),               parse_log,
+        "Log filter, RUST_LOG syntax (RUST_LOG is read when TASKGATE_LOG is unset)").flag("FILTER"),
+    field!(shutdown_grace,       Value("0s"),                 parse_duration,
+        "After SIGTERM, keep serving this long while readiness reports 503"),
+    field!(drain_timeout,        Value("10s"),                parse_duration,
+        "Then wait this long for in-flight requests"),
 ];
 
 /// The row whose file key is `key`.
@@ -345,6 +217,12 @@ pub fn flags() -> impl Iterator<Item = &'static Setting> {
 fn set_api_key(draft: &mut Draft, value: &str, origin: &Origin<'_>) -> Result<(), String> {
     let key = parse_api_key(value).map_err(|problem| format!("the key {problem}"))?;
     draft.key = Some((KeySource::Inline(key), origin.to_string()));
+    Ok(())
+}
+
+/// Unset, the bucket is derived from the rate once every layer is in (see [`Draft::derive`]).
+fn set_rate_burst(draft: &mut Draft, value: &str, _: &Origin<'_>) -> Result<(), String> {
+    draft.rate_burst = Some(parse_burst(value)?);
     Ok(())
 }
 
