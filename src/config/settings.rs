@@ -1,10 +1,10 @@
 //! The settings table: one row per setting, and everything else derived from it.
 //!
-//! A row holds the file key, the built-in value, the one-line doc, whether it is also a
-//! command-line flag, and how its text is parsed into the [`Config`] being built. From it come:
-//! the defaults ([`Config::new`]), the environment name (`TASKGATE_` + the key upper-cased),
-//! the flag name (`--` + the key with dashes) and its `--help` line, the unknown-name check of
-//! every layer, and the checks that `config/taskgate.toml` documents exactly these keys.
+//! A row holds the file key, the built-in value, the parser, the one-line doc, and whether it
+//! is also a command-line flag, a secret or a list. From it come: the defaults
+//! ([`Config::new`]), the environment name (`TASKGATE_` + the key upper-cased), the flag name
+//! (`--` + the key with dashes) and its `--help` line, the unknown-name check of every layer,
+//! and the checks that `config/taskgate.toml` documents exactly these keys.
 //!
 //! Adding a setting is one row here plus its field in [`Config`] (and its placeholder in
 //! `Config::blank`, which the compiler asks for).
@@ -37,6 +37,8 @@ pub struct Setting {
     pub secret: bool,
     /// Refused in a TOML file (the API key: files get committed, copied and printed).
     pub env_only: bool,
+    /// A comma list: a TOML file may also write it as an array of strings.
+    pub list: bool,
     /// Parses a value into the draft; the error is a phrase that follows the setting's name.
     parse_into: fn(&mut Draft, &str, &Origin<'_>) -> Result<(), String>,
 }
@@ -55,6 +57,7 @@ impl Setting {
             flag: None,
             secret: false,
             env_only: false,
+            list: false,
             parse_into,
         }
     }
@@ -71,6 +74,11 @@ impl Setting {
 
     const fn env_only(mut self) -> Self {
         self.env_only = true;
+        self
+    }
+
+    const fn list(mut self) -> Self {
+        self.list = true;
         self
     }
 
@@ -165,7 +173,8 @@ pub static SETTINGS: &[Setting] = &[
     field!(ttl_pending,          Value("0s"),                 parse_duration,
         "Micro-cache for unfinished tasks; 0s passes every request through"),
     field!(cors_origins,         Value(""),                   parse_cors_origins,
-        "Comma list of exact allowed origins, or *; empty sends no CORS headers").flag("ORIGINS"),
+        "Comma list of exact allowed origins, or *; empty sends no CORS headers")
+        .flag("ORIGINS").list(),
     field!(rate_limit,           Value("0"),                  parse_rate,
         "Requests per second per client address (token bucket); 0 is off"),
     Setting::row("rate_burst",   Derived("twice rate_limit, at least 1"), set_rate_burst,

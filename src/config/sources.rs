@@ -177,7 +177,7 @@ impl ConfigFile {
 }
 
 /// A TOML value in the string form the setting's parser reads, so `max_body = 1048576` and
-/// `max_body = "1MiB"` go through the same code.
+/// `max_body = "1MiB"` go through the same code (and a list's array becomes its comma list).
 pub(super) fn toml_value_text(setting: &Setting, value: &DeValue<'_>) -> Result<String, String> {
     match value {
         DeValue::String(s) => Ok(s.to_string()),
@@ -186,11 +186,11 @@ pub(super) fn toml_value_text(setting: &Setting, value: &DeValue<'_>) -> Result<
             .map_err(|_| "integer out of range".to_owned()),
         DeValue::Float(x) => Ok(x.as_str().to_owned()),
         DeValue::Boolean(b) => Ok(b.to_string()),
-        DeValue::Array(items) if setting.key == "cors_origins" => items
+        DeValue::Array(items) if setting.list => items
             .iter()
             .map(|item| match item.get_ref() {
                 DeValue::String(s) if !s.contains(',') => Ok(s.to_string()),
-                _ => Err("expected an array of origin strings".to_owned()),
+                _ => Err("expected an array of strings (without commas)".to_owned()),
             })
             .collect::<Result<Vec<_>, _>>()
             .map(|origins| origins.join(",")),

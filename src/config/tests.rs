@@ -124,27 +124,6 @@ fn the_shipped_config_file_loads_and_changes_nothing() {
 }
 
 #[test]
-fn the_shipped_config_file_documents_every_setting_and_nothing_else() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
-    let text = std::fs::read_to_string(path).unwrap();
-    let documented: Vec<&str> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("# ")?.split_once(" = "))
-        .map(|(key, _)| key)
-        .collect();
-    for key in &documented {
-        assert!(settings::find(key).is_some(), "{key} is not a setting");
-    }
-    for setting in SETTINGS.iter().filter(|s| s.key != "api_key") {
-        assert!(
-            documented.contains(&setting.key),
-            "{} is undocumented",
-            setting.key
-        );
-    }
-}
-
-#[test]
 fn flag_beats_env_beats_file_beats_default() {
     let dir = TempDir::new();
     let toml = dir.file(
@@ -364,7 +343,7 @@ fn toml_values_of_the_wrong_shape_are_errors() {
         err(with_file("ttl_failed = 30")),
         "ttl_failed in test.toml: \"30\" is not a duration (write 250ms, 30s, 5m or 24h)"
     );
-    assert!(err(with_file("cors_origins = [1]")).contains("array of origin strings"));
+    assert!(err(with_file("cors_origins = [1]")).contains("expected an array of strings"));
 }
 
 #[test]
