@@ -267,3 +267,58 @@ fn an_explicit_config_that_cannot_be_read_exits_64() {
     );
     assert_usage_error(&run, "--config missing.toml");
 }
+
+#[test]
+fn check_config_with_demo_needs_no_key() {
+    let dir = WorkDir::new();
+    let run = taskgate(&dir.0, &[], &["--check-config", "--demo"]);
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.stdout, "taskgate: configuration ok\n");
+}
+
+#[test]
+fn help_lists_each_setting_flag_with_its_variable_and_default() {
+    let dir = WorkDir::new();
+    let run = taskgate(&dir.0, &[], &["--help"]);
+    assert_eq!(run.code, Some(0));
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("--admin-listen <ADDR>"))
+        .expect("--admin-listen in --help");
+    assert!(line.contains("[env: TASKGATE_ADMIN_LISTEN]"), "{line}");
+    assert!(line.contains("[default: 127.0.0.1:9090]"), "{line}");
+}
+
+#[test]
+fn a_redis_url_the_client_refuses_exits_64_without_printing_it() {
+    // The syntax is fine; the Redis client, built by --check-config as at start-up, refuses it.
+    let dir = WorkDir::new();
+    let url = format!("redis://:{KEY}@cache:6379/0?protocol=bogus");
+    let run = taskgate(
+        &dir.0,
+        &[("TASKGATE_API_KEY", "k"), ("TASKGATE_REDIS_URL", &url)],
+        &["--check-config"],
+    );
+    assert_usage_error(&run, "TASKGATE_REDIS_URL");
+}
+
+#[test]
+fn check_config_opens_no_connection_to_redis() {
+    let dir = WorkDir::new();
+    let redis = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let url = format!("redis://:{KEY}@{}/0", redis.local_addr().unwrap());
+    let run = taskgate(
+        &dir.0,
+        &[("TASKGATE_API_KEY", "k"), ("TASKGATE_REDIS_URL", &url)],
+        &["--check-config"],
+    );
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    // A connection attempt would wait in the backlog even after the process is gone.
+    redis.set_nonblocking(true).unwrap();
+    let accepted = redis.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "--check-config connected to Redis: {accepted:?}"
+    );
+}
