@@ -3,11 +3,11 @@
 //!
 //! # Layout
 //!
-//! - `mod.rs` (here): [`Config`], the typed result, and the public surface.
+//! - `mod.rs` (here): [`Config`], the typed result, [`load`], and the public surface.
 //! - `settings`: the table ([`SETTINGS`]), one row per setting (key, built-in value, doc line, flag,
 //!   parser). Defaults, environment names, flag names and `--help` lines, and the unknown-name
 //!   checks all derive from it; adding a setting is a row plus a [`Config`] field.
-//! - `sources`: the layers ([`Env`], the TOML file, the flags in [`Args`]) and [`load`].
+//! - `sources`: the layers ([`Env`], the TOML file, the flags in [`Args`]), applied in order.
 //! - `parse`: one parser per kind of value (durations, sizes, addresses, URLs, …).
 //! - `error`: [`ConfigError`].
 //!
@@ -34,12 +34,16 @@ mod parse;
 mod settings;
 mod sources;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 pub use crate::secret::{ApiKey, Secret};
 pub use error::ConfigError;
 pub use settings::{flags, Builtin, Setting, SETTINGS};
-pub use sources::{load, Args, Env};
+pub use sources::{Args, Env};
 
 /// The file read when `--config` is not given, relative to the working directory, if present.
 pub const DEFAULT_CONFIG_FILE: &str = "config/taskgate.toml";
@@ -48,6 +52,16 @@ pub const DEFAULT_UPSTREAM_URL: &str = "https://livepeer.studio/api";
 
 /// Every environment name of a setting starts with this.
 pub const ENV_PREFIX: &str = "TASKGATE_";
+
+/// Reads the configuration: built-in values, then the TOML file (`--config`, else
+/// [`DEFAULT_CONFIG_FILE`] when it exists), then the environment, then the flags.
+pub fn load(args: &Args, env: &Env) -> Result<Config, ConfigError> {
+    let file = match &args.config {
+        Some(path) => Some(sources::ConfigFile::read(path, "--config ")?),
+        None => sources::ConfigFile::read_if_present(Path::new(DEFAULT_CONFIG_FILE))?,
+    };
+    sources::build(args, env, file.as_ref())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -118,7 +132,8 @@ impl Config {
     }
 
     /// Placeholders only, each overwritten at once by the table's built-in value (or, for
-    /// `rate_burst`, its derived one): the defaults live in the table, not here.
+    /// `rate_burst`, its derived one): the defaults live in the table, not here. A field
+    /// without a row would keep its placeholder: a test of the table fails if one has none.
     fn blank(api_key: ApiKey) -> Self {
         let zero = Duration::ZERO;
         let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));

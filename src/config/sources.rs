@@ -12,7 +12,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::{
     settings::{self, Draft, Setting, SETTINGS},
-    Config, ConfigError, DEFAULT_CONFIG_FILE, ENV_PREFIX,
+    Config, ConfigError, ENV_PREFIX,
 };
 use crate::secret::ApiKey;
 
@@ -20,7 +20,7 @@ use crate::secret::ApiKey;
 /// modes are its business) and hands over the file and the setting flags.
 #[derive(Debug, Default)]
 pub struct Args {
-    /// `--config FILE`; `None` reads [`DEFAULT_CONFIG_FILE`] when it exists.
+    /// `--config FILE`; `None` reads [`super::DEFAULT_CONFIG_FILE`] when it exists.
     pub config: Option<PathBuf>,
     /// Setting flags as (setting key, value): the keys of [`settings::flags`].
     pub flags: Vec<(&'static str, String)>,
@@ -28,17 +28,7 @@ pub struct Args {
     pub fallback_api_key: Option<ApiKey>,
 }
 
-/// Reads the configuration: built-in values, then the TOML file (`--config`, else
-/// [`DEFAULT_CONFIG_FILE`] when it exists), then the environment, then the flags.
-pub fn load(args: &Args, env: &Env) -> Result<Config, ConfigError> {
-    let file = match &args.config {
-        Some(path) => Some(ConfigFile::read(path, "--config ")?),
-        None => ConfigFile::read_if_present(Path::new(DEFAULT_CONFIG_FILE))?,
-    };
-    build(args, env, file.as_ref())
-}
-
-/// [`load`] once the file (if any) is read: the layers are applied in order of precedence, so
+/// [`super::load`] once the file (if any) is read: the layers are applied in order of precedence, so
 /// a later value simply overwrites an earlier one.
 pub(super) fn build(
     args: &Args,
@@ -59,7 +49,7 @@ pub(super) fn build(
 }
 
 /// The environment variables configuration may read: `TASKGATE_*` and `RUST_LOG`. Handed to
-/// [`load`] so tests build one with [`Env::from_pairs`] instead of mutating the process
+/// [`super::load`] so tests build one with [`Env::from_pairs`] instead of mutating the process
 /// environment (a data race under the parallel test runner).
 #[derive(Clone, Default)]
 pub struct Env {
