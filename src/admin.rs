@@ -9,11 +9,14 @@ use std::sync::{
 use http::{Method, Request, Response, StatusCode};
 
 use crate::{
-    answer::{self, Body},
+    answer::{
+        respond::{self, full, Body, Head},
+        Error,
+    },
     ids,
-    metrics::Snapshot,
     proxy::Proxy,
-    route,
+    resource::{Key, Kind},
+    telemetry::Snapshot,
 };
 
 pub struct Admin {
@@ -35,7 +38,7 @@ impl Admin {
             }
             (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
             (&Method::GET, "/metrics") => {
-                let (cache_entries, cache_bytes) = self.proxy.cache().usage().await;
+                let (cache_entries, cache_bytes) = self.proxy.cache().usage();
                 let (watch_ids, watch_streams) = self.proxy.watchers().counts();
                 let body = self.proxy.metrics().render(Snapshot {
                     cache_entries,
@@ -43,31 +46,38 @@ impl Admin {
                     watch_ids,
                     watch_streams,
                 });
-                let mut resp = Response::new(answer::full(body));
+                let mut resp = Response::new(full(body));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
                 resp
             }
-            (&Method::DELETE, _) if path.starts_with("/cache/task/") => {
-                let id = &path["/cache/task/".len()..];
-                if !route::is_valid_id(id) {
-                    return error(StatusCode::BAD_REQUEST, "invalid task id");
-                }
-                self.proxy.invalidate(id).await;
-                tracing::info!(task_id = id, "purged");
-                let mut resp = Response::new(answer::full(""));
+            (&Method::DELETE, _) => {
+                // `/cache/{kind}/{id}`
+                let Some((kind, id)) = path
+                    .strip_prefix("/cache/")
+                    .and_then(|rest| rest.split_once('/'))
+                    .and_then(|(kind, id)| Some((Kind::from_segment(kind)?, id)))
+                else {
+                    return error(Error::NoRoute);
+                };
+                let Some(key) = Key::new(kind, id) else {
+                    return error(Error::BadId(kind));
+                };
+                self.proxy.invalidate(key).await;
+                tracing::info!(kind = kind.as_str(), id, "purged");
+                let mut resp = Response::new(full(""));
                 *resp.status_mut() = StatusCode::NO_CONTENT;
                 resp
             }
-            _ => error(StatusCode::NOT_FOUND, "not found"),
+            _ => error(Error::NoRoute),
         }
     }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(answer::full(body));
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -76,8 +86,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Body> {
-    crate::answer::error_response(status, message, &ids::new_request_id())
+fn error(error: Error) -> Response<Body> {
+    respond::build(
+        Head::error(error),
+        full(error.body()),
+        &ids::new_request_id(),
+    )
 }
 
 /// `taskgate --healthcheck`: GET `/healthz` on the admin listener at `addr` and report
@@ -86,7 +100,7 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 pub fn probe(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Result<(), String> {
     use std::io::{Read, Write};
 
-    let addr = crate::server::local_address(addr);
+    let addr = crate::listener::local_address(addr);
     let mut tcp = std::net::TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("cannot connect to the admin listener {addr}: {e}"))?;
     tcp.set_read_timeout(Some(timeout))

@@ -77,7 +77,8 @@ impl RateLimiter {
     }
 
     /// Clients currently remembered (for tests and metrics).
-    pub fn clients(&self) -> u64 {
+    #[cfg(test)]
+    fn clients(&self) -> u64 {
         self.clients.run_pending_tasks();
         self.clients.entry_count()
     }

@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use taskgate::{
     config::{self, Cli, Config, Env},
-    server::{self, StartError},
-    telemetry, upstream,
+    telemetry, StartError,
 };
 
 const EX_USAGE: u8 = 64;
@@ -30,7 +29,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     if cli.healthcheck {
-        return match taskgate::admin::probe(cfg.admin_listen, std::time::Duration::from_secs(2)) {
+        return match taskgate::probe(cfg.admin_listen, std::time::Duration::from_secs(2)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("taskgate: unhealthy: {e}");
@@ -40,7 +39,7 @@ fn main() -> ExitCode {
     }
     if cli.check_config {
         // Also proves the CA file and base URL are usable, as start-up would.
-        if let Err(e) = upstream::Upstream::new(&cfg) {
+        if let Err(e) = taskgate::Upstream::new(&cfg) {
             return usage_error(&e);
         }
         println!("taskgate: configuration ok");
@@ -62,6 +61,7 @@ fn main() -> ExitCode {
 
 /// Runs the proxy (in front of the demo task API with `--demo`) until a signal and the drain.
 async fn serve(mut cfg: Config, demo: bool) -> ExitCode {
+    #[cfg(feature = "demo")]
     let _demo = if demo {
         match taskgate::demo::start_for_cli(&mut cfg).await {
             Ok(demo) => Some(demo),
@@ -73,8 +73,12 @@ async fn serve(mut cfg: Config, demo: bool) -> ExitCode {
     } else {
         None
     };
+    #[cfg(not(feature = "demo"))]
+    if demo {
+        return usage_error(&"--demo: this build has no demo (build with --features demo)");
+    }
     tracing::info!(config = ?cfg, version = env!("CARGO_PKG_VERSION"), "starting");
-    match server::run(cfg, shutdown_signal()).await {
+    match taskgate::run(cfg, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ StartError::Setup(_)) => usage_error(&e),
         Err(e) => {
