@@ -5,7 +5,8 @@
 //!   against the configuration loader (every variable is known, every literal default is the
 //!   built-in one), and the flag list against the command-line parser;
 //! - `docs/operating.md`: the metric table against the metrics taskgate registers (both ways,
-//!   with their types), and the admin route table against a running admin listener;
+//!   with their types), the admin route table against a running admin listener, and the
+//!   OpenTelemetry table against the `OTEL_*` variables `src/telemetry.rs` reads;
 //! - `docs/behaviour.md`: every path of the route table against `taskgate::route::parse`;
 //! - every `taskgate_*` metric name mentioned anywhere in `README.md` or `docs/`;
 //! - every relative link (and `#anchor`) in `README.md` and `docs/*.md`.
@@ -419,6 +420,46 @@ fn every_metric_name_mentioned_in_the_docs_exists() {
         }
     }
     assert!(seen > 10, "only {seen} metric names found in the docs");
+}
+
+/// The OpenTelemetry table of docs/operating.md lists exactly the `OTEL_*` variables
+/// `src/telemetry.rs` reads (outside its tests). A cell may abbreviate a signal-specific
+/// variable after the generic one: "`OTEL_EXPORTER_OTLP_TIMEOUT` / `_TRACES_TIMEOUT`".
+#[test]
+fn opentelemetry_table_lists_exactly_the_variables_taskgate_reads() {
+    let page = "docs/operating.md";
+    let mut documented = BTreeSet::new();
+    for row in table(&read(page), page, &["variable", "effect"]) {
+        for span in code_spans(&row[0]) {
+            let name = span.split('=').next().unwrap();
+            let name = match name.strip_prefix('_') {
+                Some(suffix) => format!("OTEL_EXPORTER_OTLP_{suffix}"),
+                None => name.to_owned(),
+            };
+            assert!(
+                name.starts_with("OTEL_"),
+                "{page}: {span:?} is not an OTEL_ variable"
+            );
+            documented.insert(name);
+        }
+    }
+    let src = read("src/telemetry.rs");
+    let code = src.split("#[cfg(test)]").next().unwrap();
+    let read_by_code: BTreeSet<String> = code
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with("OTEL_") && s.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        read_by_code.len() > 5,
+        "src/telemetry.rs: found only {read_by_code:?}"
+    );
+    assert_eq!(
+        documented, read_by_code,
+        "{page}: the OpenTelemetry table differs from the OTEL_* variables src/telemetry.rs reads"
+    );
 }
 
 // --- route tables ---------------------------------------------------------------------------
