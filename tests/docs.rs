@@ -6,7 +6,7 @@
 //!   built-in one), and the flag list against the command-line parser;
 //! - `docs/operating.md`: the metric table against the metrics taskgate registers (both ways,
 //!   with their types), the admin route table against a running admin listener, and the
-//!   OpenTelemetry table against the `OTEL_*` variables `src/telemetry.rs` reads;
+//!   OpenTelemetry table against the `OTEL_*` variables `src/telemetry/mod.rs` reads;
 //! - `docs/behaviour.md`: every path of the route table against `taskgate::route::parse`;
 //! - every `taskgate_*` metric name mentioned anywhere in `README.md` or `docs/`;
 //! - every relative link (and `#anchor`) in `README.md` and `docs/*.md`.
@@ -24,10 +24,10 @@ use clap::CommandFactory;
 use common::{taskgate, HttpClient, MockUpstream};
 use http::StatusCode;
 use taskgate::{
-    cache::UpstreamReport,
     config::{self, Cli, Env},
-    metrics::{Metrics, Snapshot},
     route::{self, Route},
+    telemetry::{Metrics, Snapshot},
+    UpstreamReport,
 };
 
 /// A real Studio task id (the demo's upload), put where a page writes `{id}`.
@@ -278,13 +278,13 @@ fn flag_list_is_the_command_line_parser_flags() {
 
 // --- docs/operating.md: metrics -------------------------------------------------------------
 
-/// The names `src/metrics.rs` registers: the first string argument of each
+/// The names `src/telemetry/metrics.rs` registers: the first string argument of each
 /// `registry.register(` call, under the registry's `taskgate` prefix.
 fn names_registered_in_source() -> BTreeSet<String> {
-    let src = read("src/metrics.rs");
+    let src = read("src/telemetry/metrics.rs");
     assert!(
         src.contains("Registry::with_prefix(\"taskgate\")"),
-        "src/metrics.rs: the registry prefix changed"
+        "src/telemetry/metrics.rs: the registry prefix changed"
     );
     let names: BTreeSet<String> = src
         .split("registry.register(")
@@ -294,7 +294,7 @@ fn names_registered_in_source() -> BTreeSet<String> {
             format!("taskgate_{name}")
         })
         .collect();
-    assert!(names.len() > 10, "src/metrics.rs: found only {names:?}");
+    assert!(names.len() > 10, "src/telemetry/metrics.rs: found only {names:?}");
     names
 }
 
@@ -304,7 +304,7 @@ fn names_registered_in_source() -> BTreeSet<String> {
 /// `# TYPE`; OpenMetrics would not, so it is added when missing).
 fn registered_metrics() -> BTreeMap<String, String> {
     let m = Metrics::new();
-    m.request("task", 200, None, Duration::ZERO);
+    m.request("task", Some("task"), 200, None, None, Duration::ZERO);
     m.upstream_finished(&UpstreamReport {
         status: Some(200),
         error: None,
@@ -339,7 +339,7 @@ fn registered_metrics() -> BTreeMap<String, String> {
         .collect();
     assert!(
         unscraped.is_empty(),
-        "registered in src/metrics.rs but not in the scrape (record one sample of each in \
+        "registered in src/telemetry/metrics.rs but not in the scrape (record one sample of each in \
          registered_metrics): {unscraped:?}"
     );
     metrics
@@ -423,7 +423,7 @@ fn every_metric_name_mentioned_in_the_docs_exists() {
 }
 
 /// The OpenTelemetry table of docs/operating.md lists exactly the `OTEL_*` variables
-/// `src/telemetry.rs` reads (outside its tests). A cell may abbreviate a signal-specific
+/// `src/telemetry/mod.rs` reads (outside its tests). A cell may abbreviate a signal-specific
 /// variable after the generic one: "`OTEL_EXPORTER_OTLP_TIMEOUT` / `_TRACES_TIMEOUT`".
 #[test]
 fn opentelemetry_table_lists_exactly_the_variables_taskgate_reads() {
@@ -443,7 +443,7 @@ fn opentelemetry_table_lists_exactly_the_variables_taskgate_reads() {
             documented.insert(name);
         }
     }
-    let src = read("src/telemetry.rs");
+    let src = read("src/telemetry/mod.rs");
     let code = src.split("#[cfg(test)]").next().unwrap();
     let read_by_code: BTreeSet<String> = code
         .split('"')
@@ -454,11 +454,11 @@ fn opentelemetry_table_lists_exactly_the_variables_taskgate_reads() {
         .collect();
     assert!(
         read_by_code.len() > 5,
-        "src/telemetry.rs: found only {read_by_code:?}"
+        "src/telemetry/mod.rs: found only {read_by_code:?}"
     );
     assert_eq!(
         documented, read_by_code,
-        "{page}: the OpenTelemetry table differs from the OTEL_* variables src/telemetry.rs reads"
+        "{page}: the OpenTelemetry table differs from the OTEL_* variables src/telemetry/mod.rs reads"
     );
 }
 
@@ -487,9 +487,9 @@ fn every_public_route_in_the_route_table_is_recognised() {
             let concrete = path.replace("{id}", EXAMPLE_ID);
             let parsed = route::parse(&concrete);
             match parsed {
-                Route::Task(id) | Route::TaskEvents(id) => assert_eq!(id, EXAMPLE_ID, "{path}"),
+                Route::Read(key) | Route::Events(key) => assert_eq!(key.id(), EXAMPLE_ID, "{path}"),
                 Route::Webhook => {}
-                Route::BadId | Route::NotFound => {
+                Route::BadId(_) | Route::NotFound => {
                     panic!("{page}: the route {path} ({concrete}) parses as {parsed:?}")
                 }
             }
