@@ -40,6 +40,7 @@ pub mod resource;
 pub mod route;
 pub mod secret;
 mod server;
+mod sync;
 pub mod telemetry;
 mod upstream;
 mod watch;

@@ -120,7 +120,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         cfg.header_timeout,
         cfg.idle_timeout,
         cfg.drain_timeout,
-    );
+    )
+    .per_client(cfg.max_connections / 4);
     let admin_state = Arc::new(Admin::new(Arc::clone(&proxy), Arc::clone(&ready)));
     let public_task = {
         let proxy = Arc::clone(&proxy);

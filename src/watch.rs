@@ -15,7 +15,7 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::{
     answer::{respond::EventStream, Answer},
     resource::{self, Key},
+    sync::lock,
 };
 
 /// A comment line every 15 s keeps proxies and browsers from timing the stream out.
@@ -225,12 +226,6 @@ impl Watchers {
             }
         }
     }
-}
-
-/// The map guards plain data that a panic cannot leave half-written: a poisoned lock is used
-/// as it is.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Resolves once shutdown has begun (the guard `wait_for` returns is dropped here: it must

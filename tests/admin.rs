@@ -123,14 +123,26 @@ async fn metrics_move_as_requests_are_served() {
     let m = got.text();
     let requests = |labels: &str| sample(&m, &format!("taskgate_requests_total{{{labels}}}"));
     assert_eq!(
-        requests(r#"route="task",status="200",cache="MISS""#),
+        requests(r#"route="task",status="200",cache="MISS",kind="task",reason="none""#),
         1.0,
         "{m}"
     );
-    assert_eq!(requests(r#"route="task",status="200",cache="HIT""#), 1.0);
-    assert_eq!(requests(r#"route="task",status="200",cache="PASS""#), 2.0);
-    assert_eq!(requests(r#"route="task",status="502",cache="PASS""#), 1.0);
-    assert_eq!(requests(r#"route="bad_id",status="400",cache="none""#), 1.0);
+    assert_eq!(
+        requests(r#"route="task",status="200",cache="HIT",kind="task",reason="none""#),
+        1.0
+    );
+    assert_eq!(
+        requests(r#"route="task",status="200",cache="PASS",kind="task",reason="none""#),
+        2.0
+    );
+    assert_eq!(
+        requests(r#"route="task",status="502",cache="PASS",kind="task",reason="upstream_error""#),
+        1.0
+    );
+    assert_eq!(
+        requests(r#"route="bad_id",status="400",cache="none",kind="task",reason="bad_id""#),
+        1.0
+    );
     assert_eq!(sample(&m, "taskgate_coalesced_waits_total"), 1.0);
     assert_eq!(
         sample(

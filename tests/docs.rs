@@ -294,7 +294,10 @@ fn names_registered_in_source() -> BTreeSet<String> {
             format!("taskgate_{name}")
         })
         .collect();
-    assert!(names.len() > 10, "src/telemetry/metrics.rs: found only {names:?}");
+    assert!(
+        names.len() > 10,
+        "src/telemetry/metrics.rs: found only {names:?}"
+    );
     names
 }
 

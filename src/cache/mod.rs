@@ -23,7 +23,7 @@ mod shared;
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -35,6 +35,7 @@ pub use shared::SharedLevel;
 use crate::{
     answer::{Answer, CacheStatus, NoStore, Store},
     resource::Key,
+    sync::lock,
     upstream::UpstreamReport,
 };
 
@@ -69,12 +70,6 @@ pub struct Cache {
     entries: Moka<Key, Arc<Answer>>,
     inflight: Mutex<HashMap<Key, InFlight>>,
     shared: SharedLevel,
-}
-
-/// Every lock in the cache guards plain data that a panic cannot leave half-written, so a
-/// poisoned lock is used as it is.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 struct TtlOfAnswer;
