@@ -122,14 +122,28 @@ for ln in lines:
     m = re.match(r"COPY (?!--from)(.+) \S+$", ln)
     if m:
         for src in m.group(1).split():
-            if not os.path.exists(os.path.join(ROOT, src)):
+            # target/...: a build output (BINARY_FROM=prebuilt copies the host-built binary).
+            if not os.path.exists(os.path.join(ROOT, src)) and not src.startswith("target/"):
                 bad(f"COPY {src}: not in the repository (context = repository root)")
             if f"!{src}" not in ignore and f"!{src}/" not in ignore:
                 bad(f"COPY {src}: excluded by deploy/Dockerfile.dockerignore")
+# Where /taskgate comes from: ARG BINARY_FROM names a stage (`build` by default, `prebuilt` for a
+# host-built binary), a stage `binary` is FROM it, and the runtime stage copies from `binary`.
+stage_names = {ln.split()[3].lower() for ln in lines if re.match(r"FROM \S+ AS \S+$", ln, re.IGNORECASE)}
+if args.get("BINARY_FROM") != "build" or not {"build", "prebuilt", "binary"} <= stage_names:
+    bad(f"Dockerfile: expected ARG BINARY_FROM=build and stages build, prebuilt, binary; got {sorted(stage_names)}")
+if not any(re.fullmatch(r"FROM \$\{BINARY_FROM\} AS binary", ln, re.IGNORECASE) for ln in lines):
+    bad("Dockerfile: no `FROM ${BINARY_FROM} AS binary` stage")
+if "COPY --from=binary /taskgate /taskgate" not in final:
+    bad("Dockerfile: the runtime stage must COPY --from=binary /taskgate /taskgate")
+# The image is built without the demo (SPEC): every cargo build leaves the default features out.
+for ln in lines:
+    if "cargo build" in ln and ("--no-default-features --features redis" not in ln or "demo" in ln):
+        bad(f"Dockerfile: `{ln[:80]}...` must build with --no-default-features --features redis (no demo)")
 ok(
     f"Dockerfile: runtime {final_from}, user {user[-1] if user else '?'}, EXPOSE 8080 9090, "
     "exec ENTRYPOINT, HEALTHCHECK by taskgate --healthcheck, STOPSIGNAL SIGTERM, no RUN in the runtime stage, "
-    "COPY sources in context"
+    "COPY sources in context; BINARY_FROM build|prebuilt; cargo build without default features (no demo)"
 )
 
 
