@@ -30,6 +30,9 @@ impl Admin {
     }
 
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+        if !host_allowed(req.headers()) {
+            return error(Error::ForeignHost);
+        }
         let path = req.uri().path();
         match (req.method(), path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -74,6 +77,33 @@ impl Admin {
             _ => error(Error::NoRoute),
         }
     }
+}
+
+/// A page in a browser can reach a loopback admin listener through a DNS name of the
+/// attacker's that resolves to 127.0.0.1 (DNS rebinding); its requests then carry that name in
+/// `Host`. So the admin listener answers only `localhost` names and IP literals — what probes,
+/// Prometheus (pod IPs) and `--healthcheck` send — and requests without a `Host` (HTTP/1.0).
+fn host_allowed(headers: &http::HeaderMap) -> bool {
+    let Some(host) = headers.get(http::header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    // `name[:port]`, `v4[:port]` or `[v6][:port]`.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

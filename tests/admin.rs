@@ -239,3 +239,44 @@ async fn readiness_turns_503_at_shutdown_while_requests_are_still_served() {
     tg.wait().await;
     assert!(tokio::net::TcpStream::connect(public).await.is_err());
 }
+
+#[tokio::test]
+async fn the_admin_listener_refuses_dns_names_other_than_localhost() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", Reply::task("t1", "completed"));
+    let tg = taskgate(&mock, |_| {}).await;
+    let c = HttpClient::default();
+    c.get(tg.public_addr(), "/task/t1").await;
+    for host in ["evil.example", "evil.example:9090", "127.0.0.1.nip.example"] {
+        let got = c
+            .send(
+                tg.admin_addr(),
+                "DELETE",
+                "/cache/task/t1",
+                &[("host", host)],
+            )
+            .await;
+        assert_eq!(got.status, StatusCode::FORBIDDEN, "{host}");
+        let got = c
+            .send(tg.admin_addr(), "GET", "/metrics", &[("host", host)])
+            .await;
+        assert_eq!(got.status, StatusCode::FORBIDDEN, "{host}");
+    }
+    // Nothing was purged: the next read is still a hit.
+    assert_eq!(
+        c.get(tg.public_addr(), "/task/t1").await.header("x-cache"),
+        Some("HIT")
+    );
+    for host in [
+        "localhost:9090",
+        "127.0.0.1",
+        "[::1]:9090",
+        "10.1.2.3:9090",
+        "app.localhost",
+    ] {
+        let got = c
+            .send(tg.admin_addr(), "GET", "/healthz", &[("host", host)])
+            .await;
+        assert_eq!(got.status, StatusCode::OK, "{host}");
+    }
+}

@@ -68,6 +68,8 @@ pub enum Error {
     StaleWebhook,
     /// A CORS preflight from an origin (or for a method) that is not allowed.
     PreflightRefused,
+    /// An admin request whose `Host` is a DNS name other than `localhost` (DNS rebinding).
+    ForeignHost,
 
     // ---- the upstream's side
     /// The API answered 429 a moment ago; nothing goes upstream for this long.
@@ -101,9 +103,8 @@ impl Error {
         use Error::*;
         match self {
             Malformed(_) | BadId(_) | NoRoute | Method(_) | BodyOnGet | RateLimited(_)
-            | BodyTooLarge | IncompleteBody | BadSignature | StaleWebhook | PreflightRefused => {
-                Side::Client
-            }
+            | BodyTooLarge | IncompleteBody | BadSignature | StaleWebhook | PreflightRefused
+            | ForeignHost => Side::Client,
             Backoff(_)
             | UpstreamTimeout
             | NoUpstreamSlot
@@ -172,6 +173,11 @@ impl Error {
                 StatusCode::FORBIDDEN,
                 "CORS preflight refused",
                 "preflight_refused",
+            ),
+            ForeignHost => (
+                StatusCode::FORBIDDEN,
+                "the admin listener answers only loopback or IP-address hosts",
+                "foreign_host",
             ),
             Backoff(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -311,6 +317,7 @@ mod tests {
             Error::BadSignature,
             Error::StaleWebhook,
             Error::PreflightRefused,
+            Error::ForeignHost,
             Error::Backoff(Duration::from_secs(1)),
             Error::UpstreamTimeout,
             Error::NoUpstreamSlot,
