@@ -12,13 +12,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use taskgate::{
-    answer::{Answer, CacheStatus, Policy},
     config::{ApiKey, Config},
     demo::{Simulator, Timeline, DEMO_API_KEY, UPLOAD_TASK_ID},
-    phase,
-    proxy::Proxy,
-    redact, route,
-    upstream::Reply,
+    redact,
+    resource::{Kind, TaskPhase},
+    route, Answer, CacheStatus, Phase, Policy, Proxy, Reply,
 };
 
 const ID: &str = "6f1c0c2e-3d5a-4b8e-9a0f-1e2d3c4b5a69";
@@ -51,12 +49,12 @@ fn parsing(c: &mut Criterion) {
     c.bench_function("route::parse /task/%2e%2e%2fadmin (refused)", |b| {
         b.iter(|| route::parse(black_box("/task/%2e%2e%2fadmin")))
     });
-    assert_eq!(route::parse(&task).task_id(), Some(ID));
+    assert_eq!(route::parse(&task).id(), Some(ID));
 }
 
 fn per_fetch(c: &mut Criterion) {
-    c.bench_function("phase::extract (799 B upload)", |b| {
-        b.iter(|| phase::extract(black_box(UPLOAD.as_bytes())))
+    c.bench_function("Kind::phase (799 B upload)", |b| {
+        b.iter(|| Kind::Task.phase(black_box(UPLOAD.as_bytes())))
     });
     c.bench_function("redact (799 B upload, nothing to scrub)", |b| {
         b.iter(|| redact::redact(black_box(UPLOAD.as_bytes())))
@@ -76,20 +74,19 @@ fn per_hit(c: &mut Criterion) {
         retry_after: None,
         body: Bytes::from_static(UPLOAD.as_bytes()),
     };
-    let answer = Answer::from_upstream(Ok(reply), &policy(), b"key");
+    let answer = Answer::from_upstream(Kind::Task, Ok(reply), &policy(), b"key");
     assert!(answer.is_cacheable());
     let request_id = HeaderValue::from_static("0af7651916cd43dd8448eb211c80319c");
     let headers = HeaderMap::new();
-    c.bench_function("Answer::respond (hit: headers and body handle)", |b| {
-        b.iter(|| {
-            answer.respond(
-                &Method::GET,
-                black_box(&headers),
-                CacheStatus::Hit,
-                &request_id,
-            )
-        })
-    });
+    c.bench_function(
+        "Answer::head + respond::build (hit: headers and body handle)",
+        |b| {
+            b.iter(|| {
+                let (head, body) = answer.head(&Method::GET, black_box(&headers), CacheStatus::Hit);
+                taskgate::build_response(head, taskgate::full(body), &request_id)
+            })
+        },
+    );
 }
 
 /// A whole hit through the proxy: request id, route, rate limit, cache lookup, response,
@@ -125,7 +122,10 @@ fn proxy_hit(c: &mut Criterion) {
             assert_eq!(resp.status(), StatusCode::OK);
             assert_eq!(resp.headers()["x-cache"], want);
             let body = resp.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(phase::extract(&body), Some(phase::Phase::Completed));
+            assert_eq!(
+                Kind::Task.phase(&body),
+                Some(Phase::Task(TaskPhase::Completed))
+            );
         }
     });
     c.bench_function("Proxy::handle (cache hit, no sockets)", |b| {

@@ -9,11 +9,14 @@ use std::sync::{
 use http::{Method, Request, Response, StatusCode};
 
 use crate::{
-    answer::{self, Body},
+    answer::{
+        respond::{self, full, Body, Head},
+        Error,
+    },
     ids,
-    metrics::Snapshot,
     proxy::Proxy,
-    route,
+    resource::{Key, Kind},
+    telemetry::Snapshot,
 };
 
 pub struct Admin {
@@ -27,6 +30,9 @@ impl Admin {
     }
 
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+        if !host_allowed(req.headers()) {
+            return error(Error::ForeignHost);
+        }
         let path = req.uri().path();
         match (req.method(), path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -35,7 +41,7 @@ impl Admin {
             }
             (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
             (&Method::GET, "/metrics") => {
-                let (cache_entries, cache_bytes) = self.proxy.cache().usage().await;
+                let (cache_entries, cache_bytes) = self.proxy.cache().usage();
                 let (watch_ids, watch_streams) = self.proxy.watchers().counts();
                 let body = self.proxy.metrics().render(Snapshot {
                     cache_entries,
@@ -43,31 +49,65 @@ impl Admin {
                     watch_ids,
                     watch_streams,
                 });
-                let mut resp = Response::new(answer::full(body));
+                let mut resp = Response::new(full(body));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
                 resp
             }
-            (&Method::DELETE, _) if path.starts_with("/cache/task/") => {
-                let id = &path["/cache/task/".len()..];
-                if !route::is_valid_id(id) {
-                    return error(StatusCode::BAD_REQUEST, "invalid task id");
-                }
-                self.proxy.invalidate(id).await;
-                tracing::info!(task_id = id, "purged");
-                let mut resp = Response::new(answer::full(""));
+            (&Method::DELETE, _) => {
+                // `/cache/{kind}/{id}`
+                let Some((kind, id)) = path
+                    .strip_prefix("/cache/")
+                    .and_then(|rest| rest.split_once('/'))
+                    .and_then(|(kind, id)| Some((Kind::from_segment(kind)?, id)))
+                else {
+                    return error(Error::NoRoute);
+                };
+                let Some(key) = Key::new(kind, id) else {
+                    return error(Error::BadId(kind));
+                };
+                self.proxy.invalidate(key).await;
+                tracing::info!(kind = kind.as_str(), id, "purged");
+                let mut resp = Response::new(full(""));
                 *resp.status_mut() = StatusCode::NO_CONTENT;
                 resp
             }
-            _ => error(StatusCode::NOT_FOUND, "not found"),
+            _ => error(Error::NoRoute),
         }
     }
 }
 
+/// A page in a browser can reach a loopback admin listener through a DNS name of the
+/// attacker's that resolves to 127.0.0.1 (DNS rebinding); its requests then carry that name in
+/// `Host`. So the admin listener answers only `localhost` names and IP literals — what probes,
+/// Prometheus (pod IPs) and `--healthcheck` send — and requests without a `Host` (HTTP/1.0).
+fn host_allowed(headers: &http::HeaderMap) -> bool {
+    let Some(host) = headers.get(http::header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    // `name[:port]`, `v4[:port]` or `[v6][:port]`.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(answer::full(body));
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -76,8 +116,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Body> {
-    crate::answer::error_response(status, message, &ids::new_request_id())
+fn error(error: Error) -> Response<Body> {
+    respond::build(
+        Head::error(error),
+        full(error.body()),
+        &ids::new_request_id(),
+    )
 }
 
 /// `taskgate --healthcheck`: GET `/healthz` on the admin listener at `addr` and report
@@ -86,7 +130,7 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 pub fn probe(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Result<(), String> {
     use std::io::{Read, Write};
 
-    let addr = crate::server::local_address(addr);
+    let addr = crate::listener::local_address(addr);
     let mut tcp = std::net::TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("cannot connect to the admin listener {addr}: {e}"))?;
     tcp.set_read_timeout(Some(timeout))

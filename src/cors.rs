@@ -1,27 +1,44 @@
-//! CORS for the browser-facing routes (SPEC "CORS and abuse limits").
+//! CORS for the browser-facing routes (SPEC "CORS and abuse limits"): decisions only; the
+//! headers are written by `answer::respond`.
 //!
 //! An allowed `Origin` gets `Access-Control-Allow-Origin: <that origin>`; a disallowed one gets
 //! no `Access-Control-*` header at all (and 403 on preflight). While CORS is configured every
 //! answer says `Vary: Origin`, so no shared cache hands one origin's answer to another. These
 //! headers are added when an answer is served, never stored with it.
 
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method};
 
-use crate::{
-    answer::{self, Body},
-    config::CorsOrigins,
-};
+use crate::config::CorsOrigins;
 
-/// How long a browser may keep a preflight answer.
-const MAX_AGE_SECS: u32 = 600;
-const ALLOW_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
-/// Lets page scripts read what taskgate adds (the SDK only needs the body).
-const EXPOSE: HeaderValue =
-    HeaderValue::from_static("etag, age, x-cache, x-request-id, retry-after");
-const VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
-const VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static(
-    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
-);
+/// The CORS headers one response gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CorsHeaders {
+    /// CORS is not configured: none.
+    #[default]
+    Off,
+    /// Configured, and this request's origin is not allowed (or absent): `Vary` only.
+    Refused,
+    /// The origin to echo in `Access-Control-Allow-Origin`.
+    Allowed(HeaderValue),
+    /// A refused preflight: `Vary` over the preflight's headers.
+    PreflightRefused,
+    /// An accepted preflight.
+    Preflight {
+        origin: HeaderValue,
+        /// Whatever the page asked to send (the SDK asks for `authorization`) is accepted:
+        /// taskgate never reads or forwards a client header, so allowing it costs nothing.
+        allow_headers: Option<HeaderValue>,
+    },
+}
+
+/// What an `OPTIONS` request is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Options {
+    /// No `Origin` or no `Access-Control-Request-Method`: a plain `204` with `Allow`.
+    Plain,
+    Preflight(CorsHeaders),
+    Refused(CorsHeaders),
+}
 
 #[derive(Debug, Clone)]
 pub struct Cors {
@@ -49,55 +66,35 @@ impl Cors {
         ok.then_some(origin)
     }
 
-    /// Adds the CORS headers for an actual (non-preflight) request's response.
-    pub fn apply(&self, request: &HeaderMap, response: &mut HeaderMap) {
+    /// The CORS headers for an actual (non-preflight) request's response.
+    pub fn for_request(&self, request: &HeaderMap) -> CorsHeaders {
         if !self.enabled() {
-            return;
+            return CorsHeaders::Off;
         }
-        response.append(header::VARY, VARY_ORIGIN);
-        if let Some(origin) = self.allowed(request) {
-            response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-            response.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE);
+        match self.allowed(request) {
+            Some(origin) => CorsHeaders::Allowed(origin.clone()),
+            None => CorsHeaders::Refused,
         }
     }
 
-    /// Answers `OPTIONS` on a task path: a preflight when it carries `Origin` and
-    /// `Access-Control-Request-Method`, else a plain `204` with `Allow`.
-    pub fn options(&self, request: &HeaderMap, request_id: &HeaderValue) -> Response<Body> {
+    /// Judges `OPTIONS` on a resource path.
+    pub fn options(&self, request: &HeaderMap) -> Options {
         let is_preflight = request.contains_key(header::ORIGIN)
             && request.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         if !is_preflight {
-            let mut resp = answer::empty_response(StatusCode::NO_CONTENT, request_id);
-            resp.headers_mut().insert(header::ALLOW, ALLOW_METHODS);
-            return resp;
+            return Options::Plain;
         }
         let method_ok = request
             .get(header::ACCESS_CONTROL_REQUEST_METHOD)
             .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
             .is_some_and(|m| m == Method::GET || m == Method::HEAD);
-        let Some(origin) = self.allowed(request).filter(|_| method_ok) else {
-            let mut resp =
-                answer::error_response(StatusCode::FORBIDDEN, "CORS preflight refused", request_id);
-            if self.enabled() {
-                resp.headers_mut().insert(header::VARY, VARY_PREFLIGHT);
-            }
-            return resp;
-        };
-        let mut resp = answer::empty_response(StatusCode::NO_CONTENT, request_id);
-        let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS);
-        // Whatever the page asks to send (the SDK asks for `authorization`) is accepted:
-        // taskgate never reads or forwards a client header, so allowing it costs nothing.
-        if let Some(asked) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
-            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+        match self.allowed(request).filter(|_| method_ok) {
+            Some(origin) => Options::Preflight(CorsHeaders::Preflight {
+                origin: origin.clone(),
+                allow_headers: request.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned(),
+            }),
+            None if self.enabled() => Options::Refused(CorsHeaders::PreflightRefused),
+            None => Options::Refused(CorsHeaders::Off),
         }
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from(MAX_AGE_SECS),
-        );
-        h.insert(header::ALLOW, ALLOW_METHODS);
-        h.insert(header::VARY, VARY_PREFLIGHT);
-        resp
     }
 }

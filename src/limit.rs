@@ -9,6 +9,8 @@ use std::{
 
 use http::{HeaderMap, HeaderValue};
 
+use crate::sync::lock;
+
 /// Most clients remembered at once: bounds the table's memory under a flood of addresses
 /// (about 100 bytes each). Past it, the least recently seen are forgotten first.
 const MAX_CLIENTS: u64 = 100_000;
@@ -64,7 +66,7 @@ impl RateLimiter {
                 last: now,
             }))
         });
-        let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = lock(&bucket);
         let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
         b.last = now;
@@ -77,14 +79,16 @@ impl RateLimiter {
     }
 
     /// Clients currently remembered (for tests and metrics).
-    pub fn clients(&self) -> u64 {
+    #[cfg(test)]
+    fn clients(&self) -> u64 {
         self.clients.run_pending_tasks();
         self.clients.entry_count()
     }
 }
 
 /// The address a client is counted under: the peer, or with `TASKGATE_TRUST_FORWARDED` the
-/// last `X-Forwarded-For` hop (the one the trusted proxy in front of taskgate added).
+/// last `X-Forwarded-For` hop (the one the trusted proxy in front of taskgate added), as a
+/// [`client_key`].
 pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trust_forwarded: bool) -> IpAddr {
     if trust_forwarded {
         let last_hop = headers
@@ -93,12 +97,37 @@ pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trust_forwarded: bool)
             .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
-            .and_then(|hop| hop.trim().parse::<IpAddr>().ok());
+            .and_then(parse_hop);
         if let Some(ip) = last_hop {
-            return ip;
+            return client_key(ip);
         }
     }
-    peer.ip()
+    client_key(peer.ip())
+}
+
+/// One `X-Forwarded-For` entry: `ip`, `ip:port` (IPv4) or `[v6]:port`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = hop.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    // `[v6]` without a port.
+    hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
+/// What one client is: its IPv4 address, or the /64 of its IPv6 address (one host gets a
+/// whole /64 and can rotate within it at will). IPv4-mapped IPv6 counts as the IPv4 address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
 }
 
 /// While the API is telling taskgate to slow down, nobody goes upstream.
@@ -115,7 +144,7 @@ impl Backoff {
             .unwrap_or(DEFAULT_BACKOFF)
             .min(MAX_BACKOFF);
         let until = Instant::now() + delay;
-        let mut current = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = lock(&self.until);
         if current.is_none_or(|c| c < until) {
             *current = Some(until);
         }
@@ -123,7 +152,7 @@ impl Backoff {
 
     /// Time left, if a back-off is running.
     pub fn remaining(&self) -> Option<Duration> {
-        let until = (*self.until.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let until = (*lock(&self.until))?;
         let left = until.saturating_duration_since(Instant::now());
         (!left.is_zero()).then_some(left)
     }
@@ -195,6 +224,42 @@ mod tests {
         );
         h.append("x-forwarded-for", HeaderValue::from_static("not an ip"));
         assert_eq!(client_addr(peer, &h, true), peer.ip());
+    }
+
+    #[test]
+    fn forwarded_for_hops_may_carry_ports() {
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        for (hop, want) in [
+            ("198.51.100.2:4711", "198.51.100.2"),
+            ("[2001:db8::1]:443", "2001:db8::"),
+            ("[2001:db8::1]", "2001:db8::"),
+            ("2001:db8::1", "2001:db8::"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.append("x-forwarded-for", HeaderValue::from_str(hop).unwrap());
+            assert_eq!(
+                client_addr(peer, &h, true),
+                want.parse::<IpAddr>().unwrap(),
+                "{hop}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_is_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        // Rotating within a /64 does not buy a fresh bucket.
+        let limiter = RateLimiter::new(1.0, 1.0).unwrap();
+        assert!(limiter.check(client_key(a)).is_ok());
+        assert!(limiter
+            .check(client_addr(SocketAddr::new(b, 1), &HeaderMap::new(), false))
+            .is_err());
     }
 
     #[test]

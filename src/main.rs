@@ -11,9 +11,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Arg, ArgMatches, CommandFactory as _, FromArgMatches as _};
 use taskgate::{
     config::{self, Args, Config, Env},
-    secret::ApiKey,
-    server::{self, StartError},
-    telemetry,
+    telemetry, StartError,
 };
 
 const EX_USAGE: u8 = 64;
@@ -82,18 +80,26 @@ fn main() -> ExitCode {
             return usage_error(&format!("{first} (see --help)"));
         }
     };
+    if cli.demo && !cfg!(feature = "demo") {
+        return usage_error(&"--demo: this build has no demo (build with --features demo)");
+    }
     let args = Args {
         config: cli.config,
         flags,
         // The demo points the key at its simulated API anyway; none is needed.
-        fallback_api_key: cli.demo.then(|| ApiKey::new(taskgate::demo::DEMO_API_KEY)),
+        #[cfg(feature = "demo")]
+        fallback_api_key: cli
+            .demo
+            .then(|| taskgate::secret::ApiKey::new(taskgate::demo::DEMO_API_KEY)),
+        #[cfg(not(feature = "demo"))]
+        fallback_api_key: None,
     };
     let cfg = match config::load(&args, &Env::from_process()) {
         Ok(cfg) => cfg,
         Err(e) => return usage_error(&e),
     };
     if cli.healthcheck {
-        return match taskgate::admin::probe(cfg.admin_listen, std::time::Duration::from_secs(2)) {
+        return match taskgate::probe(cfg.admin_listen, std::time::Duration::from_secs(2)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("taskgate: unhealthy: {e}");
@@ -109,7 +115,7 @@ fn main() -> ExitCode {
         // What start-up builds (upstream client and TLS roots, Redis client, webhooks, …),
         // minus binding the listeners: nothing connects anywhere. Inside the runtime, as at
         // start-up: the Redis connection manager is made on it (lazily, without connecting).
-        if let Err(e) = runtime.block_on(async { taskgate::proxy::Proxy::new(&cfg).map(drop) }) {
+        if let Err(e) = runtime.block_on(async { taskgate::Proxy::new(&cfg).map(drop) }) {
             return usage_error(&e);
         }
         println!("taskgate: configuration ok");
@@ -127,6 +133,7 @@ fn main() -> ExitCode {
 
 /// Runs the proxy (in front of the demo task API with `--demo`) until a signal and the drain.
 async fn serve(mut cfg: Config, demo: bool) -> ExitCode {
+    #[cfg(feature = "demo")]
     let _demo = if demo {
         match taskgate::demo::start_for_cli(&mut cfg).await {
             Ok(demo) => Some(demo),
@@ -139,7 +146,9 @@ async fn serve(mut cfg: Config, demo: bool) -> ExitCode {
         None
     };
     tracing::info!(config = ?cfg, version = env!("CARGO_PKG_VERSION"), "starting");
-    match server::run(cfg, shutdown_signal()).await {
+    #[cfg(not(feature = "demo"))]
+    let _ = demo; // refused in `main`
+    match taskgate::run(cfg, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ StartError::Setup(_)) => usage_error(&e),
         Err(e) => {

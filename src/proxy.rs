@@ -1,46 +1,49 @@
-//! The public request path, top to bottom in one handler:
-//! route → request checks → rate limit → cache → upstream back-off → coalesced upstream
-//! fetch → classify → store → respond (+ CORS), then one access event with SPEC's fields.
-//! Watches (`/events`) and webhooks branch off after routing and reuse the same lookup.
+//! The public request path, top to bottom in [`Proxy::handle`] and [`Proxy::serve`]:
+//! route → request checks → limits → lookup (cache → back-off → coalesced fetch: the shared
+//! level, then the API) → classify → store → respond (+ CORS) → one access event.
+//! Watches (`/events`) and webhooks branch off after the request checks and reuse the lookup.
 
 use std::{
     error::Error as StdError,
     net::SocketAddr,
     sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use http::{header, request::Parts, HeaderValue, Method, Response, StatusCode, Version};
+use bytes::Bytes;
+use http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, Method, Response, Version};
 use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::Body as HttpBody;
 use tracing::{field, Instrument};
 
 use crate::{
-    answer::{self, Answer, Body, CacheStatus, Policy},
-    cache::{Fetch, TaskCache, UpstreamReport},
-    config::{ApiKey, Config},
-    cors::Cors,
+    answer::{
+        respond::{self, full, Body, Head, X_REQUEST_ID},
+        Allow, Answer, CacheStatus, Error, NoStore, Policy,
+    },
+    cache::{Cache, Fetch, SharedLevel},
+    clock::unix_ms_now,
+    config::Config,
+    cors::{Cors, Options},
     ids::{self, TraceContext},
     limit::{self, Backoff, RateLimiter},
-    metrics::Metrics,
-    phase::Phase,
+    resource::{self, Key, Kind, Phase},
     route::{self, Route},
-    telemetry,
-    upstream::{self, SetupError, Upstream},
+    secret::ApiKey,
+    telemetry::{self, Metrics},
+    upstream::{self, SetupError, Upstream, UpstreamReport},
     watch::Watchers,
     webhook::{self, Webhooks},
 };
 
-static TRACEPARENT: header::HeaderName = header::HeaderName::from_static("traceparent");
-static LAST_EVENT_ID: header::HeaderName = header::HeaderName::from_static("last-event-id");
-static SIGNATURE: header::HeaderName = header::HeaderName::from_static("livepeer-signature");
-const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
-const CLOSE: HeaderValue = HeaderValue::from_static("close");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+static SIGNATURE: HeaderName = HeaderName::from_static("livepeer-signature");
 
 /// Everything one request needs, shared by all connections.
 pub struct Proxy {
     upstream: Upstream,
-    cache: Arc<TaskCache>,
+    cache: Arc<Cache>,
     policy: Policy,
     api_key: ApiKey,
     cors: Cors,
@@ -49,50 +52,54 @@ pub struct Proxy {
     backoff: Backoff,
     watchers: Arc<Watchers>,
     webhooks: Option<Webhooks>,
-    #[cfg(feature = "redis")]
-    l2: Option<Arc<crate::l2::L2>>,
     metrics: Arc<Metrics>,
 }
 
-/// What the access event reports about one request.
+/// What one request came to, for its access event and metrics.
 #[derive(Default)]
 struct Outcome {
     cache: Option<CacheStatus>,
     phase: Option<Phase>,
     upstream: Option<UpstreamReport>,
     coalesced: bool,
+    no_store: Option<NoStore>,
+    error: Option<Error>,
     webhook: Option<webhook::Outcome>,
 }
 
-/// A task answer as one lookup found it.
+/// An answer as one lookup found it.
 struct Found {
     answer: Arc<Answer>,
     cache: CacheStatus,
     upstream: Option<UpstreamReport>,
     coalesced: bool,
+    no_store: Option<NoStore>,
+}
+
+impl Found {
+    fn local(answer: Arc<Answer>, cache: CacheStatus) -> Self {
+        Self {
+            no_store: answer.no_store(),
+            answer,
+            cache,
+            upstream: None,
+            coalesced: false,
+        }
+    }
 }
 
 impl Proxy {
     pub fn new(cfg: &Config) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::new());
-        #[cfg(feature = "redis")]
-        let l2 = match &cfg.redis_url {
-            Some(url) => Some(Arc::new(
-                crate::l2::L2::new(url.expose(), cfg.redis_timeout, Arc::clone(&metrics))
-                    .map_err(SetupError)?,
-            )),
-            None => None,
-        };
-        #[cfg(not(feature = "redis"))]
-        if cfg.redis_url.is_some() {
-            return Err(SetupError(
-                "TASKGATE_REDIS_URL: this build has no Redis support (build with --features redis)"
-                    .into(),
-            ));
-        }
+        let shared = SharedLevel::new(
+            cfg.redis_url.as_ref(),
+            cfg.redis_timeout,
+            Arc::clone(&metrics),
+        )
+        .map_err(SetupError)?;
         Ok(Self {
             upstream: Upstream::new(cfg)?,
-            cache: Arc::new(TaskCache::new(cfg.cache_max_bytes)),
+            cache: Arc::new(Cache::new(cfg.cache_max_bytes, shared)),
             policy: Policy {
                 completed: cfg.ttl_completed,
                 failed: cfg.ttl_failed,
@@ -111,13 +118,11 @@ impl Proxy {
                 metrics.events_sent(),
             )),
             webhooks: cfg.webhook_secret.as_ref().map(Webhooks::new),
-            #[cfg(feature = "redis")]
-            l2,
             metrics,
         })
     }
 
-    pub fn cache(&self) -> &TaskCache {
+    pub fn cache(&self) -> &Cache {
         &self.cache
     }
 
@@ -129,39 +134,34 @@ impl Proxy {
         &self.watchers
     }
 
-    /// Drops an id everywhere taskgate keeps it — memory, the shared level, and through it
+    /// Drops a key everywhere taskgate keeps it — memory, the shared level, and through it
     /// every other replica's memory — and makes its watchers fetch it again.
-    pub async fn invalidate(&self, id: &str) {
-        #[cfg(feature = "redis")]
-        if let Some(l2) = &self.l2 {
-            l2.invalidate(id).await;
-        }
-        self.forget(id).await;
+    pub async fn invalidate(&self, key: Key) {
+        self.cache.shared().invalidate(key).await;
+        self.forget(key);
     }
 
-    /// Drops an id from this replica only (another replica published its invalidation).
-    async fn forget(&self, id: &str) {
-        self.cache.invalidate(id).await;
-        self.watchers.refresh(id);
+    /// Drops a key from this replica only (another replica published its invalidation).
+    fn forget(&self, key: Key) {
+        self.cache.invalidate(&key);
+        self.watchers.refresh(&key);
     }
 
     /// Starts the background work that lives as long as the proxy: listening for other
     /// replicas' invalidations.
     pub fn start_background(self: &Arc<Self>) {
-        #[cfg(feature = "redis")]
-        if let Some(l2) = &self.l2 {
-            let this = Arc::downgrade(self);
-            tokio::spawn(Arc::clone(l2).listen(move |id| {
-                let this = this.clone();
-                async move {
-                    if let Some(this) = this.upgrade() {
-                        this.forget(&id).await;
-                    }
+        let this = Arc::downgrade(self);
+        self.cache.shared().listen(move |key| {
+            let this = this.clone();
+            async move {
+                if let Some(this) = this.upgrade() {
+                    this.forget(key);
                 }
-            }));
-        }
+            }
+        });
     }
 
+    /// One request, start to end: serve it, add the request's own headers, record it once.
     pub async fn handle<B>(
         self: Arc<Self>,
         req: http::Request<B>,
@@ -175,7 +175,7 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let request_id = parts
             .headers
-            .get(&answer::X_REQUEST_ID)
+            .get(&X_REQUEST_ID)
             .filter(|v| ids::accept_request_id(v))
             .cloned()
             .unwrap_or_else(ids::new_request_id);
@@ -186,311 +186,233 @@ impl Proxy {
             trace_id = field::Empty,
             method = %parts.method,
             route = route.as_str(),
-            task_id = route.task_id().unwrap_or_default(),
+            kind = route.kind().map(Kind::as_str),
+            task_id = route.id().unwrap_or_default(),
             status = field::Empty,
             cache = field::Empty,
             phase = field::Empty,
             upstream_status = field::Empty,
+            reason = field::Empty,
         );
         // Continues the client's trace; the context returned is this request's own span,
         // the parent of the `traceparent` sent upstream.
         let trace = telemetry::attach(&span, parts.headers.get(&TRACEPARENT));
         span.record("trace_id", field::display(trace.trace_id_hex()));
-        let (mut resp, outcome) = self
-            .serve(&parts, body, peer, route, &request_id, trace)
+
+        let mut outcome = Outcome::default();
+        let served = self
+            .serve(&parts, body, peer, route, &request_id, trace, &mut outcome)
             .instrument(span.clone())
             .await;
+        let (mut head, body) = served.unwrap_or_else(|error| {
+            outcome.error = Some(error);
+            (Head::error(error), full(error.body()))
+        });
         if parts.method != Method::OPTIONS {
-            self.cors.apply(&parts.headers, resp.headers_mut());
+            head.cors = self.cors.for_request(&parts.headers);
         }
+        let resp = respond::build(head, body, &request_id);
 
-        let elapsed = start.elapsed();
-        span.record("status", resp.status().as_u16());
-        if let Some(cache) = outcome.cache {
-            span.record("cache", cache.as_str());
-        }
-        if let Some(phase) = outcome.phase {
-            span.record("phase", phase.as_str());
-        }
-        if let Some(status) = outcome.upstream.and_then(|u| u.status) {
-            span.record("upstream_status", status);
-        }
-        self.metrics.request(
-            route.as_str(),
+        self.record(
+            &span,
+            &parts.method,
+            route,
+            &request_id,
+            trace,
             resp.status().as_u16(),
-            outcome.cache,
-            elapsed,
-        );
-        let upstream = outcome.upstream;
-        tracing::info!(
-            target: "taskgate::access",
-            request_id = request_id.to_str().unwrap_or_default(),
-            trace_id = %trace.trace_id_hex(),
-            method = %parts.method,
-            route = route.as_str(),
-            task_id = route.task_id().unwrap_or_default(),
-            status = resp.status().as_u16(),
-            cache = outcome.cache.map(CacheStatus::as_str),
-            phase = outcome.phase.map(Phase::as_str),
-            coalesced = outcome.coalesced,
-            upstream_status = upstream.and_then(|u| u.status),
-            upstream_error = upstream.and_then(|u| u.error),
-            upstream_ms = upstream.map(|u| u.elapsed.as_secs_f64() * 1e3),
-            webhook = outcome.webhook.map(webhook::Outcome::as_str),
-            total_ms = elapsed.as_secs_f64() * 1e3,
-            "request"
+            &outcome,
+            start.elapsed(),
         );
         resp
     }
 
+    /// The steps of one request, in order; each refusal is an [`Error`] that knows its side.
+    #[allow(clippy::too_many_arguments)]
     async fn serve<B>(
         self: &Arc<Self>,
         req: &Parts,
         body: B,
         peer: SocketAddr,
-        route: Route<'_>,
+        route: Route,
         request_id: &HeaderValue,
         trace: TraceContext,
-    ) -> (Response<Body>, Outcome)
+        out: &mut Outcome,
+    ) -> Result<(Head, Body), Error>
     where
         B: HttpBody,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        let error = |status, message| {
-            let resp = answer::error_response(status, message, request_id);
-            (resp, Outcome::default())
-        };
-        if let Some(problem) = malformed(req) {
-            let (mut resp, outcome) = error(StatusCode::BAD_REQUEST, problem);
-            resp.headers_mut().insert(header::CONNECTION, CLOSE);
-            return (resp, outcome);
-        }
-        let (id, events) = match route {
-            Route::Task(id) => (id, false),
-            Route::TaskEvents(id) => (id, true),
-            Route::BadId => return error(StatusCode::BAD_REQUEST, "invalid task id"),
+        // Request checks.
+        check_request_shape(req)?;
+        let (key, events) = match route {
+            Route::Read(key) => (key, false),
+            Route::Events(key) => (key, true),
+            Route::BadId(kind) => return Err(Error::BadId(kind)),
             Route::Webhook if self.webhooks.is_some() => {
-                return self.webhook(req, body, request_id).await
+                return self.webhook(req, body, out).await;
             }
-            Route::Webhook | Route::NotFound => return error(StatusCode::NOT_FOUND, "not found"),
+            Route::Webhook | Route::NotFound => return Err(Error::NoRoute),
         };
         match req.method {
             Method::GET => {}
             Method::HEAD if !events => {}
-            Method::OPTIONS => {
-                return (
-                    self.cors.options(&req.headers, request_id),
-                    Outcome::default(),
-                )
-            }
-            _ => {
-                let (mut resp, outcome) =
-                    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-                resp.headers_mut().insert(header::ALLOW, ALLOW);
-                return (resp, outcome);
-            }
+            Method::OPTIONS => return self.options(&req.headers),
+            _ => return Err(Error::Method(Allow::Read)),
         }
         if !body.is_end_stream() {
-            // Closing is what stops a body from being read as a smuggled next request.
-            let (mut resp, outcome) = error(
-                StatusCode::BAD_REQUEST,
-                "a GET or HEAD request must not carry a body",
-            );
-            resp.headers_mut().insert(header::CONNECTION, CLOSE);
-            return (resp, outcome);
+            return Err(Error::BodyOnGet);
         }
-        if let Some(limiter) = &self.rate_limit {
-            let client = limit::client_addr(peer, &req.headers, self.trust_forwarded);
-            if let Err(wait) = limiter.check(client) {
-                let (mut resp, outcome) =
-                    error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, answer::retry_after_secs(wait));
-                return (resp, outcome);
-            }
-        }
+        // Limits.
+        self.check_rate(peer, &req.headers)?;
         if events {
-            return self.watch(req, id, request_id).await;
+            return self.watch(req, key, out).await;
         }
-
-        let found = self.lookup(id, request_id, trace).await;
-        if found.coalesced {
-            self.metrics.coalesced_wait();
-        }
-        let resp = found
-            .answer
-            .respond(&req.method, &req.headers, found.cache, request_id);
-        let outcome = Outcome {
+        // Lookup, classify and store (inside the cache), respond.
+        let found = self.lookup(key, request_id, trace).await;
+        let (head, bytes) = found.answer.head(&req.method, &req.headers, found.cache);
+        *out = Outcome {
             cache: Some(found.cache),
             phase: found.answer.phase,
             upstream: found.upstream,
             coalesced: found.coalesced,
+            no_store: found.no_store.filter(|_| found.cache == CacheStatus::Pass),
+            error: found.answer.error,
             webhook: None,
         };
-        (resp, outcome)
+        Ok((head, full(bytes)))
     }
 
-    /// The answer for `id`: from the cache, else from the fetch in flight or a new one —
+    fn check_rate(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Error> {
+        let Some(limiter) = &self.rate_limit else {
+            return Ok(());
+        };
+        let client = limit::client_addr(peer, headers, self.trust_forwarded);
+        limiter.check(client).map_err(Error::RateLimited)
+    }
+
+    /// The answer for `key`: from the cache, else from the fetch in flight or a new one —
     /// unless the API asked for patience, when nothing goes upstream.
     async fn lookup(
         self: &Arc<Self>,
-        id: &str,
+        key: Key,
         request_id: &HeaderValue,
         trace: TraceContext,
     ) -> Found {
-        if let Some(answer) = self.cache.get(id).await {
-            return Found {
-                answer,
-                cache: CacheStatus::Hit,
-                upstream: None,
-                coalesced: false,
-            };
+        if let Some(answer) = self.cache.get(&key) {
+            return Found::local(answer, CacheStatus::Hit);
         }
         if let Some(left) = self.backoff.remaining() {
-            let answer = Arc::new(Answer::backoff(left));
-            return Found {
-                answer,
-                cache: CacheStatus::Pass,
-                upstream: None,
-                coalesced: false,
-            };
+            return Found::local(Arc::new(Answer::backoff(left)), CacheStatus::Pass);
         }
+        let this = Arc::clone(self);
+        let request_id = request_id.clone();
         let (fetched, coalesced) = self
             .cache
-            .fetch_coalesced(id, || {
-                let this = Arc::clone(self);
-                let id = id.to_owned();
-                let request_id = request_id.clone();
-                async move {
-                    #[cfg(feature = "redis")]
-                    if let Some(l2) = &this.l2 {
-                        if let Some(answer) = l2.get(&id).await {
-                            return Fetch {
-                                answer,
-                                upstream: None,
-                                shared: true,
-                            };
-                        }
-                    }
-                    let _in_flight = this.metrics.upstream_started();
-                    let (reply, elapsed) =
-                        upstream::timed(this.upstream.fetch(&id, &request_id, trace.to_header()))
-                            .await;
-                    let report = UpstreamReport {
-                        status: reply.as_ref().ok().map(|r| r.status.as_u16()),
-                        error: reply.as_ref().err().map(|e| e.as_str()),
-                        elapsed,
-                    };
-                    log_upstream_fault(&report);
-                    this.metrics.upstream_finished(&report);
-                    if let Ok(r) = &reply {
-                        if r.status == StatusCode::TOO_MANY_REQUESTS {
-                            this.backoff.start(r.retry_after.as_ref());
-                        }
-                    }
-                    let answer = Answer::from_upstream(
-                        reply,
-                        &this.policy,
-                        this.api_key.expose().as_bytes(),
-                    );
-                    #[cfg(feature = "redis")]
-                    if let (Some(l2), true) = (&this.l2, answer.is_shared()) {
-                        // Written beside the reply, so the client never waits on Redis.
-                        let (l2, id, shared) = (Arc::clone(l2), id.clone(), answer.clone());
-                        tokio::spawn(async move { l2.put(&id, &shared).await });
-                    }
-                    Fetch {
-                        answer,
-                        upstream: Some(report),
-                        shared: false,
-                    }
-                }
-                .in_current_span()
+            .fetch_coalesced(key, move || {
+                this.fetch(key, request_id, trace).in_current_span()
             })
             .await;
         match fetched {
-            Some(f) => Found {
-                answer: f.answer,
-                cache: f.cache,
-                upstream: f.upstream,
-                coalesced,
-            },
+            Some(f) => {
+                if coalesced {
+                    self.metrics.coalesced_wait();
+                }
+                Found {
+                    answer: f.answer,
+                    cache: f.cache,
+                    upstream: f.upstream,
+                    coalesced,
+                    no_store: f.no_store,
+                }
+            }
             // The fetch task died (a panic): nothing to share.
-            None => Found {
-                answer: Arc::new(Answer::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error",
-                )),
-                cache: CacheStatus::Pass,
-                upstream: None,
-                coalesced,
-            },
+            None => Found::local(Arc::new(Answer::error(Error::Internal)), CacheStatus::Pass),
         }
     }
 
-    /// `GET /task/{id}/events`: joins (or starts) the id's watcher.
+    /// The one call to the API for `key`, classified. Runs in the coalesced fetch's own task.
+    async fn fetch(
+        self: Arc<Self>,
+        key: Key,
+        request_id: HeaderValue,
+        trace: TraceContext,
+    ) -> Fetch {
+        let _in_flight = self.metrics.upstream_started();
+        let (reply, elapsed) =
+            upstream::timed(self.upstream.fetch(key, &request_id, trace.to_header())).await;
+        let report = UpstreamReport::of(&reply, elapsed);
+        log_upstream_fault(&report);
+        self.metrics.upstream_finished(&report);
+        if let Ok(r) = &reply {
+            if r.status == http::StatusCode::TOO_MANY_REQUESTS {
+                self.backoff.start(r.retry_after.as_ref());
+            }
+        }
+        let answer = Answer::from_upstream(
+            key.kind(),
+            reply,
+            &self.policy,
+            self.api_key.expose().as_bytes(),
+        );
+        Fetch {
+            answer,
+            upstream: report,
+        }
+    }
+
+    /// `OPTIONS` on a resource path: a CORS preflight, or a plain `204` with `Allow`.
+    fn options(&self, headers: &HeaderMap) -> Result<(Head, Body), Error> {
+        let mut head = Head::new(http::StatusCode::NO_CONTENT);
+        match self.cors.options(headers) {
+            Options::Plain => {}
+            Options::Preflight(cors) => head.cors = cors,
+            Options::Refused(cors) => {
+                let mut head = Head::error(Error::PreflightRefused);
+                head.cors = cors;
+                return Ok((head, full(Error::PreflightRefused.body())));
+            }
+        }
+        head.allow = Some(Allow::Read);
+        Ok((head, full(Bytes::new())))
+    }
+
+    /// `GET /{kind}/{id}/events`: joins (or starts) the key's watcher.
     async fn watch(
         self: &Arc<Self>,
         req: &Parts,
-        id: &str,
-        request_id: &HeaderValue,
-    ) -> (Response<Body>, Outcome) {
+        key: Key,
+        out: &mut Outcome,
+    ) -> Result<(Head, Body), Error> {
         let last_event_id = req
             .headers
             .get(&LAST_EVENT_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        // An EventSource reconnecting after the last event of a finished task gets 204, which
-        // tells it to stop reconnecting (the HTML standard's rule for a 204 answer).
-        if let (Some(last), Some(cached)) = (&last_event_id, self.cache.get(id).await) {
+        // An EventSource reconnecting after the last event of a finished resource gets 204,
+        // which tells it to stop reconnecting (the HTML standard's rule for a 204 answer).
+        if let (Some(last), Some(cached)) = (&last_event_id, self.cache.get(&key)) {
             if cached.phase.is_some_and(Phase::is_finished)
-                && updated_at(&cached.body).as_deref() == Some(last)
+                && resource::updated_at(&cached.body).as_deref() == Some(last)
             {
-                let resp = answer::empty_response(StatusCode::NO_CONTENT, request_id);
-                return (
-                    resp,
-                    Outcome {
-                        cache: Some(CacheStatus::Hit),
-                        ..Outcome::default()
-                    },
-                );
+                out.cache = Some(CacheStatus::Hit);
+                return Ok((Head::new(http::StatusCode::NO_CONTENT), full(Bytes::new())));
             }
         }
         let this = Arc::clone(self);
-        let key = id.to_owned();
         let lookup = move || {
             let this = Arc::clone(&this);
-            let key = key.clone();
             async move {
                 let trace = TraceContext::continue_or_start(None);
-                this.lookup(&key, &ids::new_request_id(), trace)
-                    .await
-                    .answer
+                this.lookup(key, &ids::new_request_id(), trace).await.answer
             }
         };
-        match self.watchers.subscribe(id, last_event_id, lookup) {
-            Ok(stream) => {
-                let mut resp = Response::new(Either::Right(stream));
-                let h = resp.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/event-stream"),
-                );
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                // Tells nginx-style proxies in front not to buffer the stream.
-                h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-                h.insert(answer::X_REQUEST_ID.clone(), request_id.clone());
-                (resp, Outcome::default())
-            }
-            Err(_) => (
-                answer::error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many tasks watched",
-                    request_id,
-                ),
-                Outcome::default(),
-            ),
-        }
+        let stream = self
+            .watchers
+            .subscribe(key, last_event_id, lookup)
+            .map_err(|_| Error::WatchLimit)?;
+        let mut head = Head::new(http::StatusCode::OK);
+        head.event_stream = true;
+        Ok((head, Either::Right(stream)))
     }
 
     /// `POST /webhooks/livepeer`.
@@ -498,8 +420,8 @@ impl Proxy {
         &self,
         req: &Parts,
         body: B,
-        request_id: &HeaderValue,
-    ) -> (Response<Body>, Outcome)
+        out: &mut Outcome,
+    ) -> Result<(Head, Body), Error>
     where
         B: HttpBody,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -509,98 +431,117 @@ impl Proxy {
             .as_ref()
             .expect("routed here only when configured");
         if req.method != Method::POST {
-            let mut resp = answer::error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed",
-                request_id,
-            );
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return (resp, Outcome::default());
+            return Err(Error::Method(Allow::Post));
         }
-        let too_large = || {
-            let mut resp = answer::error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "webhook body too large",
-                request_id,
-            );
-            resp.headers_mut().insert(header::CONNECTION, CLOSE);
-            (resp, Outcome::default())
-        };
         if body.size_hint().lower() > webhook::MAX_BODY as u64 {
-            return too_large();
+            return Err(Error::BodyTooLarge);
         }
         let raw = match Limited::new(body, webhook::MAX_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-            Err(_) => {
-                let resp =
-                    answer::error_response(StatusCode::BAD_REQUEST, "incomplete body", request_id);
-                return (resp, Outcome::default());
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Error::BodyTooLarge)
             }
+            Err(_) => return Err(Error::IncompleteBody),
         };
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         let signature = req.headers.get(&SIGNATURE).map(HeaderValue::as_bytes);
-        let (outcome, task) = webhooks.receive(signature, &raw, now_ms);
+        let (outcome, changed) = webhooks.receive(signature, &raw, unix_ms_now());
         self.metrics.webhook(outcome.as_str());
-        if let Some(id) = &task {
-            self.invalidate(id).await;
+        out.webhook = Some(outcome);
+        if let Some(key) = changed {
+            self.invalidate(key).await;
             tracing::info!(
-                task_id = id.as_str(),
-                "webhook: task changed; dropped from the cache"
+                kind = key.kind().as_str(),
+                id = key.id(),
+                "webhook: resource changed; dropped from the cache"
             );
         }
-        let resp = match outcome {
-            webhook::Outcome::BadSignature => answer::error_response(
-                StatusCode::UNAUTHORIZED,
-                "bad webhook signature",
-                request_id,
-            ),
-            webhook::Outcome::Stale => {
-                answer::error_response(StatusCode::UNAUTHORIZED, "stale webhook call", request_id)
-            }
-            _ => answer::empty_response(StatusCode::NO_CONTENT, request_id),
-        };
-        (
-            resp,
-            Outcome {
-                webhook: Some(outcome),
-                ..Outcome::default()
-            },
-        )
+        match outcome {
+            webhook::Outcome::BadSignature => Err(Error::BadSignature),
+            webhook::Outcome::Stale => Err(Error::StaleWebhook),
+            _ => Ok((Head::new(http::StatusCode::NO_CONTENT), full(Bytes::new()))),
+        }
+    }
+
+    /// Metrics, span fields and the one access event of a request.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        span: &tracing::Span,
+        method: &Method,
+        route: Route,
+        request_id: &HeaderValue,
+        trace: TraceContext,
+        status: u16,
+        outcome: &Outcome,
+        elapsed: Duration,
+    ) {
+        let kind = route.kind().map(Kind::as_str);
+        let reason = outcome.error.map(Error::reason);
+        span.record("status", status);
+        if let Some(cache) = outcome.cache {
+            span.record("cache", cache.as_str());
+        }
+        if let Some(phase) = outcome.phase {
+            span.record("phase", phase.as_str());
+        }
+        if let Some(status) = outcome.upstream.and_then(|u| u.status) {
+            span.record("upstream_status", status);
+        }
+        if let Some(reason) = reason {
+            span.record("reason", reason);
+        }
+        self.metrics
+            .request(route.as_str(), kind, status, outcome.cache, reason, elapsed);
+        let upstream = outcome.upstream;
+        tracing::info!(
+            target: "taskgate::access",
+            request_id = request_id.to_str().unwrap_or_default(),
+            trace_id = %trace.trace_id_hex(),
+            method = %method,
+            route = route.as_str(),
+            kind,
+            id = route.id(),
+            task_id = route.id().filter(|_| route.kind() == Some(Kind::Task)),
+            status,
+            cache = outcome.cache.map(CacheStatus::as_str),
+            phase = outcome.phase.map(Phase::as_str),
+            not_cached = outcome.no_store.map(NoStore::as_str),
+            reason,
+            side = outcome.error.map(|e| e.side().as_str()),
+            coalesced = outcome.coalesced,
+            upstream_status = upstream.and_then(|u| u.status),
+            upstream_error = upstream.and_then(|u| u.error),
+            upstream_ms = upstream.map(|u| u.elapsed.as_secs_f64() * 1e3),
+            webhook = outcome.webhook.map(webhook::Outcome::as_str),
+            total_ms = elapsed.as_secs_f64() * 1e3,
+            "request"
+        );
     }
 }
 
-/// `status.updatedAt` of a task body, as the SSE event id.
-fn updated_at(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let u = v.get("status")?.get("updatedAt")?;
-    Some(u.to_string().trim_matches('"').to_owned())
-}
-
-/// Request shapes no browser or SDK sends, refused before routing: taskgate is an origin
-/// server for a few routes, never a forward proxy, and never switches protocols.
-fn malformed(req: &Parts) -> Option<&'static str> {
+/// Request shapes no browser or SDK sends, refused before anything else: taskgate is an
+/// origin server for a few routes, never a forward proxy, and never switches protocols.
+fn check_request_shape(req: &Parts) -> Result<(), Error> {
     let h1 = req.version <= Version::HTTP_11;
     // HTTP/2 requests carry :scheme and :authority, so only HTTP/1 targets must be origin-form.
     if h1 && (req.uri.scheme().is_some() || req.uri.authority().is_some()) {
-        return Some("only origin-form request targets are accepted");
+        return Err(Error::Malformed(
+            "only origin-form request targets are accepted",
+        ));
     }
     if req.headers.contains_key(header::UPGRADE) {
-        return Some("protocol upgrades are not supported");
+        return Err(Error::Malformed("protocol upgrades are not supported"));
     }
     let mut hosts = req.headers.get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
     if second.is_some() || first.is_some_and(|h| !valid_host(h.as_bytes())) {
-        return Some("invalid Host header");
+        return Err(Error::Malformed("invalid Host header"));
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
     if first.is_none() && req.version == Version::HTTP_11 {
-        return Some("missing Host header");
+        return Err(Error::Malformed("missing Host header"));
     }
-    None
+    Ok(())
 }
 
 /// `host[:port]`, a registered name or an IP literal: no userinfo, path or whitespace.

@@ -4,84 +4,105 @@
 //! so `%2e%2e`, `%2F` and friends can never turn into a different upstream path: an id is
 //! `^[A-Za-z0-9-]{1,64}$` or the request is refused.
 
-/// Longest task id accepted (Studio ids are 36-character UUIDs).
-pub const MAX_ID_LEN: usize = 64;
+use crate::resource::{Key, Kind};
+
+pub use crate::resource::{is_valid_id, MAX_ID_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route<'a> {
-    /// `/task/{id}` or `/api/task/{id}`.
-    Task(&'a str),
-    /// `/task/{id}/events` or `/api/task/{id}/events`.
-    TaskEvents(&'a str),
+pub enum Route {
+    /// `/{kind}/{id}` or `/api/{kind}/{id}`.
+    Read(Key),
+    /// `/{kind}/{id}/events` or `/api/{kind}/{id}/events`.
+    Events(Key),
     /// `/webhooks/livepeer`.
     Webhook,
-    /// A task path whose id is not a valid id: 400.
-    BadId,
+    /// A resource path whose id is not a valid id: 400.
+    BadId(Kind),
     /// Anything else: 404.
     NotFound,
 }
 
-impl Route<'_> {
+impl Route {
     /// The route's name for logs and metric labels: never holds the id.
     pub fn as_str(&self) -> &'static str {
         match self {
-            Route::Task(_) => "task",
-            Route::TaskEvents(_) => "task_events",
+            Route::Read(key) => match key.kind() {
+                Kind::Task => "task",
+            },
+            Route::Events(key) => match key.kind() {
+                Kind::Task => "task_events",
+            },
             Route::Webhook => "webhook",
-            Route::BadId => "bad_id",
+            Route::BadId(_) => "bad_id",
             Route::NotFound => "not_found",
         }
     }
 
-    pub fn task_id(&self) -> Option<&str> {
+    /// The resource a read or a watch names.
+    pub fn key(&self) -> Option<&Key> {
         match self {
-            Route::Task(id) | Route::TaskEvents(id) => Some(id),
+            Route::Read(key) | Route::Events(key) => Some(key),
             _ => None,
         }
+    }
+
+    /// The kind a resource route names, valid id or not.
+    pub fn kind(&self) -> Option<Kind> {
+        match self {
+            Route::Read(key) | Route::Events(key) => Some(key.kind()),
+            Route::BadId(kind) => Some(*kind),
+            _ => None,
+        }
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        self.key().map(Key::id)
     }
 }
 
 /// Classifies a raw path (no query string: `Uri::path()` never includes one).
-pub fn parse(path: &str) -> Route<'_> {
+pub fn parse(path: &str) -> Route {
     if path == "/webhooks/livepeer" {
         return Route::Webhook;
     }
-    let rest = match path
-        .strip_prefix("/api/task/")
-        .or_else(|| path.strip_prefix("/task/"))
-    {
-        Some(rest) => rest,
-        None => return Route::NotFound,
+    let Some(rest) = path.strip_prefix('/') else {
+        return Route::NotFound;
+    };
+    let rest = rest.strip_prefix("api/").unwrap_or(rest);
+    let Some((kind, rest)) = rest
+        .split_once('/')
+        .and_then(|(segment, rest)| Some((Kind::from_segment(segment)?, rest)))
+    else {
+        return Route::NotFound;
     };
     let (id, events) = match rest.split_once('/') {
         None => (rest, false),
         Some((id, "events")) => (id, true),
         // `/task/{id}/anything-else`: either a bad id (`..`, `.`) or an unknown sub-route.
-        Some((id, _)) if !is_valid_id(id) => return Route::BadId,
+        Some((id, _)) if !is_valid_id(id) => return Route::BadId(kind),
         Some(_) => return Route::NotFound,
     };
-    match (is_valid_id(id), events) {
-        (false, _) => Route::BadId,
-        (true, false) => Route::Task(id),
-        (true, true) => Route::TaskEvents(id),
+    match (Key::new(kind, id), events) {
+        (None, _) => Route::BadId(kind),
+        (Some(key), false) => Route::Read(key),
+        (Some(key), true) => Route::Events(key),
     }
-}
-
-pub fn is_valid_id(id: &str) -> bool {
-    (1..=MAX_ID_LEN).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn task(id: &str) -> Key {
+        Key::new(Kind::Task, id).unwrap()
+    }
+
     #[test]
     fn task_paths_with_and_without_api_prefix() {
-        assert_eq!(parse("/task/abc-123"), Route::Task("abc-123"));
-        assert_eq!(parse("/api/task/abc-123"), Route::Task("abc-123"));
-        assert_eq!(parse("/task/abc/events"), Route::TaskEvents("abc"));
-        assert_eq!(parse("/api/task/abc/events"), Route::TaskEvents("abc"));
+        assert_eq!(parse("/task/abc-123"), Route::Read(task("abc-123")));
+        assert_eq!(parse("/api/task/abc-123"), Route::Read(task("abc-123")));
+        assert_eq!(parse("/task/abc/events"), Route::Events(task("abc")));
+        assert_eq!(parse("/api/task/abc/events"), Route::Events(task("abc")));
         assert_eq!(parse("/webhooks/livepeer"), Route::Webhook);
     }
 
@@ -100,11 +121,17 @@ mod tests {
             "/api/task/a;b",
             "/task/a%00",
         ] {
-            assert_eq!(parse(path), Route::BadId, "{path}");
+            assert_eq!(parse(path), Route::BadId(Kind::Task), "{path}");
         }
         let longest = "a".repeat(MAX_ID_LEN);
-        assert_eq!(parse(&format!("/task/{longest}")), Route::Task(&longest));
-        assert_eq!(parse(&format!("/task/{longest}a")), Route::BadId);
+        assert_eq!(
+            parse(&format!("/task/{longest}")),
+            Route::Read(task(&longest))
+        );
+        assert_eq!(
+            parse(&format!("/task/{longest}a")),
+            Route::BadId(Kind::Task)
+        );
     }
 
     #[test]
@@ -136,7 +163,7 @@ mod properties {
     proptest! {
         #[test]
         fn parse_never_panics_and_only_valid_ids_are_routed(path in "\\PC{0,100}") {
-            if let Some(id) = parse(&path).task_id() {
+            if let Some(id) = parse(&path).id() {
                 prop_assert!(is_valid_id(id));
                 prop_assert!(!path.contains('%') && !path.contains(".."));
             }
@@ -151,7 +178,8 @@ mod properties {
             let prefix = if api { "/api/task/" } else { "/task/" };
             let suffix = if events { "/events" } else { "" };
             let path = format!("{prefix}{id}{suffix}");
-            let expected = if events { Route::TaskEvents(&id) } else { Route::Task(&id) };
+            let key = Key::new(Kind::Task, &id).unwrap();
+            let expected = if events { Route::Events(key) } else { Route::Read(key) };
             prop_assert_eq!(parse(&path), expected);
         }
 
@@ -162,7 +190,7 @@ mod properties {
             right in "[A-Za-z0-9-]{0,20}",
         ) {
             let path = format!("/task/{left}{bad}{right}");
-            prop_assert_eq!(parse(&path), Route::BadId);
+            prop_assert_eq!(parse(&path), Route::BadId(Kind::Task));
         }
     }
 }

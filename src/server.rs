@@ -5,7 +5,6 @@
 //! in-flight requests get `TASKGATE_DRAIN_TIMEOUT` to finish, and `run` returns.
 
 use std::{
-    convert::Infallible,
     future::Future,
     io,
     net::SocketAddr,
@@ -13,32 +12,17 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Duration,
 };
 
-use hyper::{body::Incoming, service::service_fn, Request};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
-};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use crate::{admin::Admin, answer::Body, config::Config, proxy::Proxy, upstream::SetupError};
-
-/// Largest request head (request line and headers) accepted.
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-
-/// The address a client on this host uses for a listener bound to `addr`: a wildcard
-/// (`0.0.0.0`, `::`) is reached on the loopback address of its family.
-pub fn local_address(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    addr
-}
+use crate::{
+    admin::Admin,
+    config::Config,
+    listener::{self, Limits},
+    proxy::Proxy,
+    upstream::SetupError,
+};
 
 /// Why taskgate could not start.
 #[derive(Debug)]
@@ -131,15 +115,21 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let (stop_accepting, stop_rx) = watch::channel(false);
 
-    let limits = Limits::from(&cfg);
+    let limits = Limits::new(
+        cfg.max_connections,
+        cfg.header_timeout,
+        cfg.idle_timeout,
+        cfg.drain_timeout,
+    )
+    .per_client(cfg.max_connections / 4);
     let admin_state = Arc::new(Admin::new(Arc::clone(&proxy), Arc::clone(&ready)));
     let public_task = {
         let proxy = Arc::clone(&proxy);
-        serve(public, limits, stop_rx.clone(), move |req, peer| {
+        listener::serve(public, limits, stop_rx.clone(), move |req, peer| {
             Arc::clone(&proxy).handle(req, peer)
         })
     };
-    let admin_task = serve(admin, limits, stop_rx, move |req, _peer| {
+    let admin_task = listener::serve(admin, limits, stop_rx, move |req, _peer| {
         Arc::clone(&admin_state).handle(req)
     });
 
@@ -176,95 +166,4 @@ pub async fn run(cfg: Config, signal: impl Future<Output = ()>) -> Result<(), St
     running.shutdown();
     running.wait().await;
     Ok(())
-}
-
-#[derive(Clone, Copy)]
-struct Limits {
-    max_connections: usize,
-    /// Bounds both a slow request head and an idle keep-alive connection: hyper starts its
-    /// header-read timer as soon as a connection waits for a request, so one timer does both
-    /// jobs, set to the shorter of `TASKGATE_HEADER_TIMEOUT` and `TASKGATE_IDLE_TIMEOUT`.
-    wait_for_request: Duration,
-    drain_timeout: Duration,
-}
-
-impl From<&Config> for Limits {
-    fn from(cfg: &Config) -> Self {
-        Self {
-            max_connections: cfg.max_connections,
-            wait_for_request: cfg.header_timeout.min(cfg.idle_timeout),
-            drain_timeout: cfg.drain_timeout,
-        }
-    }
-}
-
-fn serve<H, F>(
-    listener: TcpListener,
-    limits: Limits,
-    mut stop: watch::Receiver<bool>,
-    handler: H,
-) -> JoinHandle<()>
-where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<Body>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.wait_for_request)
-            // Request heads past this get 431, as with nginx's default 4 × 8 KiB buffers.
-            .max_buf_size(MAX_HEADER_BYTES);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(MAX_HEADER_BYTES as u32);
-        let graceful = GracefulShutdown::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-        loop {
-            // Wait for a free connection slot before accepting: past the limit, new clients
-            // queue in the kernel's backlog instead of costing memory here.
-            let permit = tokio::select! {
-                permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
-                _ = stop.wait_for(|s| *s) => break,
-            };
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stop.wait_for(|s| *s) => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    // EMFILE and friends: back off briefly rather than spin or exit.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let handler = handler.clone();
-            let svc = service_fn(move |req| {
-                let fut = handler(req, peer);
-                async move { Ok::<_, Infallible>(fut.await) }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(error) = conn.await {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-                drop(permit);
-            });
-        }
-        drop(listener);
-        if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("drain timeout reached; closing remaining connections");
-        }
-    })
 }

@@ -1,4 +1,4 @@
-//! The one exchange taskgate has with the Studio API: `GET {base}/task/{id}`.
+//! The one exchange taskgate has with the Studio API: `GET {base}/{kind}/{id}`.
 //!
 //! The request is built from nothing — no client header is ever copied — over one pooled
 //! hyper-util client speaking HTTP/1.1 or HTTP/2 (by ALPN) through rustls. Certificates and
@@ -28,7 +28,7 @@ use hyper_util::{
 use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
+use crate::{config::Config, resource::Key};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 type Connector = ConnectTimeout<HttpsConnector<HttpConnector>>;
@@ -44,6 +44,24 @@ pub struct Reply {
     pub content_type: Option<HeaderValue>,
     pub retry_after: Option<HeaderValue>,
     pub body: Bytes,
+}
+
+/// What the upstream exchange behind a fetch looked like, for logs and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamReport {
+    pub status: Option<u16>,
+    pub error: Option<&'static str>,
+    pub elapsed: Duration,
+}
+
+impl UpstreamReport {
+    pub fn of(reply: &Result<Reply, FetchError>, elapsed: Duration) -> Self {
+        Self {
+            status: reply.as_ref().ok().map(|r| r.status.as_u16()),
+            error: reply.as_ref().err().map(|e| e.as_str()),
+            elapsed,
+        }
+    }
 }
 
 /// Why no answer came back. Each kind maps to one client status in `answer`.
@@ -150,10 +168,10 @@ impl Upstream {
         &self.base
     }
 
-    /// Fetches one task. `id` must already be a valid id (see `route::is_valid_id`).
+    /// Fetches one resource.
     pub async fn fetch(
         &self,
-        id: &str,
+        key: Key,
         request_id: &HeaderValue,
         traceparent: HeaderValue,
     ) -> Result<Reply, FetchError> {
@@ -162,7 +180,7 @@ impl Upstream {
             .map_err(|_| FetchError::Saturated)?
             .expect("the upstream semaphore is never closed");
 
-        let uri: Uri = format!("{}/task/{id}", self.base)
+        let uri: Uri = format!("{}/{}/{}", self.base, key.kind(), key.id())
             .parse()
             .expect("base was checked at start-up and ids are [A-Za-z0-9-]");
         let mut req = Request::get(uri)

@@ -1,6 +1,7 @@
-//! Watching a task: `GET /task/{id}/events` as Server-Sent Events (SPEC "Watching a task").
+//! Watching a resource: `GET /{kind}/{id}/events` as Server-Sent Events (SPEC "Watching a
+//! task").
 //!
-//! One watcher task per id, shared by all its subscribers, fetches the task through the same
+//! One watcher task per key, shared by all its subscribers, fetches it through the same
 //! cache and coalesced fetch as `GET` once per `TASKGATE_WATCH_INTERVAL` (or at once when a
 //! webhook asks), and publishes an event only when the task's `status` changed. Each
 //! subscriber streams from a `tokio::sync::watch` channel that holds only the latest event,
@@ -13,22 +14,22 @@
 
 use std::{
     collections::HashMap,
-    convert::Infallible,
     future::Future,
-    pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::StatusCode;
-use http_body::{Body, Frame};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::answer::Answer;
+use crate::{
+    answer::{respond::EventStream, Answer},
+    resource::{self, Key},
+    sync::lock,
+};
 
 /// A comment line every 15 s keeps proxies and browsers from timing the stream out.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -65,13 +66,12 @@ impl Event {
         if status.is_some() && *last_status == status {
             return None;
         }
-        let id = status
-            .as_ref()
-            .and_then(|s| s.get("updatedAt"))
-            .filter(|v| v.is_number() || v.is_string())
-            .map(|v| v.to_string().trim_matches('"').to_owned());
+        let id = resource::updated_at(&answer.body);
         *last_status = status;
-        Some(Self::new("task", id, &answer.body, phase.is_finished()))
+        let kind = match phase {
+            resource::Phase::Task(_) => "task",
+        };
+        Some(Self::new(kind, id, &answer.body, phase.is_finished()))
     }
 
     fn new(kind: &str, id: Option<String>, data: &[u8], last: bool) -> Self {
@@ -110,7 +110,7 @@ struct Watched {
 pub struct TooManyWatches;
 
 pub struct Watchers {
-    ids: Mutex<HashMap<Arc<str>, Arc<Watched>>>,
+    ids: Mutex<HashMap<Key, Arc<Watched>>>,
     max: usize,
     interval: Duration,
     shutdown: watch::Sender<bool>,
@@ -132,7 +132,7 @@ impl Watchers {
     /// `lookup` answers as `GET` would (cache, then coalesced fetch).
     pub fn subscribe<F, Fut>(
         self: &Arc<Self>,
-        id: &str,
+        key: Key,
         last_event_id: Option<String>,
         lookup: F,
     ) -> Result<EventStream, TooManyWatches>
@@ -141,18 +141,17 @@ impl Watchers {
         Fut: Future<Output = Arc<Answer>> + Send + 'static,
     {
         let rx = {
-            let mut ids = self.ids.lock().expect("watch map lock poisoned");
-            match ids.get(id) {
+            let mut ids = lock(&self.ids);
+            match ids.get(&key) {
                 Some(w) => w.latest.subscribe(),
                 None if ids.len() >= self.max => return Err(TooManyWatches),
                 None => {
-                    let key: Arc<str> = Arc::from(id);
                     let watched = Arc::new(Watched {
                         latest: watch::channel(None).0,
                         refresh: Notify::new(),
                     });
                     let rx = watched.latest.subscribe();
-                    ids.insert(key.clone(), watched.clone());
+                    ids.insert(key, watched.clone());
                     tokio::spawn(Arc::clone(self).watch(key, watched, lookup));
                     rx
                 }
@@ -166,12 +165,12 @@ impl Watchers {
             self.shutdown.subscribe(),
             self.events_sent.clone(),
         ));
-        Ok(EventStream { queue })
+        Ok(EventStream::new(queue))
     }
 
-    /// Makes the id's watcher fetch again now (a webhook said the task changed).
-    pub fn refresh(&self, id: &str) {
-        if let Some(w) = self.ids.lock().expect("watch map lock poisoned").get(id) {
+    /// Makes the key's watcher fetch again now (a webhook said it changed).
+    pub fn refresh(&self, key: &Key) {
+        if let Some(w) = lock(&self.ids).get(key) {
             w.refresh.notify_one();
         }
     }
@@ -183,12 +182,12 @@ impl Watchers {
 
     /// (ids watched, open subscriptions).
     pub fn counts(&self) -> (usize, usize) {
-        let ids = self.ids.lock().expect("watch map lock poisoned");
+        let ids = lock(&self.ids);
         let subscribers = ids.values().map(|w| w.latest.receiver_count()).sum();
         (ids.len(), subscribers)
     }
 
-    async fn watch<F, Fut>(self: Arc<Self>, key: Arc<str>, watched: Arc<Watched>, lookup: F)
+    async fn watch<F, Fut>(self: Arc<Self>, key: Key, watched: Arc<Watched>, lookup: F)
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = Arc<Answer>> + Send + 'static,
@@ -217,7 +216,7 @@ impl Watchers {
                     _ = stopped(&mut shutdown) => {}
                 }
             }
-            let mut ids = self.ids.lock().expect("watch map lock poisoned");
+            let mut ids = lock(&self.ids);
             let abandoned = watched.latest.receiver_count() == 0;
             if finished || abandoned || *shutdown.borrow() {
                 if ids.get(&key).is_some_and(|w| Arc::ptr_eq(w, &watched)) {
@@ -275,26 +274,6 @@ async fn feed(
                 _ = stopped(&mut shutdown) => return,
             }
         }
-    }
-}
-
-/// The body of an event-stream response. Dropping it (the client left) ends its feed, and
-/// with the last one the watcher.
-pub struct EventStream {
-    queue: mpsc::Receiver<Bytes>,
-}
-
-impl Body for EventStream {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.queue
-            .poll_recv(cx)
-            .map(|b| b.map(|b| Ok(Frame::data(b))))
     }
 }
 

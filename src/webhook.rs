@@ -3,36 +3,33 @@
 //! Studio signs each call with `Livepeer-Signature: t=<ms>,v1=<hex HMAC-SHA256 of the raw
 //! body>`. A call is acted on only when a `v1` matches (compared in constant time), its `t`
 //! is within five minutes of now, and its event id was not seen before (retries of one event
-//! keep the id). Task events name the task whose cached answer must be dropped.
+//! keep the id). Events about a resource name the key whose cached answer must be dropped.
 
 use std::time::Duration;
 
 use ring::hmac;
 use serde::Deserialize;
 
-use crate::{route, secret::Secret};
+use crate::{
+    resource::{Key, Kind},
+    secret::Secret,
+};
 
 /// Largest body accepted; Studio's task events are a few KiB.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Calls signed longer ago than this (or this far in the future) are refused.
 pub const FRESHNESS: Duration = Duration::from_secs(5 * 60);
-const TASK_EVENTS: [&str; 4] = [
-    "task.spawned",
-    "task.updated",
-    "task.completed",
-    "task.failed",
-];
 
 /// What became of one call: the metric label and the log field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// A task event: the task's cached answer is dropped and its watchers refreshed.
+    /// An event about a resource: its cached answer is dropped and its watchers refreshed.
     Accepted,
     BadSignature,
     Stale,
     /// The event id was seen before (Studio retries).
     Duplicate,
-    /// Signed and fresh, but not about a task (or not understood): acknowledged.
+    /// Signed and fresh, but not about a resource (or not understood): acknowledged.
     Ignored,
 }
 
@@ -65,13 +62,13 @@ impl Webhooks {
         }
     }
 
-    /// Checks one call. On `Accepted`, also returns the task id to invalidate.
+    /// Checks one call. On `Accepted`, also returns the key to invalidate.
     pub fn receive(
         &self,
         signature: Option<&[u8]>,
         body: &[u8],
         now_ms: u64,
-    ) -> (Outcome, Option<String>) {
+    ) -> (Outcome, Option<Key>) {
         let Some((t, tags)) = signature.and_then(parse_signature) else {
             return (Outcome::BadSignature, None);
         };
@@ -93,11 +90,19 @@ impl Webhooks {
         }
         #[derive(Deserialize)]
         struct Payload {
-            task: Option<Task>,
+            task: Option<Named>,
         }
         #[derive(Deserialize)]
-        struct Task {
+        struct Named {
             id: Option<String>,
+        }
+        impl Payload {
+            /// `payload.{kind}.id`.
+            fn id_of(self, kind: Kind) -> Option<String> {
+                match kind {
+                    Kind::Task => self.task?.id,
+                }
+            }
         }
         let Ok(call) = serde_json::from_slice::<Call>(body) else {
             return (Outcome::Ignored, None);
@@ -108,16 +113,19 @@ impl Webhooks {
             }
             self.seen.insert(event_id.clone(), ());
         }
-        let task_id = call
-            .payload
-            .and_then(|p| p.task)
-            .and_then(|t| t.id)
-            .filter(|id| route::is_valid_id(id));
-        match (call.event.as_deref(), task_id) {
-            (Some(event), Some(id)) if TASK_EVENTS.contains(&event) => {
-                (Outcome::Accepted, Some(id))
-            }
-            _ => (Outcome::Ignored, None),
+        let Some(event) = call.event.as_deref() else {
+            return (Outcome::Ignored, None);
+        };
+        let changed = Kind::ALL
+            .into_iter()
+            .find(|kind| kind.changed_by(event))
+            .and_then(|kind| {
+                let id = call.payload?.id_of(kind)?;
+                Key::new(kind, &id)
+            });
+        match changed {
+            Some(key) => (Outcome::Accepted, Some(key)),
+            None => (Outcome::Ignored, None),
         }
     }
 }

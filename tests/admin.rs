@@ -123,14 +123,26 @@ async fn metrics_move_as_requests_are_served() {
     let m = got.text();
     let requests = |labels: &str| sample(&m, &format!("taskgate_requests_total{{{labels}}}"));
     assert_eq!(
-        requests(r#"route="task",status="200",cache="MISS""#),
+        requests(r#"route="task",status="200",cache="MISS",kind="task",reason="none""#),
         1.0,
         "{m}"
     );
-    assert_eq!(requests(r#"route="task",status="200",cache="HIT""#), 1.0);
-    assert_eq!(requests(r#"route="task",status="200",cache="PASS""#), 2.0);
-    assert_eq!(requests(r#"route="task",status="502",cache="PASS""#), 1.0);
-    assert_eq!(requests(r#"route="bad_id",status="400",cache="none""#), 1.0);
+    assert_eq!(
+        requests(r#"route="task",status="200",cache="HIT",kind="task",reason="none""#),
+        1.0
+    );
+    assert_eq!(
+        requests(r#"route="task",status="200",cache="PASS",kind="task",reason="none""#),
+        2.0
+    );
+    assert_eq!(
+        requests(r#"route="task",status="502",cache="PASS",kind="task",reason="upstream_error""#),
+        1.0
+    );
+    assert_eq!(
+        requests(r#"route="bad_id",status="400",cache="none",kind="task",reason="bad_id""#),
+        1.0
+    );
     assert_eq!(sample(&m, "taskgate_coalesced_waits_total"), 1.0);
     assert_eq!(
         sample(
@@ -226,4 +238,45 @@ async fn readiness_turns_503_at_shutdown_while_requests_are_still_served() {
     assert_eq!(slow.await.unwrap().status, StatusCode::OK);
     tg.wait().await;
     assert!(tokio::net::TcpStream::connect(public).await.is_err());
+}
+
+#[tokio::test]
+async fn the_admin_listener_refuses_dns_names_other_than_localhost() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", Reply::task("t1", "completed"));
+    let tg = taskgate(&mock, |_| {}).await;
+    let c = HttpClient::default();
+    c.get(tg.public_addr(), "/task/t1").await;
+    for host in ["evil.example", "evil.example:9090", "127.0.0.1.nip.example"] {
+        let got = c
+            .send(
+                tg.admin_addr(),
+                "DELETE",
+                "/cache/task/t1",
+                &[("host", host)],
+            )
+            .await;
+        assert_eq!(got.status, StatusCode::FORBIDDEN, "{host}");
+        let got = c
+            .send(tg.admin_addr(), "GET", "/metrics", &[("host", host)])
+            .await;
+        assert_eq!(got.status, StatusCode::FORBIDDEN, "{host}");
+    }
+    // Nothing was purged: the next read is still a hit.
+    assert_eq!(
+        c.get(tg.public_addr(), "/task/t1").await.header("x-cache"),
+        Some("HIT")
+    );
+    for host in [
+        "localhost:9090",
+        "127.0.0.1",
+        "[::1]:9090",
+        "10.1.2.3:9090",
+        "app.localhost",
+    ] {
+        let got = c
+            .send(tg.admin_addr(), "GET", "/healthz", &[("host", host)])
+            .await;
+        assert_eq!(got.status, StatusCode::OK, "{host}");
+    }
 }

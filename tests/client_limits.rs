@@ -88,3 +88,79 @@ async fn connections_past_the_limit_wait_until_one_closes() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn a_socket_that_sends_nothing_is_closed_on_both_listeners() {
+    let mock = MockUpstream::start().await;
+    let tg = taskgate(&mock, |c| c.header_timeout = Duration::from_millis(300)).await;
+    for addr in [tg.public_addr(), tg.admin_addr()] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let closed = time_until_closed(&mut s, Duration::from_secs(5)).await;
+        assert!(
+            closed.is_some(),
+            "a silent socket on {addr} was never closed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_h2c_preface_is_not_a_way_around_the_timers() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", Reply::task("t1", "completed"));
+    let tg = taskgate(&mock, |c| c.header_timeout = Duration::from_millis(300)).await;
+    // A partial preface stays silent after its first bytes.
+    let mut partial = TcpStream::connect(tg.public_addr()).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let closed = time_until_closed(&mut partial, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "a partial h2 preface kept its socket");
+    // A whole prior-knowledge preface gets no HTTP/2 session (the port speaks HTTP/1.1 only).
+    let mut whole = TcpStream::connect(tg.public_addr()).await.unwrap();
+    whole
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let closed = time_until_closed(&mut whole, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "an h2c connection stayed open");
+    assert_eq!(mock.calls(), 0);
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_every_connection() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", Reply::task("t1", "completed"));
+    // 8 connections in all, 2 per client: from 127.0.0.1 only two stay open.
+    let tg = taskgate(&mock, |c| c.max_connections = 8).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(tg.public_addr()).await.unwrap();
+        s.write_all(b"GET /task/t1 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(tg.public_addr()).await.unwrap();
+    let _ = third
+        .write_all(b"GET /task/t1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let got = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("the third connection is closed at once, not left waiting");
+    assert!(
+        matches!(got, Ok(0) | Err(_)),
+        "the third connection was served"
+    );
+    // Once one is given back, the client may open another.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = TcpStream::connect(tg.public_addr()).await.unwrap();
+    fourth
+        .write_all(b"GET /task/t1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let n = fourth.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+}

@@ -93,12 +93,12 @@ async fn raw_fault(pieces: Vec<(&[u8], Duration)>, timeout: Duration) -> (Status
     up.script(pieces);
     let mut cfg = common::config(&up.base_url());
     cfg.upstream_timeout = timeout;
-    let tg = taskgate::server::start(cfg).await.unwrap();
+    let tg = taskgate::start(cfg).await.unwrap();
     let got = HttpClient::default()
         .get(tg.public_addr(), &format!("/task/{ID}"))
         .await;
     assert!(
-        tg.proxy().cache().get(ID).await.is_none(),
+        tg.proxy().cache().get(&common::task_key(ID)).is_none(),
         "a fault was cached"
     );
     assert!(!got.text().contains(KEY));
@@ -122,7 +122,7 @@ async fn slow_headers_past_the_timeout_are_504_and_the_connection_is_not_leaked(
     up.script(vec![(b"HTTP/1.1 200 OK\r\n", Duration::from_secs(3))]);
     let mut cfg = common::config(&up.base_url());
     cfg.upstream_timeout = Duration::from_millis(300);
-    let tg = taskgate::server::start(cfg).await.unwrap();
+    let tg = taskgate::start(cfg).await.unwrap();
     let started = Instant::now();
     let got = HttpClient::default()
         .get(tg.public_addr(), &format!("/task/{ID}"))
@@ -234,7 +234,10 @@ async fn odd_bodies_are_passed_through_and_never_cached() {
         assert_eq!(got.status, StatusCode::OK, "{id}");
         assert_eq!(got.header("x-cache"), Some("PASS"), "{id}");
         assert_eq!(got.body, reply.body, "{id}: relayed as is");
-        assert!(tg.proxy().cache().get(id).await.is_none(), "{id}");
+        assert!(
+            tg.proxy().cache().get(&common::task_key(id)).is_none(),
+            "{id}"
+        );
     }
     // A task body without a content type is still a task: JSON.
     mock.set(
@@ -285,7 +288,7 @@ async fn error_statuses_are_never_cached_and_recovery_works() {
             got.headers.get("location").is_none(),
             "a redirect is never relayed"
         );
-        assert!(tg.proxy().cache().get(ID).await.is_none());
+        assert!(tg.proxy().cache().get(&common::task_key(ID)).is_none());
         mock.set(ID, Reply::task(ID, "completed"));
         assert_eq!(
             c.get(tg.public_addr(), &format!("/task/{ID}")).await.status,
@@ -332,7 +335,7 @@ async fn an_upstream_down_at_start_then_up_is_served_once_up() {
     drop(listener);
     let mut cfg = common::config(&format!("http://127.0.0.1:{port}/api"));
     cfg.connect_timeout = Duration::from_millis(500);
-    let tg = taskgate::server::start(cfg).await.unwrap();
+    let tg = taskgate::start(cfg).await.unwrap();
     let c = HttpClient::default();
     assert_eq!(
         c.get(tg.public_addr(), &format!("/task/{ID}")).await.status,

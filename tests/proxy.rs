@@ -491,7 +491,7 @@ async fn a_refused_upstream_connection_is_502() {
         .port();
     let mut cfg = common::config(&format!("http://127.0.0.1:{port}/api"));
     cfg.connect_timeout = Duration::from_secs(1);
-    let tg = taskgate::server::start(cfg).await.unwrap();
+    let tg = taskgate::start(cfg).await.unwrap();
     let got = HttpClient::default().get(tg.public_addr(), &path(ID)).await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
     assert_eq!(got.json()["errors"][0], "upstream unavailable");
@@ -510,7 +510,7 @@ async fn no_complete_answer_within_the_timeout_is_504() {
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(got.header("x-cache"), Some("PASS"));
     assert!(
-        tg.proxy().cache().get(ID).await.is_none(),
+        tg.proxy().cache().get(&common::task_key(ID)).is_none(),
         "a timeout is not cached"
     );
 }
@@ -527,7 +527,7 @@ async fn a_body_over_the_limit_is_502() {
     let got = HttpClient::default().get(tg.public_addr(), &path(ID)).await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
     assert_eq!(got.json()["errors"][0], "upstream answer too large");
-    assert!(tg.proxy().cache().get(ID).await.is_none());
+    assert!(tg.proxy().cache().get(&common::task_key(ID)).is_none());
 }
 
 #[tokio::test]
@@ -729,7 +729,7 @@ async fn the_cache_stays_within_its_byte_bound() {
             StatusCode::OK
         );
     }
-    let (entries, bytes) = tg.proxy().cache().usage().await;
+    let (entries, bytes) = tg.proxy().cache().usage();
     assert!(bytes <= max, "{bytes} > {max}");
     assert!(entries > 0 && entries < 200, "{entries}");
 }

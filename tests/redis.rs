@@ -271,7 +271,7 @@ async fn replicas_keep_answering_while_redis_is_down_and_use_it_again_once_back(
             break;
         }
         assert!(Instant::now() < deadline, "taskgate never used Redis again");
-        one.proxy().cache().invalidate("c").await;
+        one.proxy().cache().invalidate(&common::task_key("c"));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The other replica's connection comes back by itself too (its first command after the
@@ -282,7 +282,7 @@ async fn replicas_keep_answering_while_redis_is_down_and_use_it_again_once_back(
             Instant::now() < deadline,
             "the second replica never used Redis again"
         );
-        two.proxy().cache().invalidate("c").await;
+        two.proxy().cache().invalidate(&common::task_key("c"));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Both resubscribed to invalidations after the outage: a purge on one reaches the other.
@@ -293,7 +293,7 @@ async fn replicas_keep_answering_while_redis_is_down_and_use_it_again_once_back(
             .await;
         assert_eq!(purge.status, StatusCode::NO_CONTENT);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if two.proxy().cache().get("c").await.is_none() {
+        if two.proxy().cache().get(&common::task_key("c")).is_none() {
             break;
         }
         assert!(

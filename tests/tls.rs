@@ -44,7 +44,7 @@ async fn a_private_ca_from_the_ca_file_is_trusted_and_h2_is_negotiated() {
     let (mock, pem, url) = https_mock().await;
     let mut cfg = common::config(&url);
     cfg.upstream_ca_file = Some(pem);
-    let tg = taskgate::server::start(cfg).await.unwrap();
+    let tg = taskgate::start(cfg).await.unwrap();
     let got = HttpClient::default()
         .get(tg.public_addr(), &format!("/task/{ID}"))
         .await;
@@ -62,7 +62,7 @@ async fn a_private_ca_from_the_ca_file_is_trusted_and_h2_is_negotiated() {
 #[tokio::test]
 async fn a_self_signed_upstream_is_refused_without_the_ca_file() {
     let (mock, _pem, url) = https_mock().await;
-    let tg = taskgate::server::start(common::config(&url)).await.unwrap();
+    let tg = taskgate::start(common::config(&url)).await.unwrap();
     let got = HttpClient::default()
         .get(tg.public_addr(), &format!("/task/{ID}"))
         .await;
@@ -81,10 +81,7 @@ async fn a_ca_file_without_certificates_is_a_start_up_error() {
     std::fs::write(&path, "not a certificate\n").unwrap();
     let mut cfg = common::config("https://localhost:1/api");
     cfg.upstream_ca_file = Some(path);
-    let err = taskgate::server::start(cfg)
-        .await
-        .err()
-        .expect("start-up fails");
+    let err = taskgate::start(cfg).await.err().expect("start-up fails");
     assert!(
         err.to_string().contains("TASKGATE_UPSTREAM_CA_FILE"),
         "{err}"
@@ -96,7 +93,7 @@ async fn h2_stream_resets_and_goaway_are_502_then_recovered() {
     let (mock, pem, url) = https_mock().await;
     let mut cfg = common::config(&url);
     cfg.upstream_ca_file = Some(pem);
-    let tg = taskgate::server::start(cfg).await.unwrap();
+    let tg = taskgate::start(cfg).await.unwrap();
     let c = HttpClient::default();
     let path = format!("/task/{ID}");
     // A stream reset on the shared h2 connection: that request fails, nothing is cached...
@@ -105,7 +102,7 @@ async fn h2_stream_resets_and_goaway_are_502_then_recovered() {
         c.get(tg.public_addr(), &path).await.status,
         StatusCode::BAD_GATEWAY
     );
-    assert!(tg.proxy().cache().get(ID).await.is_none());
+    assert!(tg.proxy().cache().get(&common::task_key(ID)).is_none());
     // ...and the next one works.
     mock.set(ID, Reply::task(ID, "running"));
     assert_eq!(c.get(tg.public_addr(), &path).await.status, StatusCode::OK);

@@ -1,6 +1,6 @@
 """Realistic task bodies for bench/compare.sh (stdlib only).
 
-Shapes from LIVEPEER-API.md §5 and src/demo.rs (non-admin views, compact JSON as the API
+Shapes from LIVEPEER-API.md §5 and src/demo/mod.rs (non-admin views, compact JSON as the API
 sends them), 1-2 KB each.
 
   tasks.py files DIR N     writes DIR/api/task/done-{0..N-1} (completed: upload, clip, IPFS

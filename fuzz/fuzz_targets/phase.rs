@@ -3,10 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use taskgate::phase;
+use taskgate::resource::Kind;
 
 fuzz_target!(|data: &[u8]| {
-    let fast = phase::extract(data);
+    let fast = Kind::Task.phase(data);
     // Cross-check against a full parse into a tree: a phase is found only where
     // `status.phase` really is one of the six known strings.
     let full = serde_json::from_slice::<serde_json::Value>(data).ok().and_then(|v| {

@@ -22,7 +22,7 @@ use hyper_util::{
 };
 use taskgate::{
     config::{ApiKey, Config},
-    server::{self, Running},
+    Running,
 };
 use tokio::net::TcpListener;
 
@@ -268,7 +268,7 @@ pub fn config(upstream_url: &str) -> Config {
 pub async fn taskgate(mock: &MockUpstream, tweak: impl FnOnce(&mut Config)) -> Running {
     let mut cfg = config(&mock.base_url());
     tweak(&mut cfg);
-    server::start(cfg).await.expect("taskgate starts")
+    taskgate::start(cfg).await.expect("taskgate starts")
 }
 
 /// A response as the client got it.
@@ -528,4 +528,10 @@ impl Binary {
         lines.extend(self.lines.iter());
         (code, lines, stderr)
     }
+}
+
+/// The cache key of task `id`.
+#[allow(dead_code)]
+pub fn task_key(id: &str) -> taskgate::Key {
+    taskgate::Key::new(taskgate::Kind::Task, id).expect("a valid id")
 }

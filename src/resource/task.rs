@@ -1,12 +1,23 @@
-//! `status.phase` of a task body, and what each phase means for caching.
+//! Tasks: `status.phase` of a task body, and what each phase means for caching.
 //!
 //! Only `completed` cannot be changed through the API; `failed` and `cancelled` can be retried
-//! (LIVEPEER-API.md §1.5), so they are cached for a shorter time. Everything else is unfinished.
+//! (Studio's `POST /task/{id}/retry` works on both), so they are kept for a shorter time.
+//! Everything else is unfinished.
 
 use serde::Deserialize;
 
+use super::Lifetime;
+
+/// Webhook events that say a task changed; the id is at `payload.task.id`.
+pub(super) const CHANGE_EVENTS: [&str; 4] = [
+    "task.spawned",
+    "task.updated",
+    "task.completed",
+    "task.failed",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub enum TaskPhase {
     Pending,
     Waiting,
     Running,
@@ -15,43 +26,46 @@ pub enum Phase {
     Cancelled,
 }
 
-impl Phase {
+impl TaskPhase {
     /// Every phase the API defines.
-    pub const ALL: [Phase; 6] = [
-        Phase::Pending,
-        Phase::Waiting,
-        Phase::Running,
-        Phase::Completed,
-        Phase::Failed,
-        Phase::Cancelled,
+    pub const ALL: [TaskPhase; 6] = [
+        TaskPhase::Pending,
+        TaskPhase::Waiting,
+        TaskPhase::Running,
+        TaskPhase::Completed,
+        TaskPhase::Failed,
+        TaskPhase::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Phase::Pending => "pending",
-            Phase::Waiting => "waiting",
-            Phase::Running => "running",
-            Phase::Completed => "completed",
-            Phase::Failed => "failed",
-            Phase::Cancelled => "cancelled",
+            TaskPhase::Pending => "pending",
+            TaskPhase::Waiting => "waiting",
+            TaskPhase::Running => "running",
+            TaskPhase::Completed => "completed",
+            TaskPhase::Failed => "failed",
+            TaskPhase::Cancelled => "cancelled",
         }
     }
 
     fn from_str(s: &str) -> Option<Self> {
         Some(match s {
-            "pending" => Phase::Pending,
-            "waiting" => Phase::Waiting,
-            "running" => Phase::Running,
-            "completed" => Phase::Completed,
-            "failed" => Phase::Failed,
-            "cancelled" => Phase::Cancelled,
+            "pending" => TaskPhase::Pending,
+            "waiting" => TaskPhase::Waiting,
+            "running" => TaskPhase::Running,
+            "completed" => TaskPhase::Completed,
+            "failed" => TaskPhase::Failed,
+            "cancelled" => TaskPhase::Cancelled,
             _ => return None,
         })
     }
 
-    /// A finished task will not move again by itself (a manual retry aside).
-    pub fn is_finished(self) -> bool {
-        matches!(self, Phase::Completed | Phase::Failed | Phase::Cancelled)
+    pub(super) fn lifetime(self) -> Lifetime {
+        match self {
+            TaskPhase::Completed => Lifetime::Completed,
+            TaskPhase::Failed | TaskPhase::Cancelled => Lifetime::Failed,
+            TaskPhase::Pending | TaskPhase::Waiting | TaskPhase::Running => Lifetime::Unfinished,
+        }
     }
 }
 
@@ -70,9 +84,9 @@ struct StatusView<'a> {
 
 /// The phase of a task body, or `None` when the body is not a JSON object with a known
 /// `status.phase` (such an answer is passed through, never cached).
-pub fn extract(body: &[u8]) -> Option<Phase> {
+pub(super) fn extract(body: &[u8]) -> Option<TaskPhase> {
     let view: TaskView<'_> = serde_json::from_slice(body).ok()?;
-    Phase::from_str(&view.status?.phase?)
+    TaskPhase::from_str(&view.status?.phase?)
 }
 
 #[cfg(test)]
@@ -81,7 +95,7 @@ mod tests {
 
     #[test]
     fn every_phase_is_recognised() {
-        for phase in Phase::ALL {
+        for phase in TaskPhase::ALL {
             let body = format!(
                 r#"{{"id":"t","status":{{"phase":"{}","updatedAt":1}}}}"#,
                 phase.as_str()
@@ -92,12 +106,15 @@ mod tests {
 
     #[test]
     fn only_terminal_phases_are_finished() {
-        assert!(Phase::Completed.is_finished());
-        assert!(Phase::Failed.is_finished());
-        assert!(Phase::Cancelled.is_finished());
-        assert!(!Phase::Pending.is_finished());
-        assert!(!Phase::Waiting.is_finished());
-        assert!(!Phase::Running.is_finished());
+        use crate::resource::Phase;
+        assert!(Phase::Task(TaskPhase::Completed).is_finished());
+        assert!(Phase::Task(TaskPhase::Failed).is_finished());
+        assert!(Phase::Task(TaskPhase::Cancelled).is_finished());
+        assert!(!Phase::Task(TaskPhase::Pending).is_finished());
+        assert!(!Phase::Task(TaskPhase::Waiting).is_finished());
+        assert!(!Phase::Task(TaskPhase::Running).is_finished());
+        assert_eq!(TaskPhase::Completed.lifetime(), Lifetime::Completed);
+        assert_eq!(TaskPhase::Cancelled.lifetime(), Lifetime::Failed);
     }
 
     #[test]
@@ -123,7 +140,7 @@ mod tests {
     #[test]
     fn escaped_phase_strings_and_key_order_do_not_matter() {
         let body = br#"{"output":{"status":{"phase":"running"}},"status":{"updatedAt":1,"phase":"complet\u0065d"}}"#;
-        assert_eq!(extract(body), Some(Phase::Completed));
+        assert_eq!(extract(body), Some(TaskPhase::Completed));
     }
 }
 
@@ -141,11 +158,11 @@ mod properties {
 
         #[test]
         fn the_phase_is_found_whatever_surrounds_it(
-            i in 0..Phase::ALL.len(),
+            i in 0..TaskPhase::ALL.len(),
             before in proptest::collection::btree_map("[a-z]{1,8}", "[ -~&&[^\"\\\\]]{0,16}", 0..5),
             progress in proptest::option::of(0.0f64..1.0),
         ) {
-            let phase = Phase::ALL[i];
+            let phase = TaskPhase::ALL[i];
             let mut task = serde_json::Map::new();
             for (k, v) in before {
                 if k != "status" {

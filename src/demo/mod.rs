@@ -22,7 +22,6 @@
 //! - Bad input (unknown paths, odd headers, a dropped connection) never panics the server.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,17 +32,15 @@ use bytes::Bytes;
 use http::header::{
     HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, ETAG, IF_NONE_MATCH, VARY,
 };
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body_util::{Either, Full};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::{ApiKey, Config};
+use crate::listener::{self, Limits};
 
 /// The placeholder key `--demo` injects; the simulator accepts only this one.
 pub const DEMO_API_KEY: &str = "demo-key-not-a-secret";
@@ -351,6 +348,7 @@ impl DemoTask {
 pub struct Simulator {
     addr: SocketAddr,
     api: Arc<Api>,
+    stop: watch::Sender<bool>,
     server: JoinHandle<()>,
 }
 
@@ -364,8 +362,14 @@ impl Simulator {
             calls: AtomicU64::new(0),
             clocks: Mutex::default(),
         });
-        let server = tokio::spawn(serve(listener, Arc::clone(&api)));
-        Ok(Simulator { addr, api, server })
+        let (stop, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, Arc::clone(&api), stop_rx));
+        Ok(Simulator {
+            addr,
+            api,
+            stop,
+            server,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -383,49 +387,33 @@ impl Simulator {
         self.api.calls.load(Ordering::Relaxed)
     }
 
-    /// Stops accepting and drops every open connection; the port is closed when this returns.
+    /// Stops accepting and closes its connections; the port is closed when this returns.
     pub async fn shutdown(mut self) {
-        self.server.abort();
-        // The only possible error is the cancellation just asked for.
+        let _ = self.stop.send(true);
         let _ = (&mut self.server).await;
     }
 }
 
 impl Drop for Simulator {
     fn drop(&mut self) {
-        self.server.abort();
+        let _ = self.stop.send(true);
     }
 }
 
-async fn serve(listener: TcpListener, api: Arc<Api>) {
-    // Connections live in this set, so aborting the accept loop aborts them all with it.
-    let mut connections = JoinSet::new();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                // Usually out of file descriptors: pause instead of spinning.
-                tracing::debug!(%error, "demo API: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        while connections.try_join_next().is_some() {}
-        let api = Arc::clone(&api);
-        connections.spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let response =
-                    api.answer(request.method(), request.uri().path(), request.headers());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let served = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%error, "demo API: connection ended with an error");
-            }
-        });
-    }
+async fn serve(listener: TcpListener, api: Arc<Api>, stop: watch::Receiver<bool>) {
+    // The same accept loop as taskgate's own listeners; a stop closes idle connections at
+    // once and gives busy ones a moment.
+    let limits = Limits::new(
+        1024,
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+    );
+    let task = listener::serve(listener, limits, stop, move |request, _peer| {
+        let response = api.answer(request.method(), request.uri().path(), request.headers());
+        async move { response.map(|body| Either::Left(body)) }
+    });
+    let _ = task.await;
 }
 
 #[derive(Debug)]
@@ -546,7 +534,7 @@ pub async fn start_for_cli(cfg: &mut Config) -> io::Result<Simulator> {
     cfg.api_key = ApiKey::new(DEMO_API_KEY);
     cfg.upstream_url = sim.base_url();
     // An address curl can use, also when the listener is a wildcard.
-    let public = crate::server::local_address(cfg.listen);
+    let public = crate::listener::local_address(cfg.listen);
     println!("taskgate demo: simulated task API at {}\n", sim.base_url());
     println!("{}", curl_lines(&format!("http://{public}")));
     Ok(sim)
@@ -583,8 +571,10 @@ pub fn curl_lines(public_base: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
 
     fn task(id: &str) -> &'static DemoTask {
         tasks()

@@ -5,10 +5,11 @@
 //! - Redis never fails a request and never stalls one past `TASKGATE_REDIS_TIMEOUT`: a slow,
 //!   down, full or confused Redis is a miss, counted in `taskgate_l2_*` and logged at most
 //!   once per [`LOG_EVERY`].
-//! - Answers are stored under `taskgate:v1:task:{id}` with the lifetime they have left, in
+//! - Answers are stored under `taskgate:v1:{kind}:{id}` with the lifetime they have left, in
 //!   [`Answer::encode`]'s versioned encoding; a value that does not decode is a miss.
-//! - Purges and webhooks delete the key and publish the id on `taskgate:v1:invalidate`; every
-//!   replica listens there (resubscribing after any loss) and drops the id from memory.
+//! - Purges and webhooks delete the key and publish `{kind}:{id}` on `taskgate:v1:invalidate`
+//!   (a bare id, as older replicas publish it, means a task); every replica listens there
+//!   (resubscribing after any loss) and drops the key from memory.
 //!
 //! The connection is made lazily and re-made by itself (redis' `ConnectionManager`), so
 //! taskgate starts and serves while Redis is down.
@@ -19,12 +20,17 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use redis::{aio::ConnectionManager, AsyncCommands, SetExpiry, SetOptions};
 
-use crate::{answer::Answer, metrics::Metrics};
+use crate::{
+    answer::Answer,
+    clock::unix_ms_now,
+    resource::{Key, Kind},
+    telemetry::Metrics,
+};
 
 pub const INVALIDATE_CHANNEL: &str = "taskgate:v1:invalidate";
 /// Errors are logged at most this often (the counters see every one).
@@ -35,17 +41,19 @@ fn describe(e: &redis::RedisError) -> String {
     format!("{:?}", e.kind())
 }
 
-/// The client for `url`, parsed without connecting; on error, only the error's kind (the
-/// message may quote the URL, which can hold a password). Also used to check the setting.
-pub(crate) fn client(url: &str) -> Result<redis::Client, String> {
-    redis::Client::open(url).map_err(|e| describe(&e))
+fn redis_key(key: Key) -> String {
+    format!("taskgate:v1:{}:{}", key.kind(), key.id())
 }
 
-fn key(id: &str) -> String {
-    format!("taskgate:v1:task:{id}")
+/// `{kind}:{id}` as published; a bare id (older replicas) names a task.
+fn parse_invalidation(payload: &str) -> Option<Key> {
+    match payload.split_once(':') {
+        Some((kind, id)) => Key::new(Kind::from_segment(kind)?, id),
+        None => Key::new(Kind::Task, payload),
+    }
 }
 
-pub struct L2 {
+pub struct Redis {
     client: redis::Client,
     con: ConnectionManager,
     timeout: Duration,
@@ -53,10 +61,12 @@ pub struct L2 {
     last_logged_ms: AtomicU64,
 }
 
-impl L2 {
+impl Redis {
     /// Builds the client; no connection is made until the first command.
     pub fn new(url: &str, timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client = client(url).map_err(|kind| format!("TASKGATE_REDIS_URL: {kind}"))?;
+        // On error, only the error's kind: the message may quote the URL and its password.
+        let client = redis::Client::open(url)
+            .map_err(|e| format!("TASKGATE_REDIS_URL: {}", describe(&e)))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(timeout))
@@ -74,14 +84,14 @@ impl L2 {
         })
     }
 
-    /// A shared answer for `id`, or `None` (absent, unreadable, or Redis unavailable).
-    pub async fn get(&self, id: &str) -> Option<Answer> {
+    /// A shared answer for `key`, or `None` (absent, unreadable, or Redis unavailable).
+    pub async fn get(&self, key: Key) -> Option<Answer> {
         let mut con = self.con.clone();
         let got: Option<Option<Vec<u8>>> = self
-            .bounded("get", async move { con.get(key(id)).await })
+            .bounded("get", async move { con.get(redis_key(key)).await })
             .await;
         match got {
-            Some(Some(bytes)) => match Answer::decode(&bytes) {
+            Some(Some(bytes)) => match Answer::decode(key.kind(), &bytes) {
                 Some(answer) => {
                     self.metrics.l2("get", "hit");
                     Some(answer)
@@ -101,7 +111,7 @@ impl L2 {
     }
 
     /// Stores a shared answer for the lifetime it has left.
-    pub async fn put(&self, id: &str, answer: &Answer) {
+    pub async fn put(&self, key: Key, answer: &Answer) {
         let left = answer.remaining().as_millis() as u64;
         if left == 0 {
             return;
@@ -111,7 +121,7 @@ impl L2 {
         let options = SetOptions::default().with_expiration(SetExpiry::PX(left));
         let stored: Option<()> = self
             .bounded("set", async move {
-                con.set_options(key(id), value, options).await
+                con.set_options(redis_key(key), value, options).await
             })
             .await;
         if stored.is_some() {
@@ -119,15 +129,16 @@ impl L2 {
         }
     }
 
-    /// Deletes the key and tells every replica to drop the id.
-    pub async fn invalidate(&self, id: &str) {
+    /// Deletes the key and tells every replica to drop it.
+    pub async fn invalidate(&self, key: Key) {
         let mut con = self.con.clone();
+        let payload = format!("{}:{}", key.kind(), key.id());
         let done: Option<()> = self
             .bounded("invalidate", async move {
                 let _: () = redis::pipe()
-                    .del(key(id))
+                    .del(redis_key(key))
                     .ignore()
-                    .publish(INVALIDATE_CHANNEL, id)
+                    .publish(INVALIDATE_CHANNEL, payload)
                     .ignore()
                     .query_async(&mut con)
                     .await?;
@@ -139,11 +150,11 @@ impl L2 {
         }
     }
 
-    /// Listens on the invalidation channel for as long as the process runs, calling `drop_id`
-    /// for each id published, and subscribing again after any loss of the connection.
-    pub async fn listen<F, Fut>(self: Arc<Self>, drop_id: F)
+    /// Listens on the invalidation channel for as long as the process runs, calling `drop_key`
+    /// for each key published, and subscribing again after any loss of the connection.
+    pub async fn listen<F, Fut>(self: Arc<Self>, drop_key: F)
     where
-        F: Fn(String) -> Fut,
+        F: Fn(Key) -> Fut,
         Fut: Future<Output = ()>,
     {
         use futures_util::StreamExt as _;
@@ -156,10 +167,9 @@ impl L2 {
                         delay = Duration::from_millis(100);
                         let mut messages = pubsub.into_on_message();
                         while let Some(msg) = messages.next().await {
-                            if let Ok(id) = msg.get_payload::<String>() {
-                                if crate::route::is_valid_id(&id) {
-                                    drop_id(id).await;
-                                }
+                            let payload = msg.get_payload::<String>().ok();
+                            if let Some(key) = payload.as_deref().and_then(parse_invalidation) {
+                                drop_key(key).await;
                             }
                         }
                         self.metrics.l2("subscribe", "lost");
@@ -212,14 +222,27 @@ impl L2 {
     }
 
     fn should_log(&self) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = unix_ms_now();
         let last = self.last_logged_ms.load(Ordering::Relaxed);
         now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64
             && self
                 .last_logged_ms
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidations_name_a_kind_and_an_id() {
+        let task = Key::new(Kind::Task, "abc").unwrap();
+        assert_eq!(parse_invalidation("task:abc"), Some(task));
+        assert_eq!(parse_invalidation("abc"), Some(task), "older replicas");
+        for bad in ["", "task:", "nope:abc", "task:a/b", "a b"] {
+            assert_eq!(parse_invalidation(bad), None, "{bad:?}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{answer::CacheStatus, cache::UpstreamReport};
+use crate::{answer::CacheStatus, upstream::UpstreamReport};
 
 /// Buckets from 50 µs to 10 s: a cache hit answers in well under a millisecond, an upstream
 /// round trip takes tens to hundreds of milliseconds, and the timeout is seconds.
@@ -29,6 +29,10 @@ struct RequestLabels {
     route: &'static str,
     status: u16,
     cache: &'static str,
+    /// `task` (later `asset`), or `none` for routes that name no resource.
+    kind: &'static str,
+    /// Why the request was refused or failed (`answer::Error::reason`), or `none`.
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -187,8 +191,10 @@ impl Metrics {
     pub fn request(
         &self,
         route: &'static str,
+        kind: Option<&'static str>,
         status: u16,
         cache: Option<CacheStatus>,
+        reason: Option<&'static str>,
         elapsed: Duration,
     ) {
         let cache = cache.map_or("none", CacheStatus::as_str);
@@ -197,6 +203,8 @@ impl Metrics {
                 route,
                 status,
                 cache,
+                kind: kind.unwrap_or("none"),
+                reason: reason.unwrap_or("none"),
             })
             .inc();
         self.request_seconds

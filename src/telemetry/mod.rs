@@ -16,10 +16,14 @@
 //! - [`Telemetry::shutdown`] flushes what is still queued, bounded in time: a collector
 //!   that is down or hangs never holds the exit.
 
+mod metrics;
+
 use http::HeaderValue;
 use tracing_subscriber::{
     fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer, Registry,
 };
+
+pub use metrics::{Metrics, Snapshot};
 
 use crate::{config::LogFormat, ids::TraceContext};
 

@@ -1,0 +1,541 @@
+//! What a client gets for a resource: the classification of an upstream reply (SPEC
+//! "Answers"), and what an answer says in its headers when it is served.
+//!
+//! An [`Answer`] holds nothing that depends on the request, so one cached answer can serve
+//! every client; request-specific headers (`x-request-id`, CORS) are added when it is served.
+//! Whether an answer may be stored is decided here, once, when it is classified
+//! ([`Answer::store`]); the cache only follows that decision.
+
+mod encode;
+pub mod error;
+pub mod respond;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+
+use crate::{
+    redact,
+    resource::{Kind, Lifetime, Phase},
+    upstream::{FetchError, Reply},
+};
+pub use error::{Allow, Error, Side};
+pub use respond::{CacheControl, Head};
+
+/// How an answer was obtained: the `x-cache` header, the log field and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheStatus {
+    /// Served from the cache.
+    Hit,
+    /// Fetched upstream and stored.
+    Miss,
+    /// Fetched upstream and not stored.
+    Pass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Pass => "PASS",
+        }
+    }
+}
+
+/// Why an answer was not stored: logged beside `x-cache: PASS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoStore {
+    /// Unfinished work, and no pending micro-cache.
+    Pending,
+    /// A 200 whose body has no known phase.
+    NotAResource,
+    /// An error: only 404s are negative-cached.
+    Error,
+    /// The TTL setting for this answer is `0s`.
+    Disabled,
+    /// An invalidation arrived while it was being fetched: it went to its waiters only.
+    Superseded,
+}
+
+impl NoStore {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoStore::Pending => "pending",
+            NoStore::NotAResource => "not_a_resource",
+            NoStore::Error => "error",
+            NoStore::Disabled => "disabled",
+            NoStore::Superseded => "superseded",
+        }
+    }
+}
+
+/// Whether and how an answer may be kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// Kept for `ttl` from `stored_at`; `public` when browsers and shared caches may keep it
+    /// too (finished answers and 404s; a pending micro-cache stays `no-store`).
+    Keep {
+        ttl: Duration,
+        public: bool,
+    },
+    Pass(NoStore),
+}
+
+/// How upstream answers are turned into client answers: how long each kind is kept
+/// (`TASKGATE_TTL_*`; zero means not cached) and whether bodies are scrubbed.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub completed: Duration,
+    pub failed: Duration,
+    pub not_found: Duration,
+    pub pending: Duration,
+    pub redact: bool,
+}
+
+impl Policy {
+    fn ttl(&self, lifetime: Lifetime) -> Duration {
+        match lifetime {
+            Lifetime::Completed => self.completed,
+            Lifetime::Failed => self.failed,
+            Lifetime::Unfinished => self.pending,
+        }
+    }
+}
+
+/// An answer, ready to serve to any client.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+    content_type: HeaderValue,
+    etag: Option<HeaderValue>,
+    retry_after: Option<HeaderValue>,
+    pub phase: Option<Phase>,
+    pub store: Store,
+    /// Why this is not the resource, when it is not.
+    pub error: Option<Error>,
+    pub stored_at: Instant,
+}
+
+impl Answer {
+    /// An error in the API's own shape, never stored.
+    pub fn error(error: Error) -> Self {
+        Self {
+            status: error.status(),
+            body: error.body(),
+            content_type: respond::JSON,
+            etag: None,
+            retry_after: None,
+            phase: None,
+            store: Store::Pass(NoStore::Error),
+            error: Some(error),
+            stored_at: Instant::now(),
+        }
+    }
+
+    /// Classifies what the API said about a resource of `kind`, as SPEC's answers table does,
+    /// row by row. `secret` is the API key: a relayed body that contains it is replaced.
+    pub fn from_upstream(
+        kind: Kind,
+        reply: Result<Reply, FetchError>,
+        policy: &Policy,
+        secret: &[u8],
+    ) -> Self {
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                return Self::error(match e {
+                    FetchError::Timeout => Error::UpstreamTimeout,
+                    FetchError::Saturated => Error::NoUpstreamSlot,
+                    FetchError::TooLarge => Error::UpstreamTooLarge,
+                    FetchError::Connect | FetchError::Reset => Error::UpstreamUnavailable,
+                })
+            }
+        };
+        match reply.status {
+            StatusCode::OK => Self::resource(kind, reply, policy),
+            StatusCode::NOT_FOUND => {
+                let mut a = Self::error(Error::NoRoute);
+                a.error = None;
+                a.store = keep(policy.not_found, true);
+                a
+            }
+            // The API's 401 body echoes the key taskgate sent: never relay it.
+            StatusCode::UNAUTHORIZED => Self::error(Error::UpstreamKeyRefused),
+            StatusCode::FORBIDDEN => Self::error(Error::UpstreamForbidden),
+            StatusCode::TOO_MANY_REQUESTS => {
+                let mut a = Self::error(Error::UpstreamRateLimited);
+                a.retry_after = reply.retry_after.filter(is_retry_after);
+                a
+            }
+            s if s.is_client_error() => {
+                let relayable = serde_json::from_slice::<serde::de::IgnoredAny>(&reply.body)
+                    .is_ok()
+                    && !contains(&reply.body, secret);
+                if relayable {
+                    let mut a = Self::error(Error::UpstreamClientError(s));
+                    a.body = reply.body;
+                    a
+                } else {
+                    Self::error(Error::UpstreamRefused(s))
+                }
+            }
+            s if s.is_server_error() => Self::error(Error::UpstreamError),
+            // 1xx, other 2xx, and 3xx: redirects are not followed, nothing else is expected.
+            _ => Self::error(Error::UpstreamUnexpected),
+        }
+    }
+
+    fn resource(kind: Kind, reply: Reply, policy: &Policy) -> Self {
+        // Scrubbed once here, before the body is stored or hashed: hits cost nothing more.
+        let body = match policy.redact {
+            true => redact::redact(&reply.body).unwrap_or(reply.body),
+            false => reply.body,
+        };
+        let phase = kind.phase(&body);
+        // A body that is not a resource is relayed as the API labelled it; a resource is JSON.
+        let content_type = match phase {
+            Some(_) => respond::JSON,
+            None => reply.content_type.unwrap_or(respond::JSON),
+        };
+        let store = match phase.map(Phase::lifetime) {
+            None => Store::Pass(NoStore::NotAResource),
+            Some(Lifetime::Unfinished) if policy.pending.is_zero() => Store::Pass(NoStore::Pending),
+            Some(lifetime) => keep(policy.ttl(lifetime), lifetime != Lifetime::Unfinished),
+        };
+        Self {
+            status: StatusCode::OK,
+            etag: Some(strong_etag(&body)),
+            body,
+            content_type,
+            retry_after: None,
+            phase,
+            store,
+            error: None,
+            stored_at: Instant::now(),
+        }
+    }
+
+    /// The answer while the API's 429 back-off runs: no upstream call is made.
+    pub fn backoff(left: Duration) -> Self {
+        Self::error(Error::Backoff(left))
+    }
+
+    pub fn is_cacheable(&self) -> bool {
+        matches!(self.store, Store::Keep { .. })
+    }
+
+    /// The TTL it was stored with, when it may be stored.
+    pub fn ttl(&self) -> Option<Duration> {
+        match self.store {
+            Store::Keep { ttl, .. } => Some(ttl),
+            Store::Pass(_) => None,
+        }
+    }
+
+    /// Why it is not stored, when it is not.
+    pub fn no_store(&self) -> Option<NoStore> {
+        match self.store {
+            Store::Keep { .. } => None,
+            Store::Pass(why) => Some(why),
+        }
+    }
+
+    /// Lifetime left from now: how long a cache may still keep it.
+    pub fn remaining(&self) -> Duration {
+        self.ttl().map_or(Duration::ZERO, |ttl| {
+            ttl.saturating_sub(self.stored_at.elapsed())
+        })
+    }
+
+    /// Finished answers and 404s: the ones other replicas may serve too (not the pending
+    /// micro-cache, whose answers go stale in a second).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.store, Store::Keep { public: true, .. })
+    }
+
+    /// What this answer says to one request: status and headers, and the body to send.
+    pub fn head(
+        &self,
+        method: &Method,
+        request_headers: &HeaderMap,
+        cache: CacheStatus,
+    ) -> (Head, Bytes) {
+        let age = Instant::now().saturating_duration_since(self.stored_at);
+        let not_modified = self.etag.as_ref().is_some_and(|etag| {
+            request_headers
+                .get_all(header::IF_NONE_MATCH)
+                .iter()
+                .any(|v| etag_matches(v, etag))
+        });
+        let mut head = Head::new(self.status);
+        let body = if not_modified {
+            head.status = StatusCode::NOT_MODIFIED;
+            Bytes::new()
+        } else {
+            head.content_type = Some(self.content_type.clone());
+            if method == Method::HEAD {
+                head.head_length = Some(self.body.len());
+                Bytes::new()
+            } else {
+                self.body.clone()
+            }
+        };
+        head.etag = self.etag.clone();
+        head.retry_after_value = self.retry_after.clone();
+        head.retry_after = self.error.and_then(Error::retry_after);
+        if let Store::Keep { ttl, public: true } = self.store {
+            // Whole seconds, so `max-age` + `Age` always add up to the TTL.
+            head.cache_control = CacheControl::Public(ttl.as_secs().saturating_sub(age.as_secs()));
+        }
+        if cache == CacheStatus::Hit {
+            head.age = Some(age.as_secs());
+        }
+        head.x_cache = Some(cache);
+        (head, body)
+    }
+}
+
+fn keep(ttl: Duration, public: bool) -> Store {
+    if ttl.is_zero() {
+        Store::Pass(NoStore::Disabled)
+    } else {
+        Store::Keep { ttl, public }
+    }
+}
+
+/// A strong validator derived from the bytes served, so every replica computes the same one.
+fn strong_etag(body: &[u8]) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    let mut s = Vec::with_capacity(34);
+    s.push(b'"');
+    for b in &digest.as_ref()[..16] {
+        s.push(HEX[usize::from(b >> 4)]);
+        s.push(HEX[usize::from(b & 0xf)]);
+    }
+    s.push(b'"');
+    HeaderValue::from_bytes(&s).expect("hex in quotes")
+}
+
+/// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): `W/` is ignored.
+fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(list) = if_none_match.to_str() else {
+        return false;
+    };
+    let ours = etag.as_bytes();
+    list.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
+}
+
+/// `Retry-After` is either delay-seconds or an HTTP-date; anything else is dropped.
+fn is_retry_after(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 64 && b.iter().all(|c| c.is_ascii_graphic() || *c == b' ')
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTLS: Policy = Policy {
+        completed: Duration::from_secs(86_400),
+        failed: Duration::from_secs(30),
+        not_found: Duration::from_secs(5),
+        pending: Duration::ZERO,
+        redact: true,
+    };
+
+    fn reply(status: u16, body: &str) -> Result<Reply, FetchError> {
+        Ok(Reply {
+            status: StatusCode::from_u16(status).unwrap(),
+            content_type: Some(HeaderValue::from_static("application/json; charset=utf-8")),
+            retry_after: Some(HeaderValue::from_static("7")),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        })
+    }
+
+    fn task(phase: &str) -> String {
+        format!(r#"{{"id":"t1","status":{{"phase":"{phase}","updatedAt":1}}}}"#)
+    }
+
+    #[test]
+    fn finished_phases_are_cached_by_their_ttl() {
+        let a = Answer::from_upstream(Kind::Task, reply(200, &task("completed")), &TTLS, b"k");
+        assert_eq!(a.ttl(), Some(TTLS.completed));
+        for phase in ["failed", "cancelled"] {
+            let a = Answer::from_upstream(Kind::Task, reply(200, &task(phase)), &TTLS, b"k");
+            assert_eq!(a.ttl(), Some(TTLS.failed), "{phase}");
+        }
+    }
+
+    #[test]
+    fn unfinished_and_unknown_bodies_are_not_cached() {
+        for body in [
+            task("pending"),
+            task("waiting"),
+            task("running"),
+            "<html>".into(),
+            "{}".into(),
+        ] {
+            let a = Answer::from_upstream(Kind::Task, reply(200, &body), &TTLS, b"k");
+            assert_eq!(a.status, StatusCode::OK);
+            assert_eq!(a.ttl(), None, "{body}");
+            assert_eq!(a.body, body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_pending_micro_cache_is_private() {
+        let ttls = Policy {
+            pending: Duration::from_secs(1),
+            ..TTLS
+        };
+        let a = Answer::from_upstream(Kind::Task, reply(200, &task("running")), &ttls, b"k");
+        assert_eq!(a.ttl(), Some(Duration::from_secs(1)));
+        let (head, _) = a.head(&Method::GET, &HeaderMap::new(), CacheStatus::Hit);
+        assert_eq!(head.cache_control, CacheControl::NoStore);
+    }
+
+    #[test]
+    fn upstream_statuses_map_to_spec_answers() {
+        let cases = [
+            (404, StatusCode::NOT_FOUND, true),
+            (401, StatusCode::BAD_GATEWAY, false),
+            (403, StatusCode::FORBIDDEN, false),
+            (429, StatusCode::TOO_MANY_REQUESTS, false),
+            (400, StatusCode::BAD_REQUEST, false),
+            (422, StatusCode::UNPROCESSABLE_ENTITY, false),
+            (500, StatusCode::BAD_GATEWAY, false),
+            (503, StatusCode::BAD_GATEWAY, false),
+            (302, StatusCode::BAD_GATEWAY, false),
+            (204, StatusCode::BAD_GATEWAY, false),
+        ];
+        for (upstream, client, cached) in cases {
+            let a = Answer::from_upstream(
+                Kind::Task,
+                reply(upstream, r#"{"errors":["x"]}"#),
+                &TTLS,
+                b"k",
+            );
+            assert_eq!(a.status, client, "upstream {upstream}");
+            assert_eq!(a.is_cacheable(), cached, "upstream {upstream}");
+        }
+    }
+
+    #[test]
+    fn transport_failures_map_to_gateway_errors() {
+        let cases = [
+            (FetchError::Timeout, StatusCode::GATEWAY_TIMEOUT),
+            (FetchError::Connect, StatusCode::BAD_GATEWAY),
+            (FetchError::Reset, StatusCode::BAD_GATEWAY),
+            (FetchError::TooLarge, StatusCode::BAD_GATEWAY),
+            (FetchError::Saturated, StatusCode::SERVICE_UNAVAILABLE),
+        ];
+        for (err, status) in cases {
+            let a = Answer::from_upstream(Kind::Task, Err(err), &TTLS, b"k");
+            assert_eq!(a.status, status);
+            assert!(!a.is_cacheable());
+        }
+    }
+
+    #[test]
+    fn a_401_body_is_never_relayed() {
+        let a = Answer::from_upstream(
+            Kind::Task,
+            reply(401, r#"{"errors":["no token SECRETKEY found"]}"#),
+            &TTLS,
+            b"SECRETKEY",
+        );
+        assert!(!contains(&a.body, b"SECRETKEY"));
+    }
+
+    #[test]
+    fn a_relayed_4xx_body_that_holds_the_key_is_replaced() {
+        let a = Answer::from_upstream(
+            Kind::Task,
+            reply(400, r#"{"errors":["bad SECRETKEY"]}"#),
+            &TTLS,
+            b"SECRETKEY",
+        );
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert!(!contains(&a.body, b"SECRETKEY"));
+        let b = Answer::from_upstream(
+            Kind::Task,
+            reply(
+                400,
+                r#"{"errors":["projectId as query param not supported"]}"#,
+            ),
+            &TTLS,
+            b"SECRETKEY",
+        );
+        assert_eq!(
+            &b.body[..],
+            br#"{"errors":["projectId as query param not supported"]}"#
+        );
+    }
+
+    #[test]
+    fn shared_answers_survive_the_l2_encoding() {
+        let a = Answer::from_upstream(Kind::Task, reply(200, &task("completed")), &TTLS, b"k");
+        assert!(a.is_shared());
+        let b = Answer::decode(Kind::Task, &a.encode()).expect("decodes");
+        assert_eq!(
+            (b.status, &b.body, &b.etag, b.phase, b.ttl()),
+            (a.status, &a.body, &a.etag, a.phase, a.ttl())
+        );
+        // Stored times travel in whole milliseconds.
+        assert!(b.remaining() <= a.remaining() + Duration::from_millis(2));
+        assert!(b.remaining() > TTLS.completed - Duration::from_secs(2));
+        let nf = Answer::from_upstream(Kind::Task, reply(404, "{}"), &TTLS, b"k");
+        assert_eq!(
+            Answer::decode(Kind::Task, &nf.encode()).unwrap().status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn garbage_and_other_versions_do_not_decode() {
+        let a = Answer::from_upstream(Kind::Task, reply(200, &task("completed")), &TTLS, b"k");
+        let mut other_version = a.encode();
+        other_version[3] = b'2';
+        for bytes in [
+            &b""[..],
+            b"TGA1",
+            b"garbage",
+            &other_version,
+            &a.encode()[..20],
+        ] {
+            assert!(Answer::decode(Kind::Task, bytes).is_none());
+        }
+        let ttls = Policy {
+            pending: Duration::from_secs(1),
+            ..TTLS
+        };
+        let running = Answer::from_upstream(Kind::Task, reply(200, &task("running")), &ttls, b"k");
+        assert!(
+            !running.is_shared(),
+            "the pending micro-cache is never shared"
+        );
+    }
+
+    #[test]
+    fn etags_are_strong_and_matched_weakly() {
+        let etag = strong_etag(b"body");
+        assert!(etag.to_str().unwrap().starts_with('"'));
+        assert_ne!(etag, strong_etag(b"other"));
+        let weak = HeaderValue::from_str(&format!("W/{}", etag.to_str().unwrap())).unwrap();
+        assert!(etag_matches(&weak, &etag));
+        let list = HeaderValue::from_str(&format!("\"nope\", {}", etag.to_str().unwrap())).unwrap();
+        assert!(etag_matches(&list, &etag));
+        assert!(etag_matches(&HeaderValue::from_static("*"), &etag));
+        assert!(!etag_matches(&HeaderValue::from_static("\"nope\""), &etag));
+    }
+}

@@ -1,0 +1,339 @@
+//! The answer cache: this replica's memory, the shared level (Redis) behind it, and the
+//! coalescing of concurrent fetches.
+//!
+//! Guarantees:
+//! - Entries are bounded by the sum of their weights (body bytes plus a fixed overhead), and
+//!   each expires after the lifetime its answer was given (`answer::Store`).
+//! - At most one fetch per key is in flight. Requests that arrive while it runs wait for it and
+//!   share its answer, cacheable or not. The fetch runs in its own task, so the client that
+//!   started it can hang up without cancelling it for the others.
+//! - An invalidation wins over a fetch in flight: a fetch that was running when its key was
+//!   invalidated answers its waiters but is stored at neither level.
+//!
+//! Concurrency: the fetch task stores a cacheable answer and leaves the in-flight map under the
+//! map's lock, and an invalidation marks the in-flight fetch and drops the entry under the same
+//! lock, so each happens wholly before or after the other. A request always finds a key in the
+//! cache or in the map — except in the instant between a lookup miss and taking the map's lock,
+//! which a new leader covers by checking the cache again before fetching.
+
+#[cfg(feature = "redis")]
+mod redis;
+mod shared;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use moka::{sync::Cache as Moka, Expiry};
+use tokio::sync::watch;
+
+pub use shared::SharedLevel;
+
+use crate::{
+    answer::{Answer, CacheStatus, NoStore, Store},
+    resource::Key,
+    sync::lock,
+    upstream::UpstreamReport,
+};
+
+/// Bytes an entry costs beyond its body: the key, the `Answer` fields and moka's bookkeeping.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// One completed fetch, as every waiter sees it.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub answer: Arc<Answer>,
+    /// `Miss` when stored, `Pass` when not, `Hit` when the leader found it already stored
+    /// (here or in the shared level).
+    pub cache: CacheStatus,
+    pub upstream: Option<UpstreamReport>,
+    /// Why it was not stored, when it was fetched and not stored.
+    pub no_store: Option<NoStore>,
+}
+
+/// What one call to the API produced.
+pub struct Fetch {
+    pub answer: Answer,
+    pub upstream: UpstreamReport,
+}
+
+struct InFlight {
+    slot: watch::Receiver<Option<Fetched>>,
+    /// Set by an invalidation that arrived while the fetch ran.
+    superseded: bool,
+}
+
+pub struct Cache {
+    entries: Moka<Key, Arc<Answer>>,
+    inflight: Mutex<HashMap<Key, InFlight>>,
+    shared: SharedLevel,
+}
+
+struct TtlOfAnswer;
+
+impl Expiry<Key, Arc<Answer>> for TtlOfAnswer {
+    // The lifetime left, not the whole TTL: an answer from the shared level is already old.
+    fn expire_after_create(&self, _: &Key, a: &Arc<Answer>, _: Instant) -> Option<Duration> {
+        a.ttl().map(|_| a.remaining())
+    }
+
+    // A re-fetched answer replaces the old one with its own lifetime.
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        a: &Arc<Answer>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        a.ttl().map(|_| a.remaining())
+    }
+}
+
+impl Cache {
+    pub fn new(max_bytes: u64, shared: SharedLevel) -> Self {
+        let entries = Moka::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_: &Key, a: &Arc<Answer>| {
+                u32::try_from(a.body.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .expire_after(TtlOfAnswer)
+            .build();
+        Self {
+            entries,
+            inflight: Mutex::new(HashMap::new()),
+            shared,
+        }
+    }
+
+    pub fn shared(&self) -> &SharedLevel {
+        &self.shared
+    }
+
+    /// This replica's stored answer for `key`.
+    pub fn get(&self, key: &Key) -> Option<Arc<Answer>> {
+        self.entries.get(key)
+    }
+
+    /// Drops `key` from this replica's memory, and makes a fetch of it in flight store nothing.
+    pub fn invalidate(&self, key: &Key) {
+        let mut inflight = lock(&self.inflight);
+        if let Some(f) = inflight.get_mut(key) {
+            f.superseded = true;
+        }
+        self.entries.invalidate(key);
+    }
+
+    /// Entries and weighted bytes, after pending housekeeping has run.
+    pub fn usage(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+
+    /// Joins the fetch in flight for `key`, or leads one: the shared level first, then
+    /// `fetch` (the API). Returns the shared outcome (`None` only if the fetch task died) and
+    /// whether this caller waited on someone else's fetch.
+    pub async fn fetch_coalesced<F, Fut>(
+        self: &Arc<Self>,
+        key: Key,
+        fetch: F,
+    ) -> (Option<Fetched>, bool)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Fetch> + Send + 'static,
+    {
+        let (mut slot, coalesced) = {
+            let mut inflight = lock(&self.inflight);
+            match inflight.get(&key) {
+                Some(f) => (f.slot.clone(), true),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(
+                        key,
+                        InFlight {
+                            slot: rx.clone(),
+                            superseded: false,
+                        },
+                    );
+                    let fut = fetch();
+                    let this = Arc::clone(self);
+                    tokio::spawn(async move { this.lead(key, fut, tx).await });
+                    (rx, false)
+                }
+            }
+        };
+        let outcome = slot
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone());
+        (outcome, coalesced)
+    }
+
+    async fn lead<Fut>(self: Arc<Self>, key: Key, fetch: Fut, tx: watch::Sender<Option<Fetched>>)
+    where
+        Fut: Future<Output = Fetch>,
+    {
+        // Leaves the map however this task ends, so a panic cannot wedge the key forever.
+        let mut leave = LeaveOnDrop {
+            cache: &self,
+            key,
+            armed: true,
+        };
+        if let Some(answer) = self.entries.get(&key) {
+            drop(leave);
+            let _ = tx.send(Some(Fetched {
+                answer,
+                cache: CacheStatus::Hit,
+                upstream: None,
+                no_store: None,
+            }));
+            return;
+        }
+        let (answer, upstream, from_shared) = match self.shared.get(key).await {
+            Some(answer) => (answer, None, true),
+            None => {
+                let Fetch { answer, upstream } = fetch.await;
+                (answer, Some(upstream), false)
+            }
+        };
+        let mut answer = compact(answer);
+        // Store and leave the map in one step under the lock (see the module's concurrency note).
+        let stored = {
+            let mut inflight = lock(&self.inflight);
+            let superseded = inflight.remove(&key).is_some_and(|f| f.superseded);
+            leave.armed = false;
+            if superseded && answer.is_cacheable() {
+                answer.store = Store::Pass(NoStore::Superseded);
+            }
+            let answer = Arc::new(answer);
+            if answer.is_cacheable() {
+                self.entries.insert(key, Arc::clone(&answer));
+            }
+            answer
+        };
+        if stored.is_shared() && !from_shared {
+            // Written beside the reply, so no client waits on Redis.
+            self.shared.put(key, Arc::clone(&stored));
+        }
+        let cache = match (stored.is_cacheable(), from_shared) {
+            // Found in the shared level: a hit, only not in this replica's memory.
+            (true, true) => CacheStatus::Hit,
+            (true, false) => CacheStatus::Miss,
+            (false, _) => CacheStatus::Pass,
+        };
+        // Waiters hold their own receivers; nobody listening is fine.
+        let _ = tx.send(Some(Fetched {
+            no_store: stored.no_store(),
+            answer: stored,
+            cache,
+            upstream,
+        }));
+    }
+}
+
+/// A body read from the API is a slice of the connection's read buffer (8 KiB or more), and
+/// the whole buffer stays allocated as long as the slice lives. An answer about to be kept
+/// for hours gets a copy of its own, sized to the body: one ~1 KB copy per stored miss, which
+/// keeps memory per cached task near its size (measured: 12 KiB per task before this).
+fn compact(mut answer: Answer) -> Answer {
+    if answer.is_cacheable() {
+        answer.body = bytes::Bytes::copy_from_slice(&answer.body);
+    }
+    answer
+}
+
+struct LeaveOnDrop<'a> {
+    cache: &'a Cache,
+    key: Key,
+    armed: bool,
+}
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.cache.inflight).remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderValue, StatusCode};
+
+    use super::*;
+    use crate::{answer::Policy, resource::Kind, upstream::Reply};
+
+    fn answer(body: Bytes) -> Answer {
+        let policy = Policy {
+            completed: Duration::from_secs(60),
+            failed: Duration::from_secs(30),
+            not_found: Duration::from_secs(5),
+            pending: Duration::ZERO,
+            redact: false,
+        };
+        let reply = Reply {
+            status: StatusCode::OK,
+            content_type: Some(HeaderValue::from_static("application/json")),
+            retry_after: None,
+            body,
+        };
+        Answer::from_upstream(Kind::Task, Ok(reply), &policy, b"key")
+    }
+
+    #[test]
+    fn a_kept_body_does_not_pin_the_buffer_it_was_read_into() {
+        // As hyper hands it over: a slice of a larger read buffer.
+        let mut buffer = br#"{"id":"t1","status":{"phase":"completed"}}"#.to_vec();
+        buffer.resize(8192, b' ');
+        let buffer = Bytes::from(buffer);
+        let slice = buffer.slice(..42);
+        let kept = compact(answer(slice.clone()));
+        assert!(kept.is_cacheable());
+        assert_eq!(kept.body, slice);
+        assert_ne!(kept.body.as_ptr(), slice.as_ptr(), "a copy of its own");
+
+        // An answer that is not kept is left as it is: no copy for a pass-through.
+        let running = Bytes::from_static(br#"{"id":"t1","status":{"phase":"running"}}"#);
+        let passed = compact(answer(running.clone()));
+        assert_eq!(passed.body.as_ptr(), running.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_during_a_fetch_keeps_its_answer_out_of_the_cache() {
+        let cache = Arc::new(Cache::new(1 << 20, SharedLevel::off()));
+        let key = Key::new(Kind::Task, "t1").unwrap();
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let completed = Bytes::from_static(br#"{"id":"t1","status":{"phase":"completed"}}"#);
+        let fetching = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .fetch_coalesced(key, move || async move {
+                        let _ = wait.await;
+                        Fetch {
+                            answer: answer(completed),
+                            upstream: UpstreamReport::default(),
+                        }
+                    })
+                    .await
+            })
+        };
+        // Let the fetch start, then invalidate while it is in flight.
+        while lock(&cache.inflight).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        cache.invalidate(&key);
+        release.send(()).unwrap();
+        let (fetched, _) = fetching.await.unwrap();
+        let fetched = fetched.unwrap();
+        assert_eq!(fetched.cache, CacheStatus::Pass, "served to its waiters");
+        assert_eq!(fetched.no_store, Some(NoStore::Superseded));
+        assert!(cache.get(&key).is_none(), "and stored nowhere");
+    }
+}

@@ -1,0 +1,99 @@
+//! The shared second level as the rest of the crate sees it: Redis when `TASKGATE_REDIS_URL`
+//! is set and the build has the `redis` feature, and a level that holds nothing otherwise.
+//! Callers never ask which: every method is a no-op (or a miss) when the level is off.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use crate::{answer::Answer, resource::Key, secret::Secret, telemetry::Metrics};
+
+#[derive(Clone, Default)]
+pub struct SharedLevel {
+    #[cfg(feature = "redis")]
+    redis: Option<Arc<super::redis::Redis>>,
+}
+
+impl SharedLevel {
+    /// A level that holds nothing.
+    pub fn off() -> Self {
+        Self::default()
+    }
+
+    /// The level for `url` (none: off). Makes no connection yet.
+    pub fn new(
+        url: Option<&Secret>,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let Some(url) = url else {
+            return Ok(Self::off());
+        };
+        #[cfg(feature = "redis")]
+        {
+            let redis = super::redis::Redis::new(url.expose(), timeout, metrics)?;
+            Ok(Self {
+                redis: Some(Arc::new(redis)),
+            })
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = (url, timeout, metrics);
+            Err(
+                "TASKGATE_REDIS_URL: this build has no Redis support (build with --features redis)"
+                    .into(),
+            )
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.redis.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
+    /// The shared answer for `key`, if the level is on and holds one.
+    pub async fn get(&self, key: Key) -> Option<Answer> {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            return redis.get(key).await;
+        }
+        let _ = key;
+        None
+    }
+
+    /// Stores `answer` for the lifetime it has left, in the background.
+    pub fn put(&self, key: Key, answer: Arc<Answer>) {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            let redis = Arc::clone(redis);
+            tokio::spawn(async move { redis.put(key, &answer).await });
+            return;
+        }
+        let _ = (key, answer);
+    }
+
+    /// Deletes `key` from the level and tells every replica to drop it.
+    pub async fn invalidate(&self, key: Key) {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            redis.invalidate(key).await;
+            return;
+        }
+        let _ = key;
+    }
+
+    /// Calls `drop_key` for each key another replica invalidates, for as long as the process
+    /// runs (a background task; nothing when the level is off).
+    pub fn listen<F, Fut>(&self, drop_key: F)
+    where
+        F: Fn(Key) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            tokio::spawn(Arc::clone(redis).listen(drop_key));
+            return;
+        }
+        let _ = drop_key;
+    }
+}

@@ -1,0 +1,191 @@
+//! Accepting connections: the one accept loop behind every listener (public, admin, and the
+//! demo's simulated API), with its connection caps, request-head limits and drain.
+//!
+//! Guarantees:
+//! - Every connection makes progress or is closed: from the moment it is accepted, a client
+//!   has `min(HEADER_TIMEOUT, IDLE_TIMEOUT)` to send a whole request head, and the same again
+//!   after each answer. A socket that sends nothing, half a head, or an HTTP/2 preface is
+//!   closed on that timer like any other.
+//! - The listeners speak HTTP/1.1 (and 1.0) only. Browsers reach taskgate over HTTP/1.1 (or
+//!   through a TLS-terminating proxy that speaks HTTP/1.1 to it); cleartext HTTP/2 (h2c) is
+//!   undocumented, no browser uses it, and it would need its own idle and ping timers, so it is
+//!   not offered: an h2c preface is an unreadable request and the connection is closed.
+//! - At most `max_connections` are open at once (past it, new clients wait in the kernel's
+//!   backlog), and at most `max_per_client` from one client address (an IPv6 client counted by
+//!   its /64); one past that is closed at once.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::{answer::respond::Body, limit::client_key, sync::lock};
+
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The address a client on this host uses for a listener bound to `addr`: a wildcard
+/// (`0.0.0.0`, `::`) is reached on the loopback address of its family.
+pub fn local_address(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Most connections one client address may hold open.
+    pub max_per_client: usize,
+    /// Bounds both a slow request head and an idle keep-alive connection: hyper starts its
+    /// header-read timer as soon as a connection waits for a request, so one timer does both
+    /// jobs, set to the shorter of `TASKGATE_HEADER_TIMEOUT` and `TASKGATE_IDLE_TIMEOUT`.
+    pub wait_for_request: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Limits {
+    pub fn new(
+        max_connections: usize,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+        drain_timeout: Duration,
+    ) -> Self {
+        Self {
+            max_connections,
+            max_per_client: max_connections,
+            wait_for_request: header_timeout.min(idle_timeout),
+            drain_timeout,
+        }
+    }
+
+    /// With a per-client cap (`TASKGATE_MAX_CONNECTIONS_PER_CLIENT`).
+    pub fn per_client(mut self, max: usize) -> Self {
+        self.max_per_client = max.max(1);
+        self
+    }
+}
+
+/// Open connections per client key.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerClient {
+    /// Counts one more connection from `client`, unless it already holds `max`.
+    fn enter(self: &Arc<Self>, client: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut open = lock(&self.0);
+        let n = open.entry(client).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            table: Arc::clone(self),
+            client,
+        })
+    }
+}
+
+/// One counted connection; dropping it uncounts it.
+struct ClientSlot {
+    table: Arc<PerClient>,
+    client: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.table.0);
+        if let Some(n) = open.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Serves connections from `listener` with `handler` until `stop` turns true, then drains.
+pub fn serve<H, F>(
+    listener: TcpListener,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    handler: H,
+) -> JoinHandle<()>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // Armed from the first read of each request head, the very first one included.
+            .header_read_timeout(limits.wait_for_request)
+            // Request heads past this get 431, as with nginx's default 4 × 8 KiB buffers.
+            .max_buf_size(MAX_HEADER_BYTES);
+        let graceful = GracefulShutdown::new();
+        let per_client = Arc::new(PerClient::default());
+        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+        loop {
+            // Wait for a free connection slot before accepting: past the limit, new clients
+            // queue in the kernel's backlog instead of costing memory here.
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly rather than spin or exit.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(client_slot) = per_client.enter(client_key(peer.ip()), limits.max_per_client)
+            else {
+                tracing::debug!(peer = %peer.ip(), "per-client connection cap reached; closing");
+                continue; // dropping the stream closes it
+            };
+            let _ = stream.set_nodelay(true);
+            let handler = handler.clone();
+            let svc = service_fn(move |req| {
+                let fut = handler(req, peer);
+                async move { Ok::<_, Infallible>(fut.await) }
+            });
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+            tokio::spawn(async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                drop((permit, client_slot));
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout reached; closing remaining connections");
+        }
+    })
+}

@@ -1,0 +1,188 @@
+//! The resources taskgate serves, and everything that differs between them.
+//!
+//! A [`Kind`] names one resource of the Studio API (today tasks; assets are one more variant
+//! and one more module). Everything the rest of the crate needs to know about a kind comes
+//! from here: its name (route segment, upstream path segment, Redis key segment, metric and
+//! log label, all one string), the webhook events that name it, and how its answers are read:
+//! which phase a body is in and which lifetime that phase earns ([`Lifetime`]).
+//!
+//! A [`Key`] is a kind and a valid id, stored inline: looking one up in the cache allocates
+//! nothing.
+
+mod task;
+
+use std::fmt;
+
+pub use task::TaskPhase;
+
+/// Longest id accepted (Studio ids are 36-character UUIDs).
+pub const MAX_ID_LEN: usize = 64;
+
+/// `^[A-Za-z0-9-]{1,64}$`: the only ids that ever reach a cache key or an upstream path.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// One kind of resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Task,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 1] = [Kind::Task];
+
+    /// The kind's one name: `/task/{id}`, `{base}/task/{id}`, `…:task:{id}` in Redis, and the
+    /// `kind` label of metrics and log events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Task => "task",
+        }
+    }
+
+    pub fn from_segment(segment: &str) -> Option<Self> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == segment)
+    }
+
+    /// Whether a webhook event (`task.updated`, …) says a resource of this kind changed.
+    pub fn changed_by(self, event: &str) -> bool {
+        match self {
+            Kind::Task => task::CHANGE_EVENTS.contains(&event),
+        }
+    }
+
+    /// The phase of a body of this kind, or `None` when the body is not a JSON object with a
+    /// known `status.phase` (such an answer is passed through, never cached).
+    pub fn phase(self, body: &[u8]) -> Option<Phase> {
+        match self {
+            Kind::Task => task::extract(body).map(Phase::Task),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `status.updatedAt` of a resource body (tasks and assets alike), as text: the version a
+/// watch names its events by.
+pub fn updated_at(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct View {
+        status: Option<Status>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Status {
+        #[serde(rename = "updatedAt")]
+        updated_at: Option<serde_json::Value>,
+    }
+    let v: View = serde_json::from_slice(body).ok()?;
+    match v.status?.updated_at? {
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Where a resource stands, whatever its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Task(TaskPhase),
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Task(p) => p.as_str(),
+        }
+    }
+
+    /// How long an answer in this phase may be kept: which TTL setting applies.
+    pub fn lifetime(self) -> Lifetime {
+        match self {
+            Phase::Task(p) => p.lifetime(),
+        }
+    }
+
+    /// The resource will not move again by itself: a watch ends after sending it.
+    pub fn is_finished(self) -> bool {
+        self.lifetime() != Lifetime::Unfinished
+    }
+}
+
+/// Which TTL setting an answer earns (`TASKGATE_TTL_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Cannot change through the API: `TTL_COMPLETED`.
+    Completed,
+    /// Finished, but a retry can change it: `TTL_FAILED`.
+    Failed,
+    /// Still moving: not kept, or `TTL_PENDING`.
+    Unfinished,
+}
+
+/// A kind and a valid id, inline: hashing and comparing it touches no heap.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    kind: Kind,
+    len: u8,
+    id: [u8; MAX_ID_LEN],
+}
+
+impl Key {
+    /// `None` unless `id` is valid ([`is_valid_id`]).
+    pub fn new(kind: Kind, id: &str) -> Option<Self> {
+        if !is_valid_id(id) {
+            return None;
+        }
+        let mut buf = [0; MAX_ID_LEN];
+        buf[..id.len()].copy_from_slice(id.as_bytes());
+        Some(Self {
+            kind,
+            len: id.len() as u8,
+            id: buf,
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn id(&self) -> &str {
+        std::str::from_utf8(&self.id[..usize::from(self.len)])
+            .expect("built from a valid id, which is ASCII")
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_hold_exactly_valid_ids() {
+        let longest = "a".repeat(MAX_ID_LEN);
+        let key = Key::new(Kind::Task, &longest).unwrap();
+        assert_eq!((key.kind(), key.id()), (Kind::Task, longest.as_str()));
+        for bad in ["", "a/b", "a.b", "é", &format!("{longest}a")] {
+            assert!(Key::new(Kind::Task, bad).is_none(), "{bad:?}");
+        }
+        assert_ne!(Key::new(Kind::Task, "ab"), Key::new(Kind::Task, "abc"));
+    }
+
+    #[test]
+    fn each_kind_round_trips_through_its_name() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::from_segment(kind.as_str()), Some(kind));
+        }
+        assert_eq!(Kind::from_segment("tasks"), None);
+    }
+}
