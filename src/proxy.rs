@@ -117,7 +117,7 @@ impl Proxy {
                 cfg.watch_interval,
                 metrics.events_sent(),
             )),
-            webhooks: cfg.webhook_secret.as_ref().map(Webhooks::new),
+            webhooks: cfg.webhook_secret.as_ref().map(Webhooks::single),
             metrics,
         })
     }
@@ -249,7 +249,7 @@ impl Proxy {
             Route::Events(key) => (key, true),
             Route::BadId(kind) => return Err(Error::BadId(kind)),
             Route::Webhook if self.webhooks.is_some() => {
-                return self.webhook(req, body, out).await;
+                return self.webhook(req, body, peer, out).await;
             }
             Route::Webhook | Route::NotFound => return Err(Error::NoRoute),
         };
@@ -420,6 +420,7 @@ impl Proxy {
         &self,
         req: &Parts,
         body: B,
+        peer: SocketAddr,
         out: &mut Outcome,
     ) -> Result<(Head, Body), Error>
     where
@@ -433,6 +434,8 @@ impl Proxy {
         if req.method != Method::POST {
             return Err(Error::Method(Allow::Post));
         }
+        // The same per-client budget as reads: each call can cost an HMAC of up to 64 KiB.
+        self.check_rate(peer, &req.headers)?;
         if body.size_hint().lower() > webhook::MAX_BODY as u64 {
             return Err(Error::BodyTooLarge);
         }
@@ -458,6 +461,7 @@ impl Proxy {
         match outcome {
             webhook::Outcome::BadSignature => Err(Error::BadSignature),
             webhook::Outcome::Stale => Err(Error::StaleWebhook),
+            webhook::Outcome::BadEventId => Err(Error::BadEventId),
             _ => Ok((Head::new(http::StatusCode::NO_CONTENT), full(Bytes::new()))),
         }
     }

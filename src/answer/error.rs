@@ -66,6 +66,9 @@ pub enum Error {
     IncompleteBody,
     BadSignature,
     StaleWebhook,
+    /// A signed, fresh webhook event without a usable `id` (missing, empty, too long):
+    /// it could not be deduplicated.
+    BadEventId,
     /// A CORS preflight from an origin (or for a method) that is not allowed.
     PreflightRefused,
 
@@ -101,9 +104,8 @@ impl Error {
         use Error::*;
         match self {
             Malformed(_) | BadId(_) | NoRoute | Method(_) | BodyOnGet | RateLimited(_)
-            | BodyTooLarge | IncompleteBody | BadSignature | StaleWebhook | PreflightRefused => {
-                Side::Client
-            }
+            | BodyTooLarge | IncompleteBody | BadSignature | StaleWebhook | BadEventId
+            | PreflightRefused => Side::Client,
             Backoff(_)
             | UpstreamTimeout
             | NoUpstreamSlot
@@ -167,6 +169,11 @@ impl Error {
                 StatusCode::UNAUTHORIZED,
                 "stale webhook call",
                 "stale_webhook",
+            ),
+            BadEventId => (
+                StatusCode::BAD_REQUEST,
+                "webhook event id missing or invalid",
+                "bad_event_id",
             ),
             PreflightRefused => (
                 StatusCode::FORBIDDEN,
@@ -310,6 +317,7 @@ mod tests {
             Error::IncompleteBody,
             Error::BadSignature,
             Error::StaleWebhook,
+            Error::BadEventId,
             Error::PreflightRefused,
             Error::Backoff(Duration::from_secs(1)),
             Error::UpstreamTimeout,
