@@ -118,7 +118,8 @@ impl Webhooks {
     }
 
     /// How many HMACs have been computed: at most one per secret per call.
-    pub fn hmacs_computed(&self) -> u64 {
+    #[cfg(test)]
+    fn hmacs_computed(&self) -> u64 {
         self.hmacs.load(Ordering::Relaxed)
     }
 
@@ -156,7 +157,12 @@ impl Webhooks {
             return (Outcome::BadEventId, None);
         };
         // 5. First sight only (atomic: of two concurrent deliveries, one is fresh).
-        if !self.seen.entry(event_id.to_owned()).or_insert(()).is_fresh() {
+        if !self
+            .seen
+            .entry(event_id.to_owned())
+            .or_insert(())
+            .is_fresh()
+        {
             return (Outcome::Duplicate, None);
         }
         let Some(event) = call.get("event").and_then(Value::as_str) else {
@@ -356,7 +362,10 @@ mod tests {
         assert_eq!(key, Key::new(Kind::Task, TASK));
         // A retry: same id, new send time, re-signed.
         let later = NOW + 30_000;
-        let retry = b.replace(&format!(r#""timestamp":{NOW}"#), &format!(r#""timestamp":{later}"#));
+        let retry = b.replace(
+            &format!(r#""timestamp":{NOW}"#),
+            &format!(r#""timestamp":{later}"#),
+        );
         let sig = format!("t={later},v1={}", mac(SECRET, retry.as_bytes()));
         let got = hooks.receive(Some(sig.as_bytes()), retry.as_bytes(), later);
         assert_eq!(got, (Outcome::Duplicate, None));
@@ -388,7 +397,10 @@ mod tests {
         );
         // One tag past the limit.
         refuse(
-            format!("t={NOW},{}v1={good}", format!("v1={wrong},").repeat(MAX_TAGS)),
+            format!(
+                "t={NOW},{}v1={good}",
+                format!("v1={wrong},").repeat(MAX_TAGS)
+            ),
             Outcome::BadSignature,
         );
         // A stale t is refused before hashing.

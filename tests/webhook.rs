@@ -281,9 +281,7 @@ async fn a_webhook_makes_watchers_see_the_change_at_once() {
     let body = event("ev-9", "task.completed", TASK, t);
     let sent = std::time::Instant::now();
     assert_eq!(
-        post(tg.public_addr(), &body, signed(&body, t))
-            .await
-            .status,
+        post(tg.public_addr(), &body, signed(&body, t)).await.status,
         StatusCode::NO_CONTENT
     );
     for s in &mut watchers {
