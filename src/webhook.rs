@@ -43,7 +43,7 @@ const MAX_PARTS: usize = 2 * MAX_TAGS;
 pub const MAX_EVENT_ID: usize = 128;
 /// How long a handled event id is remembered: twice the freshness window, so a retry that
 /// is still fresh always finds it.
-pub const SEEN_TTL: Duration = Duration::from_secs(2 * 5 * 60);
+pub const SEEN_TTL: Duration = FRESHNESS.saturating_mul(2);
 /// Bound of the seen-ids table, in bytes (ids plus [`SEEN_ENTRY_OVERHEAD`] each).
 pub const SEEN_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// What one remembered id costs beyond its own bytes (the table's node, key and links).
