@@ -134,7 +134,7 @@ impl Proxy {
                 cfg.watch_interval,
                 metrics.events_sent(),
             )),
-            webhooks: cfg.webhook_secret.as_ref().map(Webhooks::new),
+            webhooks: cfg.webhook_secret.as_ref().map(Webhooks::single),
             metrics,
         })
     }
@@ -266,7 +266,7 @@ impl Proxy {
             Route::Events(key) => (key, true),
             Route::BadId(kind) => return Err(Error::BadId(kind)),
             Route::Webhook if self.webhooks.is_some() => {
-                return self.webhook(req, body, out).await;
+                return self.webhook(req, body, peer, out).await;
             }
             Route::Webhook | Route::NotFound => return Err(Error::NoRoute),
         };
@@ -483,6 +483,7 @@ impl Proxy {
         &self,
         req: &Parts,
         body: B,
+        peer: SocketAddr,
         out: &mut Outcome,
     ) -> Result<(Head, Body), Error>
     where
@@ -496,6 +497,8 @@ impl Proxy {
         if req.method != Method::POST {
             return Err(Error::Method(Allow::Post));
         }
+        // The same per-client budget as reads: each call can cost an HMAC of up to 64 KiB.
+        self.check_rate(limit::client_addr(peer, &req.headers, self.trust_forwarded))?;
         if body.size_hint().lower() > webhook::MAX_BODY as u64 {
             return Err(Error::BodyTooLarge);
         }
@@ -521,6 +524,7 @@ impl Proxy {
         match outcome {
             webhook::Outcome::BadSignature => Err(Error::BadSignature),
             webhook::Outcome::Stale => Err(Error::StaleWebhook),
+            webhook::Outcome::BadEventId => Err(Error::BadEventId),
             _ => Ok((Head::new(http::StatusCode::NO_CONTENT), full(Bytes::new()))),
         }
     }

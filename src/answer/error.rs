@@ -70,6 +70,9 @@ pub enum Error {
     IncompleteBody,
     BadSignature,
     StaleWebhook,
+    /// A signed, fresh webhook event without a usable `id` (missing, empty, too long):
+    /// it could not be deduplicated.
+    BadEventId,
     /// A CORS preflight from an origin (or for a method) that is not allowed.
     PreflightRefused,
     /// An admin request whose `Host` is a DNS name other than `localhost` (DNS rebinding).
@@ -111,7 +114,9 @@ impl Error {
         match self {
             Malformed(_) | BadId(_) | NoRoute | Method(_) | HeadTooLarge | BodyOnGet
             | RateLimited(_) | MissBudget(_) | BodyTooLarge | IncompleteBody | BadSignature
-            | StaleWebhook | PreflightRefused | ForeignHost | WatchClientLimit => Side::Client,
+            | StaleWebhook | BadEventId | PreflightRefused | ForeignHost | WatchClientLimit => {
+                Side::Client
+            }
             Backoff(_)
             | UpstreamTimeout
             | NoUpstreamSlot
@@ -185,6 +190,11 @@ impl Error {
                 StatusCode::UNAUTHORIZED,
                 "stale webhook call",
                 "stale_webhook",
+            ),
+            BadEventId => (
+                StatusCode::BAD_REQUEST,
+                "webhook event id missing or invalid",
+                "bad_event_id",
             ),
             PreflightRefused => (
                 StatusCode::FORBIDDEN,
@@ -340,6 +350,7 @@ mod tests {
             Error::IncompleteBody,
             Error::BadSignature,
             Error::StaleWebhook,
+            Error::BadEventId,
             Error::PreflightRefused,
             Error::ForeignHost,
             Error::Backoff(Duration::from_secs(1)),
