@@ -8,6 +8,7 @@ use std::{
 };
 
 use http::{HeaderMap, HeaderValue};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::sync::lock;
 
@@ -83,6 +84,38 @@ impl RateLimiter {
     fn clients(&self) -> u64 {
         self.clients.run_pending_tasks();
         self.clients.entry_count()
+    }
+}
+
+/// Fair shares of the upstream slots: at most `per_client` fetches of one client hold (or
+/// wait for) an upstream slot at once, so one client's misses queue behind its own and never
+/// in front of everyone else's.
+pub struct ClientSlots {
+    per_client: usize,
+    clients: moka::sync::Cache<IpAddr, Arc<Semaphore>>,
+}
+
+impl ClientSlots {
+    pub fn new(per_client: usize) -> Self {
+        Self {
+            per_client: per_client.max(1),
+            // A client with no fetch in flight holds nothing worth remembering.
+            clients: moka::sync::Cache::builder()
+                .max_capacity(MAX_CLIENTS)
+                .time_to_idle(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// Waits (at most `wait`) for one of `client`'s shares.
+    pub async fn acquire(&self, client: IpAddr, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        let shares = self
+            .clients
+            .get_with(client, || Arc::new(Semaphore::new(self.per_client)));
+        tokio::time::timeout(wait, shares.acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::{
     error::Error as StdError,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -21,20 +21,26 @@ use crate::{
         respond::{self, full, Body, Head, X_REQUEST_ID},
         Allow, Answer, CacheStatus, Error, NoStore, Policy,
     },
-    cache::{Cache, Fetch, SharedLevel},
+    cache::{self, Cache, Fetch, SharedLevel},
     clock::unix_ms_now,
     config::Config,
     cors::{Cors, Options},
     ids::{self, TraceContext},
-    limit::{self, Backoff, RateLimiter},
+    limit::{self, Backoff, ClientSlots, RateLimiter},
+    listener::MAX_HEADER_BYTES,
     resource::{self, Key, Kind, Phase},
     route::{self, Route},
     secret::ApiKey,
     telemetry::{self, Metrics},
-    upstream::{self, SetupError, Upstream, UpstreamReport},
-    watch::Watchers,
+    upstream::{self, FetchError, SetupError, Upstream, UpstreamReport},
+    watch::{Refused, Watchers},
     webhook::{self, Webhooks},
 };
+
+/// Until the setting lands: `TASKGATE_WATCH_MAX_PER_CLIENT`'s default.
+const WATCH_MAX_PER_CLIENT: usize = 32;
+/// Until the setting lands: `TASKGATE_MISS_RATE`'s default.
+const MISS_RATE: f64 = 20.0;
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -48,6 +54,11 @@ pub struct Proxy {
     api_key: ApiKey,
     cors: Cors,
     rate_limit: Option<RateLimiter>,
+    /// The per-client budget for requests that need the API.
+    miss_budget: Option<RateLimiter>,
+    /// Fair shares of the upstream slots between clients.
+    client_slots: ClientSlots,
+    upstream_timeout: Duration,
     trust_forwarded: bool,
     backoff: Backoff,
     watchers: Arc<Watchers>,
@@ -91,8 +102,10 @@ impl Found {
 impl Proxy {
     pub fn new(cfg: &Config) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::new());
+        let namespace = cache::namespace(&cfg.upstream_url, cfg.redact, &cfg.api_key);
         let shared = SharedLevel::new(
             cfg.redis_url.as_ref(),
+            &namespace,
             cfg.redis_timeout,
             Arc::clone(&metrics),
         )
@@ -110,14 +123,18 @@ impl Proxy {
             api_key: cfg.api_key.clone(),
             cors: Cors::new(cfg.cors_origins.clone()),
             rate_limit: RateLimiter::new(cfg.rate_limit, cfg.rate_burst),
+            miss_budget: RateLimiter::new(MISS_RATE, 2.0 * MISS_RATE),
+            client_slots: ClientSlots::new(cfg.upstream_concurrency / 4),
+            upstream_timeout: cfg.upstream_timeout,
             trust_forwarded: cfg.trust_forwarded,
             backoff: Backoff::default(),
             watchers: Arc::new(Watchers::new(
                 cfg.watch_max,
+                WATCH_MAX_PER_CLIENT,
                 cfg.watch_interval,
                 metrics.events_sent(),
             )),
-            webhooks: cfg.webhook_secret.as_ref().map(Webhooks::new),
+            webhooks: cfg.webhook_secret.as_ref().map(Webhooks::single),
             metrics,
         })
     }
@@ -249,7 +266,7 @@ impl Proxy {
             Route::Events(key) => (key, true),
             Route::BadId(kind) => return Err(Error::BadId(kind)),
             Route::Webhook if self.webhooks.is_some() => {
-                return self.webhook(req, body, out).await;
+                return self.webhook(req, body, peer, out).await;
             }
             Route::Webhook | Route::NotFound => return Err(Error::NoRoute),
         };
@@ -263,12 +280,13 @@ impl Proxy {
             return Err(Error::BodyOnGet);
         }
         // Limits.
-        self.check_rate(peer, &req.headers)?;
+        let client = limit::client_addr(peer, &req.headers, self.trust_forwarded);
+        self.check_rate(client)?;
         if events {
-            return self.watch(req, key, out).await;
+            return self.watch(req, key, client, out).await;
         }
         // Lookup, classify and store (inside the cache), respond.
-        let found = self.lookup(key, request_id, trace).await;
+        let found = self.lookup(key, Some(client), request_id, trace).await?;
         let (head, bytes) = found.answer.head(&req.method, &req.headers, found.cache);
         *out = Outcome {
             cache: Some(found.cache),
@@ -282,34 +300,50 @@ impl Proxy {
         Ok((head, full(bytes)))
     }
 
-    fn check_rate(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Error> {
+    fn check_rate(&self, client: IpAddr) -> Result<(), Error> {
         let Some(limiter) = &self.rate_limit else {
             return Ok(());
         };
-        let client = limit::client_addr(peer, headers, self.trust_forwarded);
         limiter.check(client).map_err(Error::RateLimited)
     }
 
+    /// Spends one token of `client`'s budget for requests that need the API.
+    fn spend_miss_budget(&self, client: IpAddr) -> Result<(), Error> {
+        let Some(budget) = &self.miss_budget else {
+            return Ok(());
+        };
+        budget.check(client).map_err(Error::MissBudget)
+    }
+
     /// The answer for `key`: from the cache, else from the fetch in flight or a new one —
-    /// unless the API asked for patience, when nothing goes upstream.
+    /// unless the API asked for patience, when nothing goes upstream. A request of `client`
+    /// that would start a fetch spends its miss budget first (a watcher's poll, with no
+    /// client, was paid for when the watch began).
     async fn lookup(
         self: &Arc<Self>,
         key: Key,
+        client: Option<IpAddr>,
         request_id: &HeaderValue,
         trace: TraceContext,
-    ) -> Found {
+    ) -> Result<Found, Error> {
         if let Some(answer) = self.cache.get(&key) {
-            return Found::local(answer, CacheStatus::Hit);
+            return Ok(Found::local(answer, CacheStatus::Hit));
         }
         if let Some(left) = self.backoff.remaining() {
-            return Found::local(Arc::new(Answer::backoff(left)), CacheStatus::Pass);
+            return Ok(Found::local(
+                Arc::new(Answer::backoff(left)),
+                CacheStatus::Pass,
+            ));
+        }
+        if let Some(client) = client.filter(|_| !self.cache.is_in_flight(&key)) {
+            self.spend_miss_budget(client)?;
         }
         let this = Arc::clone(self);
         let request_id = request_id.clone();
         let (fetched, coalesced) = self
             .cache
             .fetch_coalesced(key, move || {
-                this.fetch(key, request_id, trace).in_current_span()
+                this.fetch(key, client, request_id, trace).in_current_span()
             })
             .await;
         match fetched {
@@ -317,29 +351,47 @@ impl Proxy {
                 if coalesced {
                     self.metrics.coalesced_wait();
                 }
-                Found {
+                Ok(Found {
                     answer: f.answer,
                     cache: f.cache,
                     upstream: f.upstream,
                     coalesced,
                     no_store: f.no_store,
-                }
+                })
             }
             // The fetch task died (a panic): nothing to share.
-            None => Found::local(Arc::new(Answer::error(Error::Internal)), CacheStatus::Pass),
+            None => Ok(Found::local(
+                Arc::new(Answer::error(Error::Internal)),
+                CacheStatus::Pass,
+            )),
         }
     }
 
-    /// The one call to the API for `key`, classified. Runs in the coalesced fetch's own task.
+    /// The one call to the API for `key`, classified. Runs in the coalesced fetch's own task,
+    /// within `client`'s fair share of the upstream slots.
     async fn fetch(
         self: Arc<Self>,
         key: Key,
+        client: Option<IpAddr>,
         request_id: HeaderValue,
         trace: TraceContext,
     ) -> Fetch {
         let _in_flight = self.metrics.upstream_started();
-        let (reply, elapsed) =
-            upstream::timed(self.upstream.fetch(key, &request_id, trace.to_header())).await;
+        let (reply, elapsed) = upstream::timed(async {
+            let _share = match client {
+                Some(client) => Some(
+                    self.client_slots
+                        .acquire(client, self.upstream_timeout)
+                        .await
+                        .ok_or(FetchError::Saturated)?,
+                ),
+                None => None,
+            };
+            self.upstream
+                .fetch(key, &request_id, trace.to_header())
+                .await
+        })
+        .await;
         let report = UpstreamReport::of(&reply, elapsed);
         log_upstream_fault(&report);
         self.metrics.upstream_finished(&report);
@@ -381,6 +433,7 @@ impl Proxy {
         self: &Arc<Self>,
         req: &Parts,
         key: Key,
+        client: IpAddr,
         out: &mut Outcome,
     ) -> Result<(Head, Body), Error> {
         let last_event_id = req
@@ -398,18 +451,28 @@ impl Proxy {
                 return Ok((Head::new(http::StatusCode::NO_CONTENT), full(Bytes::new())));
             }
         }
+        // Starting a poller costs the API a call per interval: it spends the miss budget.
+        if !self.watchers.is_watched(&key) && self.cache.get(&key).is_none() {
+            self.spend_miss_budget(client)?;
+        }
         let this = Arc::clone(self);
         let lookup = move || {
             let this = Arc::clone(&this);
             async move {
                 let trace = TraceContext::continue_or_start(None);
-                this.lookup(key, &ids::new_request_id(), trace).await.answer
+                match this.lookup(key, None, &ids::new_request_id(), trace).await {
+                    Ok(found) => found.answer,
+                    Err(error) => Arc::new(Answer::error(error)),
+                }
             }
         };
         let stream = self
             .watchers
-            .subscribe(key, last_event_id, lookup)
-            .map_err(|_| Error::WatchLimit)?;
+            .subscribe(key, client, last_event_id, lookup)
+            .map_err(|refused| match refused {
+                Refused::TooManyIds => Error::WatchLimit,
+                Refused::TooManyFromClient => Error::WatchClientLimit,
+            })?;
         let mut head = Head::new(http::StatusCode::OK);
         head.event_stream = true;
         Ok((head, Either::Right(stream)))
@@ -420,6 +483,7 @@ impl Proxy {
         &self,
         req: &Parts,
         body: B,
+        peer: SocketAddr,
         out: &mut Outcome,
     ) -> Result<(Head, Body), Error>
     where
@@ -433,6 +497,8 @@ impl Proxy {
         if req.method != Method::POST {
             return Err(Error::Method(Allow::Post));
         }
+        // The same per-client budget as reads: each call can cost an HMAC of up to 64 KiB.
+        self.check_rate(limit::client_addr(peer, &req.headers, self.trust_forwarded))?;
         if body.size_hint().lower() > webhook::MAX_BODY as u64 {
             return Err(Error::BodyTooLarge);
         }
@@ -458,6 +524,7 @@ impl Proxy {
         match outcome {
             webhook::Outcome::BadSignature => Err(Error::BadSignature),
             webhook::Outcome::Stale => Err(Error::StaleWebhook),
+            webhook::Outcome::BadEventId => Err(Error::BadEventId),
             _ => Ok((Head::new(http::StatusCode::NO_CONTENT), full(Bytes::new()))),
         }
     }
@@ -522,6 +589,19 @@ impl Proxy {
 /// Request shapes no browser or SDK sends, refused before anything else: taskgate is an
 /// origin server for a few routes, never a forward proxy, and never switches protocols.
 fn check_request_shape(req: &Parts) -> Result<(), Error> {
+    // hyper bounds its read buffer, but a head that arrives in one large read can still parse
+    // whole; the limit is enforced here on what was parsed (each line counted with its CRLF).
+    let head_bytes = req.method.as_str().len()
+        + req.uri.to_string().len()
+        + 12
+        + req
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+            .sum::<usize>();
+    if head_bytes > MAX_HEADER_BYTES {
+        return Err(Error::HeadTooLarge);
+    }
     let h1 = req.version <= Version::HTTP_11;
     // HTTP/2 requests carry :scheme and :authority, so only HTTP/1 targets must be origin-form.
     if h1 && (req.uri.scheme().is_some() || req.uri.authority().is_some()) {

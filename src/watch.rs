@@ -15,8 +15,9 @@
 use std::{
     collections::HashMap,
     future::Future,
+    net::IpAddr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -74,6 +75,16 @@ impl Event {
         Some(Self::new(kind, id, &answer.body, phase.is_finished()))
     }
 
+    /// The last frame of a retired watcher: no data, a reconnection delay and a comment.
+    fn retired() -> Self {
+        let frame = format!("retry: {RETIRED_RETRY_MS}\n: retired: no change for a long time\n\n");
+        Self {
+            id: None,
+            frame: Bytes::from(frame),
+            last: true,
+        }
+    }
+
     fn new(kind: &str, id: Option<String>, data: &[u8], last: bool) -> Self {
         let mut f = BytesMut::with_capacity(data.len() + 64);
         f.put_slice(b"event: ");
@@ -106,45 +117,100 @@ struct Watched {
 }
 
 /// Why a new watch was refused.
-#[derive(Debug)]
-pub struct TooManyWatches;
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// `TASKGATE_WATCH_MAX` ids are watched already.
+    TooManyIds,
+    /// This client holds `TASKGATE_WATCH_MAX_PER_CLIENT` streams already.
+    TooManyFromClient,
+}
+
+/// A watcher whose resource has not changed for this many polls (5 minutes at the default
+/// 2 s interval) ends its streams with a retry hint: a real page reconnects (and is counted
+/// and budgeted again), an abandoned tab stops costing API calls.
+pub const RETIRE_AFTER_POLLS: u32 = 150;
+/// The reconnection delay a retired stream asks for (the SSE `retry:` field).
+const RETIRED_RETRY_MS: u32 = 5_000;
 
 pub struct Watchers {
     ids: Mutex<HashMap<Key, Arc<Watched>>>,
+    /// Open streams per client key.
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max: usize,
+    max_per_client: usize,
     interval: Duration,
+    retire_after: Duration,
     shutdown: watch::Sender<bool>,
     events_sent: Counter,
 }
 
+/// One client's stream, counted until its feed ends.
+struct ClientStream {
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    client: IpAddr,
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        let mut clients = lock(&self.clients);
+        if let Some(n) = clients.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                clients.remove(&self.client);
+            }
+        }
+    }
+}
+
 impl Watchers {
-    pub fn new(max: usize, interval: Duration, events_sent: Counter) -> Self {
+    pub fn new(
+        max: usize,
+        max_per_client: usize,
+        interval: Duration,
+        events_sent: Counter,
+    ) -> Self {
         Self {
             ids: Mutex::new(HashMap::new()),
+            clients: Arc::default(),
             max,
+            max_per_client,
             interval,
+            retire_after: interval * RETIRE_AFTER_POLLS,
             shutdown: watch::channel(false).0,
             events_sent,
         }
     }
 
-    /// Subscribes to `id`, starting its watcher with `lookup` when it is the first.
+    /// Subscribes `client` to `key`, starting its watcher with `lookup` when it is the first.
     /// `lookup` answers as `GET` would (cache, then coalesced fetch).
     pub fn subscribe<F, Fut>(
         self: &Arc<Self>,
         key: Key,
+        client: IpAddr,
         last_event_id: Option<String>,
         lookup: F,
-    ) -> Result<EventStream, TooManyWatches>
+    ) -> Result<EventStream, Refused>
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = Arc<Answer>> + Send + 'static,
     {
+        let counted = {
+            let mut clients = lock(&self.clients);
+            let n = clients.entry(client).or_insert(0);
+            if *n >= self.max_per_client {
+                return Err(Refused::TooManyFromClient);
+            }
+            *n += 1;
+            ClientStream {
+                clients: Arc::clone(&self.clients),
+                client,
+            }
+        };
         let rx = {
             let mut ids = lock(&self.ids);
             match ids.get(&key) {
                 Some(w) => w.latest.subscribe(),
-                None if ids.len() >= self.max => return Err(TooManyWatches),
+                None if ids.len() >= self.max => return Err(Refused::TooManyIds),
                 None => {
                     let watched = Arc::new(Watched {
                         latest: watch::channel(None).0,
@@ -158,14 +224,23 @@ impl Watchers {
             }
         };
         let (tx, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(feed(
+        let feed = feed(
             rx,
             tx,
             last_event_id,
             self.shutdown.subscribe(),
             self.events_sent.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            feed.await;
+            drop(counted);
+        });
         Ok(EventStream::new(queue))
+    }
+
+    /// Whether `key` has a watcher (a new stream would share its polls).
+    pub fn is_watched(&self, key: &Key) -> bool {
+        lock(&self.ids).contains_key(key)
     }
 
     /// Makes the key's watcher fetch again now (a webhook said it changed).
@@ -194,20 +269,28 @@ impl Watchers {
     {
         let mut shutdown = self.shutdown.subscribe();
         let mut last_status = None;
+        let mut changed_at = Instant::now();
         loop {
             let answer = tokio::select! {
                 answer = lookup() => Some(answer),
                 _ = watched.latest.closed() => None,
                 _ = stopped(&mut shutdown) => None,
             };
-            let finished = match answer.and_then(|a| Event::from_answer(&a, &mut last_status)) {
+            let mut finished = match answer.and_then(|a| Event::from_answer(&a, &mut last_status)) {
                 Some(event) => {
+                    changed_at = Instant::now();
                     let last = event.last;
                     watched.latest.send_replace(Some(Arc::new(event)));
                     last
                 }
                 None => false,
             };
+            if !finished && changed_at.elapsed() >= self.retire_after {
+                watched
+                    .latest
+                    .send_replace(Some(Arc::new(Event::retired())));
+                finished = true;
+            }
             if !finished {
                 tokio::select! {
                     _ = tokio::time::sleep(self.interval) => {}

@@ -280,3 +280,33 @@ async fn the_admin_listener_refuses_dns_names_other_than_localhost() {
         assert_eq!(got.status, StatusCode::OK, "{host}");
     }
 }
+
+#[tokio::test]
+async fn a_purge_during_a_fetch_keeps_that_fetch_out_of_the_cache() {
+    let mock = MockUpstream::start().await;
+    mock.set(
+        "slow",
+        Reply::task("slow", "completed").delay(Duration::from_millis(400)),
+    );
+    let tg = taskgate(&mock, |_| {}).await;
+    let c = HttpClient::default();
+    let public = tg.public_addr();
+    let fetch = tokio::spawn(async move { HttpClient::default().get(public, "/task/slow").await });
+    // The purge lands while the fetch is in flight.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let purge = c
+        .send(tg.admin_addr(), "DELETE", "/cache/task/slow", &[])
+        .await;
+    assert_eq!(purge.status, StatusCode::NO_CONTENT);
+    let first = fetch.await.unwrap();
+    assert_eq!(
+        first.status,
+        StatusCode::OK,
+        "its waiters still get the answer"
+    );
+    assert_eq!(first.header("x-cache"), Some("PASS"));
+    // Stored nowhere: the next read goes upstream again.
+    let second = c.get(public, "/task/slow").await;
+    assert_eq!(second.header("x-cache"), Some("MISS"));
+    assert_eq!(mock.calls(), 2);
+}

@@ -217,3 +217,26 @@ async fn shutdown_ends_open_streams() {
         .await
         .expect("the drain does not wait on streams");
 }
+
+#[tokio::test]
+async fn a_watcher_whose_task_never_changes_is_retired_with_a_retry_hint() {
+    let mock = MockUpstream::start().await;
+    mock.set("stuck", running("stuck", 0.5, 1));
+    // Retired after 150 unchanged polls: 1.5 s at a 10 ms interval.
+    let tg = taskgate(&mock, |c| c.watch_interval = Duration::from_millis(10)).await;
+    let started = Instant::now();
+    let mut s = SseReader::open(tg.public_addr(), "/task/stuck/events", &[]).await;
+    let first = s.next(WAIT).await.expect("the current answer at once");
+    assert_eq!(first.event, "task");
+    let retired = s.next(WAIT).await.expect("a last frame before the end");
+    assert_eq!(
+        (retired.event.as_str(), retired.data.as_str()),
+        ("message", "")
+    );
+    assert!(s.ended(WAIT).await, "the stream ends after the retry hint");
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    // The poller stopped with it.
+    let calls = mock.calls();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(mock.calls(), calls, "no polling after retirement");
+}

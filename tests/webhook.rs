@@ -1,6 +1,7 @@
 //! Studio webhooks: signed, fresh, first-seen task events drop the task from the cache and
 //! refresh its watchers; anything else changes nothing. Signatures here are computed with
 //! the `hmac` and `sha2` crates, independently of taskgate's own (ring) implementation.
+//! As Studio sends them, a body's `timestamp` is the send time and equals the header's `t`.
 
 mod common;
 
@@ -35,9 +36,15 @@ fn sign(secret: &str, body: &[u8]) -> String {
         .collect()
 }
 
+/// An event created and sent at `at` (its first delivery).
 fn event(event_id: &str, event: &str, task: &str, at: u64) -> String {
+    event_sent(event_id, event, task, at, at)
+}
+
+/// An event created at `created`, sent (`timestamp`) at `sent`: a retry has `sent > created`.
+fn event_sent(event_id: &str, event: &str, task: &str, created: u64, sent: u64) -> String {
     format!(
-        r#"{{"id":"{event_id}","webhookId":"wh1","createdAt":{at},"timestamp":{at},"event":"{event}","payload":{{"task":{{"id":"{task}","type":"upload","snapshot":{{}}}}}}}}"#
+        r#"{{"id":"{event_id}","webhookId":"wh1","createdAt":{created},"timestamp":{sent},"event":"{event}","payload":{{"task":{{"id":"{task}","type":"upload","snapshot":{{}}}}}}}}"#
     )
 }
 
@@ -97,8 +104,9 @@ async fn cached_then_webhooked(
 async fn a_signed_task_event_drops_the_task_from_the_cache() {
     let (status, next, calls) = cached_then_webhooked(|addr| {
         Box::pin(async move {
-            let body = event("ev-1", "task.updated", TASK, now_ms());
-            post(addr, &body, signed(&body, now_ms())).await
+            let t = now_ms();
+            let body = event("ev-1", "task.updated", TASK, t);
+            post(addr, &body, signed(&body, t)).await
         })
     })
     .await;
@@ -115,12 +123,9 @@ async fn a_signed_task_event_drops_the_task_from_the_cache() {
 async fn a_bad_signature_changes_nothing() {
     let (status, next, calls) = cached_then_webhooked(|addr| {
         Box::pin(async move {
-            let body = event("ev-1", "task.updated", TASK, now_ms());
-            let wrong = format!(
-                "t={},v1={}",
-                now_ms(),
-                sign("another-secret", body.as_bytes())
-            );
+            let t = now_ms();
+            let body = event("ev-1", "task.updated", TASK, t);
+            let wrong = format!("t={t},v1={}", sign("another-secret", body.as_bytes()));
             post(addr, &body, Some(wrong)).await
         })
     })
@@ -133,10 +138,11 @@ async fn a_bad_signature_changes_nothing() {
 async fn a_body_reserialised_with_other_whitespace_fails_the_signature() {
     let (status, next, calls) = cached_then_webhooked(|addr| {
         Box::pin(async move {
-            let compact = event("ev-1", "task.updated", TASK, now_ms());
+            let t = now_ms();
+            let compact = event("ev-1", "task.updated", TASK, t);
             let value: serde_json::Value = serde_json::from_str(&compact).unwrap();
             let pretty = serde_json::to_string_pretty(&value).unwrap();
-            post(addr, &pretty, signed(&compact, now_ms())).await
+            post(addr, &pretty, signed(&compact, t)).await
         })
     })
     .await;
@@ -180,21 +186,23 @@ async fn duplicates_and_other_events_are_acknowledged_and_ignored() {
     mock.set(TASK, Reply::task(TASK, "completed"));
     let tg = taskgate(&mock, |c| c.webhook_secret = Some(Secret::new(SECRET))).await;
     let addr = tg.public_addr();
-    let first = event("ev-7", "task.completed", TASK, now_ms());
+    let created = now_ms();
+    let first = event("ev-7", "task.completed", TASK, created);
     assert_eq!(
-        post(addr, &first, signed(&first, now_ms())).await.status,
+        post(addr, &first, signed(&first, created)).await.status,
         StatusCode::NO_CONTENT
     );
-    // Studio retries keep the event id (re-signed with a new time).
+    // Studio retries keep the event id (re-sent with a new `timestamp`, re-signed).
+    let resent = created + 1;
+    let retry = event_sent("ev-7", "task.completed", TASK, created, resent);
     assert_eq!(
-        post(addr, &first, signed(&first, now_ms() + 1))
-            .await
-            .status,
+        post(addr, &retry, signed(&retry, resent)).await.status,
         StatusCode::NO_CONTENT
     );
-    let other = event("ev-8", "asset.ready", TASK, now_ms());
+    let t = now_ms();
+    let other = event("ev-8", "asset.ready", TASK, t);
     assert_eq!(
-        post(addr, &other, signed(&other, now_ms())).await.status,
+        post(addr, &other, signed(&other, t)).await.status,
         StatusCode::NO_CONTENT
     );
     let unsigned = post(addr, &first, None).await;
@@ -219,9 +227,10 @@ async fn duplicates_and_other_events_are_acknowledged_and_ignored() {
 async fn the_route_exists_only_with_a_secret_and_only_for_post() {
     let mock = MockUpstream::start().await;
     let off = taskgate(&mock, |_| {}).await;
-    let body = event("ev-1", "task.updated", TASK, now_ms());
+    let t = now_ms();
+    let body = event("ev-1", "task.updated", TASK, t);
     assert_eq!(
-        post(off.public_addr(), &body, signed(&body, now_ms()))
+        post(off.public_addr(), &body, signed(&body, t))
             .await
             .status,
         StatusCode::NOT_FOUND
@@ -268,12 +277,11 @@ async fn a_webhook_makes_watchers_see_the_change_at_once() {
             format!(r#"{{"id":"{TASK}","status":{{"phase":"completed","updatedAt":2}}}}"#),
         ),
     );
-    let body = event("ev-9", "task.completed", TASK, now_ms());
+    let t = now_ms();
+    let body = event("ev-9", "task.completed", TASK, t);
     let sent = std::time::Instant::now();
     assert_eq!(
-        post(tg.public_addr(), &body, signed(&body, now_ms()))
-            .await
-            .status,
+        post(tg.public_addr(), &body, signed(&body, t)).await.status,
         StatusCode::NO_CONTENT
     );
     for s in &mut watchers {
@@ -288,4 +296,125 @@ async fn a_webhook_makes_watchers_see_the_change_at_once() {
         "seen in {:?}, far under the 60 s interval",
         sent.elapsed()
     );
+}
+
+/// Issue 16 finding 3: a body signed long ago, replayed with `t` rewritten to now and a valid
+/// signature over that body, is stale: freshness comes from the signed `timestamp`.
+#[tokio::test]
+async fn a_replayed_body_under_a_rewritten_t_changes_nothing() {
+    let (status, next, calls) = cached_then_webhooked(|addr| {
+        Box::pin(async move {
+            let then = now_ms() - 10 * 60 * 1000;
+            let body = event("ev-old", "task.updated", TASK, then);
+            post(addr, &body, signed(&body, now_ms())).await
+        })
+    })
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!((next.as_deref(), calls), (Some("HIT"), 1));
+}
+
+/// Issue 16 finding 2: a header with thousands of `v1` tags is refused as a whole, even
+/// when one of them is right (each would have cost an HMAC of the body). That nothing is
+/// hashed for it is counted in `webhook::tests`.
+#[tokio::test]
+async fn thousands_of_tags_are_refused_even_with_the_right_one_among_them() {
+    let (status, next, calls) = cached_then_webhooked(|addr| {
+        Box::pin(async move {
+            let t = now_ms();
+            let body = event("ev-1", "task.updated", TASK, t);
+            let good = sign(SECRET, body.as_bytes());
+            let empty = format!("t={t},{}v1={good}", "v1=,".repeat(7000));
+            assert_eq!(
+                post(addr, &body, Some(empty)).await.status,
+                StatusCode::UNAUTHORIZED
+            );
+            // Hundreds of well-formed tags (the request head is capped at 32 KiB).
+            let wrong = format!("v1={},", "ab".repeat(32));
+            let many = format!("t={t},{}v1={good}", wrong.repeat(400));
+            post(addr, &body, Some(many)).await
+        })
+    })
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!((next.as_deref(), calls), (Some("HIT"), 1));
+}
+
+/// A few tags (as during a rotation) are fine: the right one may be any of them.
+#[tokio::test]
+async fn the_right_tag_among_a_few_is_accepted() {
+    let (status, next, calls) = cached_then_webhooked(|addr| {
+        Box::pin(async move {
+            let t = now_ms();
+            let body = event("ev-1", "task.updated", TASK, t);
+            let tags = format!(
+                "v1={},v1={}",
+                sign("old-secret", body.as_bytes()),
+                sign(SECRET, body.as_bytes()).to_uppercase()
+            );
+            post(addr, &body, Some(format!("t={t},{tags}"))).await
+        })
+    })
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!((next.as_deref(), calls), (Some("MISS"), 2));
+}
+
+/// Issue 16 finding 3: an event without an id could never be deduplicated: refused (400:
+/// the call is authentic and fresh, but unusable), and nothing changes.
+#[tokio::test]
+async fn an_event_without_an_id_is_refused_and_changes_nothing() {
+    let (status, next, calls) = cached_then_webhooked(|addr| {
+        Box::pin(async move {
+            let t = now_ms();
+            let body = format!(
+                r#"{{"webhookId":"wh1","createdAt":{t},"timestamp":{t},"event":"task.updated","payload":{{"task":{{"id":"{TASK}"}}}}}}"#
+            );
+            post(addr, &body, signed(&body, t)).await
+        })
+    })
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!((next.as_deref(), calls), (Some("HIT"), 1));
+}
+
+/// Issue 16 finding 2: the route spends the same per-client budget as reads.
+#[tokio::test]
+async fn the_route_is_under_the_per_client_rate_limit() {
+    let mock = MockUpstream::start().await;
+    mock.set(TASK, Reply::task(TASK, "completed"));
+    let tg = taskgate(&mock, |c| {
+        c.webhook_secret = Some(Secret::new(SECRET));
+        c.rate_limit = 0.01;
+        c.rate_burst = 3.0;
+    })
+    .await;
+    let addr = tg.public_addr();
+    let c = HttpClient::default();
+    assert_eq!(
+        c.get(addr, &format!("/task/{TASK}")).await.status,
+        StatusCode::OK
+    );
+    let t = now_ms();
+    let body = event("ev-1", "task.completed", TASK, t);
+    let junk = Some(format!("t={t},v1={}", "00".repeat(32)));
+    assert_eq!(
+        post(addr, &body, junk.clone()).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(addr, &body, junk.clone()).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // The budget (3) is spent: webhooks and reads alike wait.
+    let limited = post(addr, &body, junk).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.header("retry-after").is_some());
+    let good = post(addr, &body, signed(&body, t)).await;
+    assert_eq!(good.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        c.get(addr, &format!("/task/{TASK}")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(mock.calls(), 1);
 }

@@ -43,8 +43,10 @@ impl Answer {
         let status = StatusCode::from_u16(u16::from_be_bytes(take(2)?.try_into().ok()?)).ok()?;
         let stored_unix_ms = u64::from_be_bytes(take(8)?.try_into().ok()?);
         let ttl = Duration::from_millis(u64::from_be_bytes(take(8)?.try_into().ok()?));
+        // Kept for the format's sake, never served: a value written into Redis by anyone must
+        // not choose what browsers are told the body is. Only JSON answers are shared.
         let ct_len = u16::from_be_bytes(take(2)?.try_into().ok()?) as usize;
-        let content_type = HeaderValue::from_bytes(take(ct_len)?).ok()?;
+        let _stored_content_type = take(ct_len)?;
         let etag_len = u16::from_be_bytes(take(2)?.try_into().ok()?) as usize;
         let etag = match take(etag_len)? {
             [] => None,
@@ -62,7 +64,7 @@ impl Answer {
             status,
             phase: kind.phase(&body),
             body,
-            content_type,
+            content_type: super::respond::JSON,
             etag,
             retry_after: None,
             store: Store::Keep { ttl, public: true },

@@ -56,16 +56,23 @@ pub enum Error {
     BadId(Kind),
     NoRoute,
     Method(Allow),
+    /// A request head (request line and headers) over the limit.
+    HeadTooLarge,
     /// A `GET` or `HEAD` with a body.
     BodyOnGet,
     /// The per-client request budget is spent; retry after this long.
     RateLimited(Duration),
+    /// The per-client budget for requests that need the API is spent.
+    MissBudget(Duration),
     /// A webhook body over its limit.
     BodyTooLarge,
     /// A webhook body that ended early.
     IncompleteBody,
     BadSignature,
     StaleWebhook,
+    /// A signed, fresh webhook event without a usable `id` (missing, empty, too long):
+    /// it could not be deduplicated.
+    BadEventId,
     /// A CORS preflight from an origin (or for a method) that is not allowed.
     PreflightRefused,
     /// An admin request whose `Host` is a DNS name other than `localhost` (DNS rebinding).
@@ -92,6 +99,9 @@ pub enum Error {
     /// A 1xx, 3xx or 2xx other than 200: redirects are never followed.
     UpstreamUnexpected,
 
+    /// One client holds as many watch streams as it may.
+    WatchClientLimit,
+
     // ---- taskgate's own
     /// Too many watched ids.
     WatchLimit,
@@ -102,9 +112,11 @@ impl Error {
     pub fn side(self) -> Side {
         use Error::*;
         match self {
-            Malformed(_) | BadId(_) | NoRoute | Method(_) | BodyOnGet | RateLimited(_)
-            | BodyTooLarge | IncompleteBody | BadSignature | StaleWebhook | PreflightRefused
-            | ForeignHost => Side::Client,
+            Malformed(_) | BadId(_) | NoRoute | Method(_) | HeadTooLarge | BodyOnGet
+            | RateLimited(_) | MissBudget(_) | BodyTooLarge | IncompleteBody | BadSignature
+            | StaleWebhook | BadEventId | PreflightRefused | ForeignHost | WatchClientLimit => {
+                Side::Client
+            }
             Backoff(_)
             | UpstreamTimeout
             | NoUpstreamSlot
@@ -139,6 +151,11 @@ impl Error {
                 "method not allowed",
                 "method",
             ),
+            HeadTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+                "head_too_large",
+            ),
             BodyOnGet => (
                 StatusCode::BAD_REQUEST,
                 "a GET or HEAD request must not carry a body",
@@ -148,6 +165,11 @@ impl Error {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate limit exceeded",
                 "rate_limited",
+            ),
+            MissBudget(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests for uncached resources",
+                "miss_budget",
             ),
             BodyTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -168,6 +190,11 @@ impl Error {
                 StatusCode::UNAUTHORIZED,
                 "stale webhook call",
                 "stale_webhook",
+            ),
+            BadEventId => (
+                StatusCode::BAD_REQUEST,
+                "webhook event id missing or invalid",
+                "bad_event_id",
             ),
             PreflightRefused => (
                 StatusCode::FORBIDDEN,
@@ -231,9 +258,14 @@ impl Error {
                 "unexpected upstream answer",
                 "upstream_unexpected",
             ),
+            WatchClientLimit => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many watches from this client",
+                "watch_client_limit",
+            ),
             WatchLimit => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too many ids watched",
+                "too many tasks watched",
                 "watch_limit",
             ),
             Internal => (
@@ -261,7 +293,7 @@ impl Error {
     /// When a client may try again (`Retry-After`).
     pub fn retry_after(self) -> Option<Duration> {
         match self {
-            Error::RateLimited(wait) | Error::Backoff(wait) => Some(wait),
+            Error::RateLimited(wait) | Error::MissBudget(wait) | Error::Backoff(wait) => Some(wait),
             _ => None,
         }
     }
@@ -279,7 +311,7 @@ impl Error {
     pub fn closes(self) -> bool {
         matches!(
             self,
-            Error::Malformed(_) | Error::BodyOnGet | Error::BodyTooLarge
+            Error::Malformed(_) | Error::HeadTooLarge | Error::BodyOnGet | Error::BodyTooLarge
         )
     }
 
@@ -310,12 +342,15 @@ mod tests {
             Error::BadId(Kind::Task),
             Error::NoRoute,
             Error::Method(Allow::Read),
+            Error::HeadTooLarge,
             Error::BodyOnGet,
             Error::RateLimited(Duration::from_secs(1)),
+            Error::MissBudget(Duration::from_secs(1)),
             Error::BodyTooLarge,
             Error::IncompleteBody,
             Error::BadSignature,
             Error::StaleWebhook,
+            Error::BadEventId,
             Error::PreflightRefused,
             Error::ForeignHost,
             Error::Backoff(Duration::from_secs(1)),
@@ -330,6 +365,7 @@ mod tests {
             Error::UpstreamClientError(StatusCode::CONFLICT),
             Error::UpstreamError,
             Error::UpstreamUnexpected,
+            Error::WatchClientLimit,
             Error::WatchLimit,
             Error::Internal,
         ];

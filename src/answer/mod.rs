@@ -502,6 +502,24 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_value_cannot_choose_its_content_type() {
+        let a = Answer::from_upstream(Kind::Task, reply(200, &task("completed")), &TTLS, b"k");
+        let mut bytes = a.encode();
+        // Rewrite the stored content type as a hostile writer of the shared level would.
+        let at = 4 + 2 + 8 + 8;
+        let len = u16::from_be_bytes([bytes[at], bytes[at + 1]]) as usize;
+        let html = b"text/html";
+        bytes.splice(at..at + 2 + len, {
+            let mut f = (html.len() as u16).to_be_bytes().to_vec();
+            f.extend_from_slice(html);
+            f
+        });
+        let b = Answer::decode(Kind::Task, &bytes).expect("still decodes");
+        let (head, _) = b.head(&Method::GET, &HeaderMap::new(), CacheStatus::Hit);
+        assert_eq!(head.content_type.unwrap(), "application/json");
+    }
+
+    #[test]
     fn garbage_and_other_versions_do_not_decode() {
         let a = Answer::from_upstream(Kind::Task, reply(200, &task("completed")), &TTLS, b"k");
         let mut other_version = a.encode();

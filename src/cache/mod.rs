@@ -30,7 +30,7 @@ use std::{
 use moka::{sync::Cache as Moka, Expiry};
 use tokio::sync::watch;
 
-pub use shared::SharedLevel;
+pub use shared::{namespace, SharedLevel};
 
 use crate::{
     answer::{Answer, CacheStatus, NoStore, Store},
@@ -115,6 +115,11 @@ impl Cache {
     /// This replica's stored answer for `key`.
     pub fn get(&self, key: &Key) -> Option<Arc<Answer>> {
         self.entries.get(key)
+    }
+
+    /// Whether a fetch of `key` is in flight (a request now would wait for it, not call the API).
+    pub fn is_in_flight(&self, key: &Key) -> bool {
+        lock(&self.inflight).contains_key(key)
     }
 
     /// Drops `key` from this replica's memory, and makes a fetch of it in flight store nothing.

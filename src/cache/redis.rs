@@ -5,10 +5,11 @@
 //! - Redis never fails a request and never stalls one past `TASKGATE_REDIS_TIMEOUT`: a slow,
 //!   down, full or confused Redis is a miss, counted in `taskgate_l2_*` and logged at most
 //!   once per [`LOG_EVERY`].
-//! - Answers are stored under `taskgate:v1:{kind}:{id}` with the lifetime they have left, in
-//!   [`Answer::encode`]'s versioned encoding; a value that does not decode is a miss.
-//! - Purges and webhooks delete the key and publish `{kind}:{id}` on `taskgate:v1:invalidate`
-//!   (a bare id, as older replicas publish it, means a task); every replica listens there
+//! - Answers are stored under `taskgate:v2:{namespace}:{kind}:{id}` with the lifetime they
+//!   have left, in [`Answer::encode`]'s versioned encoding; a value that does not decode is a
+//!   miss. The namespace keeps tenants sharing one Redis apart (see [`namespace`]).
+//! - Purges and webhooks delete the key and publish `{kind}:{id}` on
+//!   `taskgate:v2:{namespace}:invalidate`; every replica of the same namespace listens there
 //!   (resubscribing after any loss) and drops the key from memory.
 //!
 //! The connection is made lazily and re-made by itself (redis' `ConnectionManager`), so
@@ -32,7 +33,6 @@ use crate::{
     telemetry::Metrics,
 };
 
-pub const INVALIDATE_CHANNEL: &str = "taskgate:v1:invalidate";
 /// Errors are logged at most this often (the counters see every one).
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -41,19 +41,16 @@ fn describe(e: &redis::RedisError) -> String {
     format!("{:?}", e.kind())
 }
 
-fn redis_key(key: Key) -> String {
-    format!("taskgate:v1:{}:{}", key.kind(), key.id())
-}
-
-/// `{kind}:{id}` as published; a bare id (older replicas) names a task.
+/// `{kind}:{id}` as published.
 fn parse_invalidation(payload: &str) -> Option<Key> {
-    match payload.split_once(':') {
-        Some((kind, id)) => Key::new(Kind::from_segment(kind)?, id),
-        None => Key::new(Kind::Task, payload),
-    }
+    let (kind, id) = payload.split_once(':')?;
+    Key::new(Kind::from_segment(kind)?, id)
 }
 
 pub struct Redis {
+    /// `taskgate:v2:{namespace}:`, the prefix of every key and of the channel.
+    prefix: String,
+    channel: String,
     client: redis::Client,
     con: ConnectionManager,
     timeout: Duration,
@@ -63,7 +60,12 @@ pub struct Redis {
 
 impl Redis {
     /// Builds the client; no connection is made until the first command.
-    pub fn new(url: &str, timeout: Duration, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(
+        url: &str,
+        namespace: &str,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         // On error, only the error's kind: the message may quote the URL and its password.
         let client = redis::Client::open(url)
             .map_err(|e| format!("TASKGATE_REDIS_URL: {}", describe(&e)))?;
@@ -75,7 +77,10 @@ impl Redis {
             .set_max_delay(Duration::from_secs(2));
         let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| format!("TASKGATE_REDIS_URL: {}", describe(&e)))?;
+        let prefix = format!("taskgate:v2:{namespace}:");
         Ok(Self {
+            channel: format!("{prefix}invalidate"),
+            prefix,
             client,
             con,
             timeout,
@@ -88,7 +93,7 @@ impl Redis {
     pub async fn get(&self, key: Key) -> Option<Answer> {
         let mut con = self.con.clone();
         let got: Option<Option<Vec<u8>>> = self
-            .bounded("get", async move { con.get(redis_key(key)).await })
+            .bounded("get", async move { con.get(self.redis_key(key)).await })
             .await;
         match got {
             Some(Some(bytes)) => match Answer::decode(key.kind(), &bytes) {
@@ -119,9 +124,10 @@ impl Redis {
         let value = answer.encode();
         let mut con = self.con.clone();
         let options = SetOptions::default().with_expiration(SetExpiry::PX(left));
+        let redis_key = self.redis_key(key);
         let stored: Option<()> = self
             .bounded("set", async move {
-                con.set_options(redis_key(key), value, options).await
+                con.set_options(redis_key, value, options).await
             })
             .await;
         if stored.is_some() {
@@ -133,12 +139,13 @@ impl Redis {
     pub async fn invalidate(&self, key: Key) {
         let mut con = self.con.clone();
         let payload = format!("{}:{}", key.kind(), key.id());
+        let (redis_key, channel) = (self.redis_key(key), self.channel.clone());
         let done: Option<()> = self
             .bounded("invalidate", async move {
                 let _: () = redis::pipe()
-                    .del(redis_key(key))
+                    .del(redis_key)
                     .ignore()
-                    .publish(INVALIDATE_CHANNEL, payload)
+                    .publish(channel, payload)
                     .ignore()
                     .query_async(&mut con)
                     .await?;
@@ -161,9 +168,9 @@ impl Redis {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.client.get_async_pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(INVALIDATE_CHANNEL).await {
+                Ok(mut pubsub) => match pubsub.subscribe(&self.channel).await {
                     Ok(()) => {
-                        tracing::info!(channel = INVALIDATE_CHANNEL, "l2: subscribed");
+                        tracing::info!(channel = %self.channel, "l2: subscribed");
                         delay = Duration::from_millis(100);
                         let mut messages = pubsub.into_on_message();
                         while let Some(msg) = messages.next().await {
@@ -182,6 +189,10 @@ impl Redis {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+
+    fn redis_key(&self, key: Key) -> String {
+        format!("{}{}:{}", self.prefix, key.kind(), key.id())
     }
 
     /// Runs one command under the timeout; `None` on timeout or error, each counted.
@@ -240,8 +251,7 @@ mod tests {
     fn invalidations_name_a_kind_and_an_id() {
         let task = Key::new(Kind::Task, "abc").unwrap();
         assert_eq!(parse_invalidation("task:abc"), Some(task));
-        assert_eq!(parse_invalidation("abc"), Some(task), "older replicas");
-        for bad in ["", "task:", "nope:abc", "task:a/b", "a b"] {
+        for bad in ["", "abc", "task:", "nope:abc", "task:a/b", "a b"] {
             assert_eq!(parse_invalidation(bad), None, "{bad:?}");
         }
     }

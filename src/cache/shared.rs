@@ -18,9 +18,10 @@ impl SharedLevel {
         Self::default()
     }
 
-    /// The level for `url` (none: off). Makes no connection yet.
+    /// The level for `url` (none: off), its keys under `namespace`. Makes no connection yet.
     pub fn new(
         url: Option<&Secret>,
+        namespace: &str,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
@@ -29,14 +30,14 @@ impl SharedLevel {
         };
         #[cfg(feature = "redis")]
         {
-            let redis = super::redis::Redis::new(url.expose(), timeout, metrics)?;
+            let redis = super::redis::Redis::new(url.expose(), namespace, timeout, metrics)?;
             Ok(Self {
                 redis: Some(Arc::new(redis)),
             })
         }
         #[cfg(not(feature = "redis"))]
         {
-            let _ = (url, timeout, metrics);
+            let _ = (url, namespace, timeout, metrics);
             Err(
                 "TASKGATE_REDIS_URL: this build has no Redis support (build with --features redis)"
                     .into(),
@@ -95,5 +96,49 @@ impl SharedLevel {
             return;
         }
         let _ = drop_key;
+    }
+}
+
+/// The default namespace: a fingerprint of what makes answers differ between deployments —
+/// the upstream URL, whether bodies are scrubbed, and the API key (its project). Two apps,
+/// or staging and production, sharing one Redis get different namespaces; the replicas of one
+/// deployment get the same. A key rotation changes it: during a rollout, replicas on the old
+/// and the new key do not share answers (each half warms its own), and the old namespace's
+/// entries expire with their TTLs. Set `TASKGATE_REDIS_NAMESPACE` to keep one across
+/// rotations. 16 hex digits of SHA-256: the key cannot be recovered from it.
+pub fn namespace(upstream_url: &str, redact: bool, api_key: &Secret) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [
+        upstream_url.as_bytes(),
+        &[u8::from(redact)],
+        api_key.expose().as_bytes(),
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    ctx.finish().as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_differ_by_upstream_redaction_and_key_only() {
+        let key = Secret::new("k1");
+        let base = namespace("https://livepeer.studio/api", true, &key);
+        assert_eq!(base, namespace("https://livepeer.studio/api", true, &key));
+        assert_eq!(base.len(), 16);
+        assert!(!base.contains("k1"));
+        for other in [
+            namespace("https://staging.example/api", true, &key),
+            namespace("https://livepeer.studio/api", false, &key),
+            namespace("https://livepeer.studio/api", true, &Secret::new("k2")),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 }
