@@ -132,7 +132,9 @@ fn main() -> ExitCode {
 }
 
 /// Runs the proxy (in front of the demo task API with `--demo`) until a signal and the drain.
-async fn serve(mut cfg: Config, demo: bool) -> ExitCode {
+async fn serve(cfg: Config, demo: bool) -> ExitCode {
+    #[cfg(feature = "demo")]
+    let mut cfg = cfg;
     #[cfg(feature = "demo")]
     let _demo = if demo {
         match taskgate::demo::start_for_cli(&mut cfg).await {
