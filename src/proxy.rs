@@ -19,9 +19,9 @@ use tracing::{field, Instrument};
 use crate::{
     answer::{
         respond::{self, full, Body, Head, X_REQUEST_ID},
-        Allow, Answer, CacheStatus, Error, NoStore, Policy,
+        Allow, Answer, CacheStatus, Error, NoStore, Policy, DEFAULT_STALE_IF_ERROR,
     },
-    cache::{self, Cache, Fetch, SharedLevel},
+    cache::{self, Cache, Fetch, Held, SharedLevel},
     clock::unix_ms_now,
     config::Config,
     cors::{Cors, Options},
@@ -112,7 +112,11 @@ impl Proxy {
         .map_err(SetupError)?;
         Ok(Self {
             upstream: Upstream::new(cfg)?,
-            cache: Arc::new(Cache::new(cfg.cache_max_bytes, shared)),
+            cache: Arc::new(Cache::new(
+                cfg.cache_max_bytes,
+                DEFAULT_STALE_IF_ERROR,
+                shared,
+            )),
             policy: Policy {
                 completed: cfg.ttl_completed,
                 failed: cfg.ttl_failed,
@@ -326,14 +330,19 @@ impl Proxy {
         request_id: &HeaderValue,
         trace: TraceContext,
     ) -> Result<Found, Error> {
-        if let Some(answer) = self.cache.get(&key) {
-            return Ok(Found::local(answer, CacheStatus::Hit));
-        }
+        let stale = match self.cache.lookup(&key) {
+            Held::Fresh(answer) => return Ok(Found::local(answer, CacheStatus::Hit)),
+            Held::Stale(answer) => Some(answer),
+            Held::Nothing => None,
+        };
         if let Some(left) = self.backoff.remaining() {
-            return Ok(Found::local(
-                Arc::new(Answer::backoff(left)),
-                CacheStatus::Pass,
-            ));
+            return Ok(match stale {
+                Some(stale) => {
+                    tracing::warn!(reason = "backoff", "serving a stale answer");
+                    Found::local(stale, CacheStatus::Stale)
+                }
+                None => Found::local(Arc::new(Answer::backoff(left)), CacheStatus::Pass),
+            });
         }
         if let Some(client) = client.filter(|_| !self.cache.is_in_flight(&key)) {
             self.spend_miss_budget(client)?;
@@ -350,6 +359,16 @@ impl Proxy {
             Some(f) => {
                 if coalesced {
                     self.metrics.coalesced_wait();
+                }
+                if let Some(stale) = stale.filter(|_| f.answer.is_upstream_failure()) {
+                    // The failure was logged where it happened; the client gets what it had.
+                    return Ok(Found {
+                        answer: stale,
+                        cache: CacheStatus::Stale,
+                        upstream: f.upstream,
+                        coalesced,
+                        no_store: None,
+                    });
                 }
                 Ok(Found {
                     answer: f.answer,
