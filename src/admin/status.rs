@@ -36,7 +36,7 @@ const OUTCOMES_ALWAYS: [&str; 3] = ["HIT", "MISS", "PASS"];
 const STYLE: &str = "\
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:60em;padding:0 1em;color:#1b1f24;background:#fafbfc}\
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em;border-bottom:1px solid #d0d7de}\
-.meta{color:#57606a}table{border-collapse:collapse;min-width:24em}\
+.meta{color:#57606a}table{border-collapse:collapse;width:100%;max-width:44em}\
 th,td{padding:.2em .8em .2em 0;text-align:left;vertical-align:top}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 th{font-weight:600;color:#57606a}.note{color:#57606a;font-size:.9em}meter{width:16em;height:1em}\
 .big{font-size:1.6em;font-weight:600}";
