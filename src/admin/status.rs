@@ -514,6 +514,32 @@ mod tests {
     }
 
     #[test]
+    fn redis_shows_operations_and_failures_when_configured() {
+        let m = Readout::parse(
+            "taskgate_l2_requests_total{op=\"get\",outcome=\"hit\"} 3\n\
+             taskgate_l2_requests_total{op=\"get\",outcome=\"miss\"} 1\n\
+             taskgate_l2_requests_total{op=\"set\",outcome=\"timeout\"} 2\n\
+             taskgate_l2_duration_seconds_sum 0.012\n\
+             taskgate_l2_duration_seconds_count 6\n",
+        );
+        let page = render(
+            &m,
+            &Context {
+                redis_configured: true,
+                ..cx()
+            },
+        );
+        assert!(page.contains("id=\"redis\" data-value=\"on\">on, with failures"));
+        assert!(page.contains("id=\"l2-ops\" data-value=\"6\""));
+        assert!(page.contains("id=\"l2-failed\" data-value=\"2\""));
+        assert!(page.contains("id=\"l2-hit-rate\" data-value=\"0.75\">75.0 %<"));
+        assert!(page.contains("id=\"l2-mean\" data-value=\"0.002\">2.00 ms<"));
+        assert!(page.contains("id=\"l2-set-timeout\" data-value=\"2\""));
+        let off = render(&m, &cx());
+        assert!(off.contains("id=\"redis\" data-value=\"off\"") && !off.contains("l2-ops"));
+    }
+
+    #[test]
     fn quantiles_follow_histogram_quantile() {
         let b = [(0.01, 2.0), (0.1, 6.0), (1.0, 10.0), (f64::INFINITY, 10.0)];
         assert_eq!(quantile(0.5, &b), Some(0.01 + 0.09 * 3.0 / 4.0));
