@@ -73,6 +73,12 @@ pub struct Metrics {
     webhooks: Family<OutcomeLabel, Counter>,
     l2: Family<L2Labels, Counter>,
     l2_seconds: Histogram,
+    avoided: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -87,7 +93,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "Public requests by route, status and cache outcome (HIT, MISS, PASS, none)",
+            "Public requests by route, status, cache outcome (HIT, MISS, PASS, STALE, none), resource kind and refusal reason",
             requests.clone(),
         );
         let request_seconds: Family<CacheLabel, Histogram, fn() -> Histogram> =
@@ -154,7 +160,7 @@ impl Metrics {
         let webhooks = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "webhooks",
-            "Studio webhook calls by outcome (accepted, bad_signature, stale, duplicate, ignored)",
+            "Studio webhook calls by outcome (accepted, bad_signature, stale, bad_event_id, duplicate, ignored)",
             webhooks.clone(),
         );
         let l2 = Family::<L2Labels, Counter>::default();
@@ -169,7 +175,14 @@ impl Metrics {
             "Time of one Redis operation",
             l2_seconds.clone(),
         );
+        let avoided = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "upstream_calls_avoided",
+            "Public requests answered without an upstream call of their own, by what saved it (hit, stale, coalesced, not_modified, watch_shared, backoff, refused)",
+            avoided.clone(),
+        );
         Self {
+            avoided,
             registry,
             requests,
             request_seconds,
@@ -210,6 +223,11 @@ impl Metrics {
         self.request_seconds
             .get_or_create(&CacheLabel { cache })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One request answered without its own upstream call, under the reason that saved it.
+    pub fn call_avoided(&self, reason: &'static str) {
+        self.avoided.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn coalesced_wait(&self) {
