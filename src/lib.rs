@@ -15,7 +15,7 @@
 //! | answers | `answer` (`error`, `respond`, `encode`) | classifying what the API said, the one error type (with its side and reason), the one place responses are built |
 //! | levels | `upstream`, `cache` (`shared`, `redis`), `telemetry` (`metrics`) | the API client, memory + Redis + coalescing, logs, traces and metrics |
 //! | features | `watch`, `webhook` | Server-Sent Events, Studio webhooks |
-//! | handler | `proxy`, `admin` | the public and the operator request paths |
+//! | handler | `proxy`, `admin` (`status`) | the public and the operator request paths (admin: probes, metrics, purge, the status page) |
 //! | wiring | `listener`, `server` | the accept loop, start-up and shutdown |
 //! | demo (feature `demo`) | `demo` | the simulated Studio API behind `--demo`; nothing above imports it |
 //!

@@ -19,9 +19,9 @@ use tracing::{field, Instrument};
 use crate::{
     answer::{
         respond::{self, full, Body, Head, X_REQUEST_ID},
-        Allow, Answer, CacheStatus, Error, NoStore, Policy,
+        Allow, Answer, CacheStatus, Error, NoStore, Policy, Side, DEFAULT_STALE_IF_ERROR,
     },
-    cache::{self, Cache, Fetch, SharedLevel},
+    cache::{self, Cache, Fetch, Held, SharedLevel},
     clock::unix_ms_now,
     config::Config,
     cors::{Cors, Options},
@@ -76,6 +76,34 @@ struct Outcome {
     no_store: Option<NoStore>,
     error: Option<Error>,
     webhook: Option<webhook::Outcome>,
+    /// A watch that joined a poller already running.
+    watch_shared: bool,
+}
+
+impl Outcome {
+    /// What saved the API a call, when this request made none of its own: the label of
+    /// `taskgate_upstream_calls_avoided_total`.
+    fn call_avoided(&self, status: u16) -> Option<&'static str> {
+        if self.coalesced {
+            return Some("coalesced");
+        }
+        if self.upstream.is_some() {
+            return None; // it made the call
+        }
+        if self.watch_shared {
+            return Some("watch_shared");
+        }
+        if status == 304 {
+            return Some("not_modified");
+        }
+        match (self.cache, self.error) {
+            (Some(CacheStatus::Hit), _) => Some("hit"),
+            (Some(CacheStatus::Stale), _) => Some("stale"),
+            (_, Some(Error::Backoff(_))) => Some("backoff"),
+            (_, Some(e)) if e.side() == Side::Client => Some("refused"),
+            _ => None,
+        }
+    }
 }
 
 /// An answer as one lookup found it.
@@ -112,7 +140,11 @@ impl Proxy {
         .map_err(SetupError)?;
         Ok(Self {
             upstream: Upstream::new(cfg)?,
-            cache: Arc::new(Cache::new(cfg.cache_max_bytes, shared)),
+            cache: Arc::new(Cache::new(
+                cfg.cache_max_bytes,
+                DEFAULT_STALE_IF_ERROR,
+                shared,
+            )),
             policy: Policy {
                 completed: cfg.ttl_completed,
                 failed: cfg.ttl_failed,
@@ -296,6 +328,7 @@ impl Proxy {
             no_store: found.no_store.filter(|_| found.cache == CacheStatus::Pass),
             error: found.answer.error,
             webhook: None,
+            watch_shared: false,
         };
         Ok((head, full(bytes)))
     }
@@ -326,14 +359,19 @@ impl Proxy {
         request_id: &HeaderValue,
         trace: TraceContext,
     ) -> Result<Found, Error> {
-        if let Some(answer) = self.cache.get(&key) {
-            return Ok(Found::local(answer, CacheStatus::Hit));
-        }
+        let stale = match self.cache.lookup(&key) {
+            Held::Fresh(answer) => return Ok(Found::local(answer, CacheStatus::Hit)),
+            Held::Stale(answer) => Some(answer),
+            Held::Nothing => None,
+        };
         if let Some(left) = self.backoff.remaining() {
-            return Ok(Found::local(
-                Arc::new(Answer::backoff(left)),
-                CacheStatus::Pass,
-            ));
+            return Ok(match stale {
+                Some(stale) => {
+                    tracing::warn!(reason = "backoff", "serving a stale answer");
+                    Found::local(stale, CacheStatus::Stale)
+                }
+                None => Found::local(Arc::new(Answer::backoff(left)), CacheStatus::Pass),
+            });
         }
         if let Some(client) = client.filter(|_| !self.cache.is_in_flight(&key)) {
             self.spend_miss_budget(client)?;
@@ -350,6 +388,16 @@ impl Proxy {
             Some(f) => {
                 if coalesced {
                     self.metrics.coalesced_wait();
+                }
+                if let Some(stale) = stale.filter(|_| f.answer.is_upstream_failure()) {
+                    // The failure was logged where it happened; the client gets what it had.
+                    return Ok(Found {
+                        answer: stale,
+                        cache: CacheStatus::Stale,
+                        upstream: f.upstream,
+                        coalesced,
+                        no_store: None,
+                    });
                 }
                 Ok(Found {
                     answer: f.answer,
@@ -452,7 +500,8 @@ impl Proxy {
             }
         }
         // Starting a poller costs the API a call per interval: it spends the miss budget.
-        if !self.watchers.is_watched(&key) && self.cache.get(&key).is_none() {
+        out.watch_shared = self.watchers.is_watched(&key);
+        if !out.watch_shared && self.cache.get(&key).is_none() {
             self.spend_miss_budget(client)?;
         }
         let this = Arc::clone(self);
@@ -559,6 +608,9 @@ impl Proxy {
         }
         self.metrics
             .request(route.as_str(), kind, status, outcome.cache, reason, elapsed);
+        if let Some(avoided) = outcome.call_avoided(status) {
+            self.metrics.call_avoided(avoided);
+        }
         let upstream = outcome.upstream;
         tracing::info!(
             target: "taskgate::access",

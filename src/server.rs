@@ -122,7 +122,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         cfg.drain_timeout,
     )
     .per_client(cfg.max_connections / 4);
-    let admin_state = Arc::new(Admin::new(Arc::clone(&proxy), Arc::clone(&ready)));
+    let admin_state = Arc::new(Admin::new(
+        Arc::clone(&proxy),
+        Arc::clone(&ready),
+        cfg.cache_max_bytes,
+    ));
     let public_task = {
         let proxy = Arc::clone(&proxy);
         listener::serve(public, limits, stop_rx.clone(), move |req, peer| {

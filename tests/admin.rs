@@ -310,3 +310,39 @@ async fn a_purge_during_a_fetch_keeps_that_fetch_out_of_the_cache() {
     assert_eq!(second.header("x-cache"), Some("MISS"));
     assert_eq!(mock.calls(), 2);
 }
+
+#[tokio::test]
+async fn each_request_without_its_own_upstream_call_is_counted_once_by_what_saved_it() {
+    let mock = MockUpstream::start().await;
+    mock.set("done", Reply::task("done", "completed"));
+    mock.set(
+        "slow",
+        Reply::task("slow", "running").delay(Duration::from_millis(300)),
+    );
+    let tg = taskgate(&mock, |_| {}).await;
+    let c = HttpClient::default();
+    let public = tg.public_addr();
+    let miss = c.get(public, "/task/done").await; // its own call: not counted
+    let etag = miss.header("etag").unwrap().to_owned();
+    c.get(public, "/task/done").await; // hit
+    c.get(public, "/task/done").await; // hit
+    let nm = c
+        .send(public, "GET", "/task/done", &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(nm.status, StatusCode::NOT_MODIFIED);
+    let (a, b) = tokio::join!(c.get(public, "/task/slow"), c.get(public, "/task/slow"));
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK)); // one call, one waiter
+    c.get(public, "/task/..").await; // refused
+    let m = c.get(tg.admin_addr(), "/metrics").await.text();
+    let avoided = |reason: &str| {
+        sample(
+            &m,
+            &format!("taskgate_upstream_calls_avoided_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(avoided("hit"), 2.0, "{m}");
+    assert_eq!(avoided("not_modified"), 1.0);
+    assert_eq!(avoided("coalesced"), 1.0);
+    assert_eq!(avoided("refused"), 1.0);
+    assert_eq!(mock.calls(), 2);
+}

@@ -561,8 +561,8 @@ async fn every_admin_route_in_the_admin_table_answers_as_documented() {
         checked += 1;
     }
     assert_eq!(
-        checked, 4,
-        "{page}: the admin table should list the four admin routes"
+        checked, 5,
+        "{page}: the admin table should list the five admin routes"
     );
 }
 

@@ -32,6 +32,8 @@ pub enum CacheStatus {
     Miss,
     /// Fetched upstream and not stored.
     Pass,
+    /// Kept past its lifetime and served because its refresh failed.
+    Stale,
 }
 
 impl CacheStatus {
@@ -40,6 +42,7 @@ impl CacheStatus {
             CacheStatus::Hit => "HIT",
             CacheStatus::Miss => "MISS",
             CacheStatus::Pass => "PASS",
+            CacheStatus::Stale => "STALE",
         }
     }
 }
@@ -93,6 +96,9 @@ pub struct Policy {
     pub pending: Duration,
     pub redact: bool,
 }
+
+/// `TASKGATE_STALE_IF_ERROR`'s default: finished answers survive a day-long API outage.
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
 
 impl Policy {
     fn ttl(&self, lifetime: Lifetime) -> Duration {
@@ -250,6 +256,31 @@ impl Answer {
         })
     }
 
+    /// Answers kept by phase (finished work) may be served past their lifetime while the API
+    /// fails; 404s and unfinished work never are.
+    pub fn may_be_served_stale(&self) -> bool {
+        self.is_shared() && self.phase.is_some_and(Phase::is_finished)
+    }
+
+    /// A refresh that came to this may be replaced by a stale answer: the API failed or
+    /// could not be asked (not a 404, not the API's own 4xx about the request).
+    pub fn is_upstream_failure(&self) -> bool {
+        self.error.is_some_and(|e| {
+            matches!(
+                e,
+                Error::Backoff(_)
+                    | Error::UpstreamTimeout
+                    | Error::NoUpstreamSlot
+                    | Error::UpstreamTooLarge
+                    | Error::UpstreamUnavailable
+                    | Error::UpstreamKeyRefused
+                    | Error::UpstreamRateLimited
+                    | Error::UpstreamError
+                    | Error::UpstreamUnexpected
+            )
+        })
+    }
+
     /// Finished answers and 404s: the ones other replicas may serve too (not the pending
     /// micro-cache, whose answers go stale in a second).
     pub fn is_shared(&self) -> bool {
@@ -290,9 +321,11 @@ impl Answer {
             // Whole seconds, so `max-age` + `Age` always add up to the TTL.
             head.cache_control = CacheControl::Public(ttl.as_secs().saturating_sub(age.as_secs()));
         }
-        if cache == CacheStatus::Hit {
+        if matches!(cache, CacheStatus::Hit | CacheStatus::Stale) {
             head.age = Some(age.as_secs());
         }
+        // A stale answer may be used now, but no cache may keep it without asking again.
+        head.revalidate = cache == CacheStatus::Stale;
         head.x_cache = Some(cache);
         (head, body)
     }

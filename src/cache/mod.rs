@@ -72,12 +72,28 @@ pub struct Cache {
     shared: SharedLevel,
 }
 
-struct TtlOfAnswer;
+/// How long an entry stays in memory: its lifetime left, plus the stale-if-error window for
+/// answers that may be served stale (finished work, never 404s or the pending micro-cache).
+struct TtlOfAnswer {
+    stale_if_error: Duration,
+}
+
+impl TtlOfAnswer {
+    fn keep(&self, a: &Answer) -> Option<Duration> {
+        a.ttl()?;
+        let stale = if a.may_be_served_stale() {
+            self.stale_if_error
+        } else {
+            Duration::ZERO
+        };
+        Some(a.remaining() + stale)
+    }
+}
 
 impl Expiry<Key, Arc<Answer>> for TtlOfAnswer {
     // The lifetime left, not the whole TTL: an answer from the shared level is already old.
     fn expire_after_create(&self, _: &Key, a: &Arc<Answer>, _: Instant) -> Option<Duration> {
-        a.ttl().map(|_| a.remaining())
+        self.keep(a)
     }
 
     // A re-fetched answer replaces the old one with its own lifetime.
@@ -88,18 +104,28 @@ impl Expiry<Key, Arc<Answer>> for TtlOfAnswer {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        a.ttl().map(|_| a.remaining())
+        self.keep(a)
     }
 }
 
+/// What memory holds for a key.
+pub enum Held {
+    /// Within its lifetime: serve it.
+    Fresh(Arc<Answer>),
+    /// Past its lifetime, inside the stale-if-error window: refresh it, and serve it only if
+    /// the refresh fails.
+    Stale(Arc<Answer>),
+    Nothing,
+}
+
 impl Cache {
-    pub fn new(max_bytes: u64, shared: SharedLevel) -> Self {
+    pub fn new(max_bytes: u64, stale_if_error: Duration, shared: SharedLevel) -> Self {
         let entries = Moka::builder()
             .max_capacity(max_bytes)
             .weigher(|_: &Key, a: &Arc<Answer>| {
                 u32::try_from(a.body.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
-            .expire_after(TtlOfAnswer)
+            .expire_after(TtlOfAnswer { stale_if_error })
             .build();
         Self {
             entries,
@@ -112,9 +138,21 @@ impl Cache {
         &self.shared
     }
 
-    /// This replica's stored answer for `key`.
+    /// This replica's answer for `key`, if it is within its lifetime.
     pub fn get(&self, key: &Key) -> Option<Arc<Answer>> {
-        self.entries.get(key)
+        match self.lookup(key) {
+            Held::Fresh(answer) => Some(answer),
+            _ => None,
+        }
+    }
+
+    /// This replica's answer for `key`, fresh or stale.
+    pub fn lookup(&self, key: &Key) -> Held {
+        match self.entries.get(key) {
+            Some(answer) if answer.remaining().is_zero() => Held::Stale(answer),
+            Some(answer) => Held::Fresh(answer),
+            None => Held::Nothing,
+        }
     }
 
     /// Whether a fetch of `key` is in flight (a request now would wait for it, not call the API).
@@ -187,7 +225,7 @@ impl Cache {
             key,
             armed: true,
         };
-        if let Some(answer) = self.entries.get(&key) {
+        if let Some(answer) = self.get(&key) {
             drop(leave);
             let _ = tx.send(Some(Fetched {
                 answer,
@@ -216,6 +254,11 @@ impl Cache {
             let answer = Arc::new(answer);
             if answer.is_cacheable() {
                 self.entries.insert(key, Arc::clone(&answer));
+            } else if !answer.is_upstream_failure() {
+                // The API answered, and not with something to keep: an answer kept for
+                // stale-if-error is now wrong (a retried task runs again, a 404 with the
+                // negative cache off).
+                self.entries.invalidate(&key);
             }
             answer
         };
@@ -311,7 +354,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalidation_during_a_fetch_keeps_its_answer_out_of_the_cache() {
-        let cache = Arc::new(Cache::new(1 << 20, SharedLevel::off()));
+        let cache = Arc::new(Cache::new(1 << 20, Duration::ZERO, SharedLevel::off()));
         let key = Key::new(Kind::Task, "t1").unwrap();
         let (release, wait) = tokio::sync::oneshot::channel::<()>();
         let completed = Bytes::from_static(br#"{"id":"t1","status":{"phase":"completed"}}"#);

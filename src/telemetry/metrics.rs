@@ -73,6 +73,12 @@ pub struct Metrics {
     webhooks: Family<OutcomeLabel, Counter>,
     l2: Family<L2Labels, Counter>,
     l2_seconds: Histogram,
+    avoided: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -87,7 +93,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "Public requests by route, status and cache outcome (HIT, MISS, PASS, none)",
+            "Public requests by route, status, cache outcome (HIT, MISS, PASS, STALE, none), resource kind and refusal reason",
             requests.clone(),
         );
         let request_seconds: Family<CacheLabel, Histogram, fn() -> Histogram> =
@@ -154,7 +160,7 @@ impl Metrics {
         let webhooks = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "webhooks",
-            "Studio webhook calls by outcome (accepted, bad_signature, stale, duplicate, ignored)",
+            "Studio webhook calls by outcome (accepted, bad_signature, stale, bad_event_id, duplicate, ignored)",
             webhooks.clone(),
         );
         let l2 = Family::<L2Labels, Counter>::default();
@@ -169,7 +175,14 @@ impl Metrics {
             "Time of one Redis operation",
             l2_seconds.clone(),
         );
+        let avoided = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "upstream_calls_avoided",
+            "Public requests answered without an upstream call of their own, by what saved it (hit, stale, coalesced, not_modified, watch_shared, backoff, refused)",
+            avoided.clone(),
+        );
         Self {
+            avoided,
             registry,
             requests,
             request_seconds,
@@ -210,6 +223,11 @@ impl Metrics {
         self.request_seconds
             .get_or_create(&CacheLabel { cache })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One request answered without its own upstream call, under the reason that saved it.
+    pub fn call_avoided(&self, reason: &'static str) {
+        self.avoided.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn coalesced_wait(&self) {
@@ -287,5 +305,205 @@ pub struct InFlight<'a>(&'a Gauge);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// The metrics read back, for the admin status page: exactly what `/metrics` shows at the
+/// moment of reading (the same rendering, parsed), so the page and a scrape never disagree
+/// and a family added later appears on the page without a second bookkeeping.
+impl Metrics {
+    pub fn read(&self, now: Snapshot) -> Readout {
+        Readout::parse(&self.render(now))
+    }
+}
+
+/// One sample line: `name{label="value",…} value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every sample of one rendering. A family with no labelled series yet has no samples.
+#[derive(Debug, Default)]
+pub struct Readout {
+    samples: Vec<Sample>,
+}
+
+impl Readout {
+    /// Parses the text format [`Metrics::render`] writes (comments skipped, label values
+    /// unescaped). A line it cannot read is skipped, never guessed at.
+    pub fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(parse_sample)
+            .collect();
+        Self { samples }
+    }
+
+    /// The samples named `name` (a full sample name: `…_total`, `…_bucket`, a gauge's name).
+    pub fn samples<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| s.name == name)
+    }
+
+    /// Whether any sample is named `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.samples(name).next().is_some()
+    }
+
+    /// The sum of the samples named `name` whose labels include every pair of `only`.
+    pub fn sum(&self, name: &str, only: &[(&str, &str)]) -> f64 {
+        self.samples(name)
+            .filter(|s| only.iter().all(|(k, v)| s.label(k) == Some(*v)))
+            .map(|s| s.value)
+            .sum()
+    }
+
+    /// The samples named `name` summed by the value of `label`, in order of first appearance.
+    pub fn sum_by(&self, name: &str, label: &str) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = Vec::new();
+        for s in self.samples(name) {
+            let key = s.label(label).unwrap_or_default();
+            match out.iter_mut().find(|(k, _)| k == key) {
+                Some((_, v)) => *v += s.value,
+                None => out.push((key.to_owned(), s.value)),
+            }
+        }
+        out
+    }
+
+    /// A histogram's cumulative buckets summed over its series, `(le, count)` by rising `le`
+    /// (`+Inf` last).
+    pub fn buckets(&self, histogram: &str) -> Vec<(f64, f64)> {
+        let name = format!("{histogram}_bucket");
+        let mut out: Vec<(f64, f64)> = Vec::new();
+        for s in self.samples(&name) {
+            let Some(le) = s.label("le").and_then(|le| match le {
+                "+Inf" => Some(f64::INFINITY),
+                le => le.parse().ok(),
+            }) else {
+                continue;
+            };
+            match out.iter_mut().find(|(b, _)| *b == le) {
+                Some((_, n)) => *n += s.value,
+                None => out.push((le, s.value)),
+            }
+        }
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out
+    }
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    let Some((name, rest)) = series.split_once('{') else {
+        return Some(Sample {
+            name: series.to_owned(),
+            labels: Vec::new(),
+            value,
+        });
+    };
+    let mut labels = Vec::new();
+    let mut rest = rest.strip_suffix('}')?;
+    while !rest.is_empty() {
+        let (label, after) = rest.split_once("=\"")?;
+        let mut text = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => text.push('\n'),
+                    c => text.push(c),
+                },
+                (_, c) => text.push(c),
+            }
+        };
+        labels.push((label.to_owned(), text));
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+
+    #[test]
+    fn reads_back_what_render_writes() {
+        let m = Metrics::new();
+        m.request(
+            "task",
+            Some("task"),
+            200,
+            Some(CacheStatus::Hit),
+            None,
+            Duration::from_millis(1),
+        );
+        m.request(
+            "task",
+            Some("task"),
+            200,
+            Some(CacheStatus::Hit),
+            None,
+            Duration::from_millis(3),
+        );
+        m.request("task", None, 400, None, Some("bad_id"), Duration::ZERO);
+        m.coalesced_wait();
+        let r = m.read(Snapshot {
+            cache_entries: 3,
+            cache_bytes: 4096,
+            watch_ids: 1,
+            watch_streams: 2,
+        });
+        assert_eq!(r.sum("taskgate_requests_total", &[]), 3.0);
+        assert_eq!(r.sum("taskgate_requests_total", &[("cache", "HIT")]), 2.0);
+        assert_eq!(
+            r.sum_by("taskgate_requests_total", "cache"),
+            vec![("HIT".to_owned(), 2.0), ("none".to_owned(), 1.0)]
+        );
+        assert_eq!(r.sum("taskgate_coalesced_waits_total", &[]), 1.0);
+        assert_eq!(r.sum("taskgate_cache_bytes", &[]), 4096.0);
+        assert_eq!(r.sum("taskgate_watch_streams", &[]), 2.0);
+        let buckets = r.buckets("taskgate_request_duration_seconds");
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 3.0)));
+        assert!(buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        assert!(!r.has("taskgate_webhooks_total"));
+    }
+
+    #[test]
+    fn unescapes_label_values_and_skips_what_it_cannot_read() {
+        let r = Readout::parse(
+            "# TYPE x counter\nx_total{a=\"q\\\"uo\\\\te\",b=\"\"} 2\ny 1.5\nbroken{a=\"1\" 3\nz nan-ish\n",
+        );
+        let x: Vec<_> = r.samples("x_total").collect();
+        assert_eq!(x.len(), 1);
+        assert_eq!(x[0].label("a"), Some("q\"uo\\te"));
+        assert_eq!(x[0].label("b"), Some(""));
+        assert_eq!(r.sum("y", &[]), 1.5);
+        assert!(!r.has("broken") && !r.has("z"));
     }
 }

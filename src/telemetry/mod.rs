@@ -23,7 +23,7 @@ use tracing_subscriber::{
     fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer, Registry,
 };
 
-pub use metrics::{Metrics, Snapshot};
+pub use metrics::{Metrics, Readout, Sample, Snapshot};
 
 use crate::{config::LogFormat, ids::TraceContext};
 

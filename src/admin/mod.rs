@@ -1,9 +1,14 @@
-//! The admin listener: probes and purge, for operators only. Never the task routes, and
-//! nothing here prints configuration or environment values.
+//! The admin listener: probes, metrics, purge and a status page, for operators only. Never
+//! the task routes, and nothing here prints configuration or environment values.
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
+mod status;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Instant,
 };
 
 use http::{Method, Request, Response, StatusCode};
@@ -22,11 +27,31 @@ use crate::{
 pub struct Admin {
     proxy: Arc<Proxy>,
     ready: Arc<AtomicBool>,
+    /// The cache's bound (`TASKGATE_CACHE_MAX_BYTES`), for the status page's fill.
+    cache_max_bytes: u64,
+    started: Instant,
 }
 
 impl Admin {
-    pub fn new(proxy: Arc<Proxy>, ready: Arc<AtomicBool>) -> Self {
-        Self { proxy, ready }
+    pub fn new(proxy: Arc<Proxy>, ready: Arc<AtomicBool>, cache_max_bytes: u64) -> Self {
+        Self {
+            proxy,
+            ready,
+            cache_max_bytes,
+            started: Instant::now(),
+        }
+    }
+
+    /// The gauges `/metrics` and the status page read from their owners at request time.
+    fn snapshot(&self) -> Snapshot {
+        let (cache_entries, cache_bytes) = self.proxy.cache().usage();
+        let (watch_ids, watch_streams) = self.proxy.watchers().counts();
+        Snapshot {
+            cache_entries,
+            cache_bytes,
+            watch_ids,
+            watch_streams,
+        }
     }
 
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
@@ -40,15 +65,9 @@ impl Admin {
                 text(StatusCode::OK, "ready\n")
             }
             (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            (&Method::GET, "/") => self.status_page(),
             (&Method::GET, "/metrics") => {
-                let (cache_entries, cache_bytes) = self.proxy.cache().usage();
-                let (watch_ids, watch_streams) = self.proxy.watchers().counts();
-                let body = self.proxy.metrics().render(Snapshot {
-                    cache_entries,
-                    cache_bytes,
-                    watch_ids,
-                    watch_streams,
-                });
+                let body = self.proxy.metrics().render(self.snapshot());
                 let mut resp = Response::new(full(body));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
@@ -76,6 +95,38 @@ impl Admin {
             }
             _ => error(Error::NoRoute),
         }
+    }
+}
+
+impl Admin {
+    /// `GET /`: the status page. No script may run and nothing may load (the page has none),
+    /// and no cache keeps it.
+    fn status_page(&self) -> Response<Body> {
+        let readout = self.proxy.metrics().read(self.snapshot());
+        let page = status::render(
+            &readout,
+            &status::Context {
+                cache_max_bytes: self.cache_max_bytes,
+                uptime: self.started.elapsed(),
+                version: env!("CARGO_PKG_VERSION"),
+                redis_configured: self.proxy.cache().shared().is_on(),
+            },
+        );
+        let mut resp = Response::new(full(page));
+        let headers = resp.headers_mut();
+        for (name, value) in [
+            (http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (http::header::CACHE_CONTROL, "no-store"),
+            (
+                http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+            (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (http::header::REFERRER_POLICY, "no-referrer"),
+        ] {
+            headers.insert(name, http::HeaderValue::from_static(value));
+        }
+        resp
     }
 }
 
