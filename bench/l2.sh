@@ -66,7 +66,7 @@ start_taskgate() {  # name extra-env...
     (cd "$tmp" && exec env -i PATH="$PATH" \
         TASKGATE_API_KEY=l2-key TASKGATE_UPSTREAM_URL="http://127.0.0.1:$up_port/api" \
         TASKGATE_LISTEN="127.0.0.1:${pub[$name]}" TASKGATE_ADMIN_LISTEN="127.0.0.1:${adm[$name]}" \
-        TASKGATE_RATE_LIMIT=0 TASKGATE_LOG=warn "$@" "$bin") >"$tmp/$name.log" 2>&1 & pids+=($!)
+        TASKGATE_RATE_LIMIT=0 TASKGATE_MISS_RATE=0 TASKGATE_LOG=warn "$@" "$bin") >"$tmp/$name.log" 2>&1 & pids+=($!)
     wait_ready "${adm[$name]}" "$tmp/$name.log" || exit 1
 }
 start_taskgate A TASKGATE_REDIS_URL="redis://127.0.0.1:$redis_port/0"

@@ -99,7 +99,8 @@ start_taskgate() {  # extra env... -> sets px_port, adm_port
     (cd "$tmp" && exec env -i PATH="$PATH" \
         TASKGATE_API_KEY=quota-key TASKGATE_UPSTREAM_URL="http://127.0.0.1:$up_port/api" \
         TASKGATE_LISTEN="127.0.0.1:$px_port" TASKGATE_ADMIN_LISTEN="127.0.0.1:$adm_port" \
-        TASKGATE_RATE_LIMIT=0 TASKGATE_LOG=error "$@" "$bin") >"$tmp/$cur.log" 2>&1 & pids+=($!)
+        TASKGATE_RATE_LIMIT=0 TASKGATE_MISS_RATE=0 TASKGATE_WATCH_MAX_PER_CLIENT=100000 \
+        TASKGATE_LOG=error "$@" "$bin") >"$tmp/$cur.log" 2>&1 & pids+=($!)
     wait_ready "$adm_port" "$tmp/$cur.log"
 }
 

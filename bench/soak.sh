@@ -27,6 +27,7 @@ env -i PATH="$PATH" \
     TASKGATE_API_KEY=soak-key TASKGATE_UPSTREAM_URL="http://127.0.0.1:$up_port/api" \
     TASKGATE_LISTEN="127.0.0.1:$pub_port" TASKGATE_ADMIN_LISTEN="127.0.0.1:$adm_port" \
     TASKGATE_CACHE_MAX_BYTES=2MiB TASKGATE_UPSTREAM_TIMEOUT=1s TASKGATE_LOG=error \
+    TASKGATE_MISS_RATE=0 \
     "$bin" >/dev/null & tg=$!; pids+=($tg)
 wait_ready "$adm_port" /dev/null
 

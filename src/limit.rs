@@ -42,7 +42,7 @@ impl RateLimiter {
         let burst = if burst >= 1.0 {
             burst
         } else {
-            (2.0 * rate).max(1.0)
+            crate::config::default_burst(rate)
         };
         // A client idle long enough to refill its bucket is the same as a new one, so it
         // can be forgotten then.

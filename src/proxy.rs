@@ -19,7 +19,7 @@ use tracing::{field, Instrument};
 use crate::{
     answer::{
         respond::{self, full, Body, Head, X_REQUEST_ID},
-        Allow, Answer, CacheStatus, Error, NoStore, Policy, Side, DEFAULT_STALE_IF_ERROR,
+        Allow, Answer, CacheStatus, Error, NoStore, Policy, Side,
     },
     cache::{self, Cache, Fetch, Held, SharedLevel},
     clock::unix_ms_now,
@@ -36,11 +36,6 @@ use crate::{
     watch::{Refused, Watchers},
     webhook::{self, Webhooks},
 };
-
-/// Until the setting lands: `TASKGATE_WATCH_MAX_PER_CLIENT`'s default.
-const WATCH_MAX_PER_CLIENT: usize = 32;
-/// Until the setting lands: `TASKGATE_MISS_RATE`'s default.
-const MISS_RATE: f64 = 20.0;
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -130,7 +125,10 @@ impl Found {
 impl Proxy {
     pub fn new(cfg: &Config) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::new());
-        let namespace = cache::namespace(&cfg.upstream_url, cfg.redact, &cfg.api_key);
+        let namespace = cfg
+            .redis_namespace
+            .clone()
+            .unwrap_or_else(|| cache::namespace(&cfg.upstream_url, cfg.redact, &cfg.api_key));
         let shared = SharedLevel::new(
             cfg.redis_url.as_ref(),
             &namespace,
@@ -140,11 +138,7 @@ impl Proxy {
         .map_err(SetupError)?;
         Ok(Self {
             upstream: Upstream::new(cfg)?,
-            cache: Arc::new(Cache::new(
-                cfg.cache_max_bytes,
-                DEFAULT_STALE_IF_ERROR,
-                shared,
-            )),
+            cache: Arc::new(Cache::new(cfg.cache_max_bytes, cfg.stale_if_error, shared)),
             policy: Policy {
                 completed: cfg.ttl_completed,
                 failed: cfg.ttl_failed,
@@ -155,14 +149,14 @@ impl Proxy {
             api_key: cfg.api_key.clone(),
             cors: Cors::new(cfg.cors_origins.clone()),
             rate_limit: RateLimiter::new(cfg.rate_limit, cfg.rate_burst),
-            miss_budget: RateLimiter::new(MISS_RATE, 2.0 * MISS_RATE),
+            miss_budget: RateLimiter::new(cfg.miss_rate, cfg.miss_burst),
             client_slots: ClientSlots::new(cfg.upstream_concurrency / 4),
             upstream_timeout: cfg.upstream_timeout,
             trust_forwarded: cfg.trust_forwarded,
             backoff: Backoff::default(),
             watchers: Arc::new(Watchers::new(
                 cfg.watch_max,
-                WATCH_MAX_PER_CLIENT,
+                cfg.watch_max_per_client,
                 cfg.watch_interval,
                 metrics.events_sent(),
             )),

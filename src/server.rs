@@ -121,7 +121,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         cfg.idle_timeout,
         cfg.drain_timeout,
     )
-    .per_client(cfg.max_connections / 4);
+    .per_client(cfg.max_connections_per_client);
     let admin_state = Arc::new(Admin::new(
         Arc::clone(&proxy),
         Arc::clone(&ready),

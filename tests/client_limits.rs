@@ -64,7 +64,11 @@ async fn an_idle_keep_alive_connection_is_closed() {
 async fn connections_past_the_limit_wait_until_one_closes() {
     let mock = MockUpstream::start().await;
     mock.set("t1", Reply::task("t1", "completed"));
-    let tg = taskgate(&mock, |c| c.max_connections = 2).await;
+    let tg = taskgate(&mock, |c| {
+        c.max_connections = 2;
+        c.max_connections_per_client = 2;
+    })
+    .await;
     let addr = tg.public_addr();
     let request = b"GET /task/t1 HTTP/1.1\r\nHost: t\r\n\r\n";
     let mut held = Vec::new();

@@ -354,3 +354,140 @@ async fn a_request_that_gets_no_upstream_slot_in_time_gets_503() {
         "b never went upstream"
     );
 }
+
+// ---- the per-client budget for the API ----------------------------------------------------
+
+#[tokio::test]
+async fn one_client_cannot_spend_the_api_quota_with_distinct_ids() {
+    let mock = MockUpstream::start().await;
+    mock.set("done", Reply::task("done", "completed"));
+    let tg = taskgate(&mock, |c| {
+        c.miss_rate = 1.0;
+        c.miss_burst = 5.0;
+    })
+    .await;
+    let c = HttpClient::default();
+    // A cached answer first: hits never spend the budget.
+    c.get(tg.public_addr(), "/task/done").await;
+    for _ in 0..20 {
+        assert_eq!(
+            c.get(tg.public_addr(), "/task/done").await.status,
+            StatusCode::OK
+        );
+    }
+    let calls_before = mock.calls();
+    let mut refused = 0;
+    for i in 0..30 {
+        let got = c.get(tg.public_addr(), &format!("/task/flood-{i}")).await;
+        if got.status == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+            assert!(got.header("retry-after").is_some());
+            assert_eq!(
+                got.json()["errors"][0],
+                "too many requests for uncached resources"
+            );
+        }
+    }
+    // The burst left 4 tokens after the first miss; the rest were refused without a call.
+    assert!(refused >= 25, "{refused} refused");
+    assert!(
+        mock.calls() - calls_before <= 5,
+        "{} calls",
+        mock.calls() - calls_before
+    );
+    // Another client (through a trusted proxy's X-Forwarded-For) has its own budget... not
+    // here: trust is off, so the header changes nothing.
+    let spoofed = c
+        .send(
+            tg.public_addr(),
+            "GET",
+            "/task/other",
+            &[("x-forwarded-for", "198.51.100.9")],
+        )
+        .await;
+    assert_eq!(spoofed.status, StatusCode::TOO_MANY_REQUESTS);
+    // Hits are still served.
+    assert_eq!(
+        c.get(tg.public_addr(), "/task/done").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn behind_a_trusted_ingress_each_browser_has_its_own_budget() {
+    let mock = MockUpstream::start().await;
+    let tg = taskgate(&mock, |c| {
+        c.miss_rate = 1.0;
+        c.miss_burst = 1.0;
+        c.trust_forwarded = true;
+    })
+    .await;
+    let c = HttpClient::default();
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    let a = c
+        .send(tg.public_addr(), "GET", "/task/a1", &from("203.0.113.1"))
+        .await;
+    let b = c
+        .send(tg.public_addr(), "GET", "/task/b1", &from("203.0.113.2"))
+        .await;
+    assert_ne!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_ne!(b.status, StatusCode::TOO_MANY_REQUESTS);
+    let a2 = c
+        .send(tg.public_addr(), "GET", "/task/a2", &from("203.0.113.1"))
+        .await;
+    assert_eq!(a2.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn one_clients_slow_misses_queue_behind_its_own_share_of_upstream_slots() {
+    let mock = MockUpstream::start().await;
+    for i in 0..8 {
+        mock.set(
+            &format!("slow-{i}"),
+            Reply::task("s", "running").delay(Duration::from_millis(600)),
+        );
+    }
+    mock.set("mine", Reply::task("mine", "running"));
+    // 8 slots, 2 per client: the flood from 203.0.113.1 holds at most 2.
+    let tg = taskgate(&mock, |c| {
+        c.upstream_concurrency = 8;
+        c.miss_rate = 0.0;
+        c.trust_forwarded = true;
+    })
+    .await;
+    let public = tg.public_addr();
+    let mut flood = Vec::new();
+    for i in 0..8 {
+        flood.push(tokio::spawn(async move {
+            HttpClient::default()
+                .send(
+                    public,
+                    "GET",
+                    &format!("/task/slow-{i}"),
+                    &[("x-forwarded-for", "203.0.113.1")],
+                )
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mine = HttpClient::default()
+        .send(
+            public,
+            "GET",
+            "/task/mine",
+            &[("x-forwarded-for", "203.0.113.2")],
+        )
+        .await;
+    assert_eq!(mine.status, StatusCode::OK);
+    for f in flood {
+        assert_eq!(f.await.unwrap().status, StatusCode::OK);
+    }
+    // The upstream saw the other client's request right after the flood's first two: the
+    // flood's other six waited for its own share, not in front of everyone else.
+    let order: Vec<String> = mock.seen().into_iter().map(|s| s.uri).collect();
+    let at = order
+        .iter()
+        .position(|u| u.ends_with("/task/mine"))
+        .unwrap();
+    assert_eq!(at, 2, "{order:?}");
+}

@@ -99,6 +99,7 @@ async fn two_replicas_share_answers_and_purges_through_redis() {
     let url = redis.url();
     let env = [
         ("TASKGATE_REDIS_URL", url.as_str()),
+        ("TASKGATE_REDIS_NAMESPACE", "test"),
         ("TASKGATE_LOG", "info"),
     ];
     let first = Binary::spawn(&mock.base_url(), &env);
@@ -107,7 +108,7 @@ async fn two_replicas_share_answers_and_purges_through_redis() {
     assert_eq!(get(first.public, ID).await.header("x-cache"), Some("MISS"));
     // The write to Redis happens beside the reply: wait for it to land.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while redis.cli(&["EXISTS", &format!("taskgate:v1:task:{ID}")]) != "1" {
+    while redis.cli(&["EXISTS", &format!("taskgate:v2:test:task:{ID}")]) != "1" {
         assert!(Instant::now() < deadline, "the answer never reached Redis");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -131,7 +132,7 @@ async fn two_replicas_share_answers_and_purges_through_redis() {
         .await;
     assert_eq!(purge.status, StatusCode::NO_CONTENT);
     assert_eq!(
-        redis.cli(&["EXISTS", &format!("taskgate:v1:task:{ID}")]),
+        redis.cli(&["EXISTS", &format!("taskgate:v2:test:task:{ID}")]),
         "0"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -160,6 +161,7 @@ async fn the_lifetime_in_redis_matches_the_phases_ttl() {
     mock.set("busy", Reply::task("busy", "running"));
     let tg = taskgate(&mock, |c| {
         c.redis_url = Some(Secret::new(redis.url()));
+        c.redis_namespace = Some("test".into());
         c.ttl_pending = Duration::from_secs(5);
     })
     .await;
@@ -169,7 +171,7 @@ async fn the_lifetime_in_redis_matches_the_phases_ttl() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ttl = |id: &str| {
         redis
-            .cli(&["PTTL", &format!("taskgate:v1:task:{id}")])
+            .cli(&["PTTL", &format!("taskgate:v2:test:task:{id}")])
             .parse::<i64>()
             .unwrap()
     };
@@ -205,12 +207,16 @@ async fn a_corrupt_value_in_redis_is_ignored() {
     mock.set(ID, Reply::task(ID, "completed"));
     redis.cli(&[
         "SET",
-        &format!("taskgate:v1:task:{ID}"),
+        &format!("taskgate:v2:test:task:{ID}"),
         "TGA9-from-the-future",
         "EX",
         "60",
     ]);
-    let tg = taskgate(&mock, |c| c.redis_url = Some(Secret::new(redis.url()))).await;
+    let tg = taskgate(&mock, |c| {
+        c.redis_url = Some(Secret::new(redis.url()));
+        c.redis_namespace = Some("test".into());
+    })
+    .await;
     let got = get(tg.public_addr(), ID).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.header("x-cache"), Some("MISS"));
@@ -234,6 +240,7 @@ async fn replicas_keep_answering_while_redis_is_down_and_use_it_again_once_back(
     }
     let cfg = |c: &mut taskgate::config::Config| {
         c.redis_url = Some(Secret::new(redis.url()));
+        c.redis_namespace = Some("test".into());
         c.redis_timeout = Duration::from_millis(100);
     };
     let one = taskgate(&mock, cfg).await;
@@ -267,7 +274,7 @@ async fn replicas_keep_answering_while_redis_is_down_and_use_it_again_once_back(
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         get(one.public_addr(), "c").await;
-        if redis.cli(&["EXISTS", "taskgate:v1:task:c"]) == "1" {
+        if redis.cli(&["EXISTS", "taskgate:v2:test:task:c"]) == "1" {
             break;
         }
         assert!(Instant::now() < deadline, "taskgate never used Redis again");
@@ -301,4 +308,42 @@ async fn replicas_keep_answering_while_redis_is_down_and_use_it_again_once_back(
             "the second replica never resubscribed"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_tenants_sharing_one_redis_never_serve_each_others_answers() {
+    let redis = Redis::start();
+    let mock = MockUpstream::start().await;
+    mock.set(ID, Reply::task(ID, "completed"));
+    // Same upstream and id, different API keys (two apps, or staging and production): the
+    // derived namespaces differ.
+    let tenant = |key: &'static str| {
+        let url = redis.url();
+        move |c: &mut taskgate::config::Config| {
+            c.redis_url = Some(Secret::new(url));
+            c.api_key = Secret::new(key);
+        }
+    };
+    let one = taskgate(&mock, tenant("sk_app_one")).await;
+    let two = taskgate(&mock, tenant("sk_app_two")).await;
+    assert_eq!(
+        get(one.public_addr(), ID).await.header("x-cache"),
+        Some("MISS")
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cli(&["KEYS", "taskgate:v2:*"]).is_empty() {
+        assert!(Instant::now() < deadline, "nothing written to Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get(two.public_addr(), ID).await.header("x-cache"),
+        Some("MISS"),
+        "the other tenant fetched its own"
+    );
+    assert_eq!(mock.calls(), 2);
+    let keys = redis.cli(&["KEYS", "taskgate:v2:*"]);
+    assert!(
+        !keys.contains("sk_app"),
+        "no key material in key names: {keys}"
+    );
 }

@@ -62,7 +62,11 @@ async fn a_hundred_watchers_cost_one_upstream_call_per_interval() {
     let mock = MockUpstream::start().await;
     mock.set("t1", running("t1", 0.1, 1));
     let interval = Duration::from_millis(250);
-    let tg = taskgate(&mock, |c| c.watch_interval = interval).await;
+    let tg = taskgate(&mock, |c| {
+        c.watch_interval = interval;
+        c.watch_max_per_client = 100; // one test client holds all hundred
+    })
+    .await;
     let started = Instant::now();
     let mut streams = Vec::new();
     for _ in 0..100 {
@@ -239,4 +243,43 @@ async fn a_watcher_whose_task_never_changes_is_retired_with_a_retry_hint() {
     let calls = mock.calls();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(mock.calls(), calls, "no polling after retirement");
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_every_watch() {
+    let mock = MockUpstream::start().await;
+    for id in ["a", "b", "c", "d"] {
+        mock.set(id, running(id, 0.1, 1));
+    }
+    let tg = taskgate(&mock, |c| {
+        c.watch_max_per_client = 2;
+        c.watch_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mut a = SseReader::open(tg.public_addr(), "/task/a/events", &[]).await;
+    let b = SseReader::open(tg.public_addr(), "/task/b/events", &[]).await;
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    assert!(a.next(WAIT).await.is_some());
+    let third = HttpClient::default()
+        .get(tg.public_addr(), "/task/c/events")
+        .await;
+    assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        third.json()["errors"][0],
+        "too many watches from this client"
+    );
+    // Closing a stream gives its slot back.
+    drop(b);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let d = SseReader::open(tg.public_addr(), "/task/d/events", &[]).await;
+        if d.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

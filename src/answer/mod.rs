@@ -97,9 +97,6 @@ pub struct Policy {
     pub redact: bool,
 }
 
-/// `TASKGATE_STALE_IF_ERROR`'s default: finished answers survive a day-long API outage.
-pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
-
 impl Policy {
     fn ttl(&self, lifetime: Lifetime) -> Duration {
         match lifetime {

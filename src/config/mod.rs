@@ -42,7 +42,7 @@ use std::{
 
 pub use crate::secret::{ApiKey, Secret};
 pub use error::ConfigError;
-pub use settings::{flags, Builtin, Setting, SETTINGS};
+pub use settings::{default_burst, flags, Builtin, Setting, SETTINGS};
 pub use sources::{Args, Env};
 
 /// The file read when `--config` is not given, relative to the working directory, if present.
@@ -103,18 +103,27 @@ pub struct Config {
     pub rate_limit: f64,
     /// Token bucket size; at least 1 whenever `rate_limit` is on.
     pub rate_burst: f64,
+    /// Per-client requests per second that need the API; 0 = off.
+    pub miss_rate: f64,
+    pub miss_burst: f64,
     pub trust_forwarded: bool,
     pub max_connections: usize,
+    pub max_connections_per_client: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub redact: bool,
     /// `redis://…` or `rediss://…`; a secret because it can carry a password.
     pub redis_url: Option<Secret>,
     pub redis_timeout: Duration,
+    /// `None` = derived from the upstream URL, redaction and the API key.
+    pub redis_namespace: Option<String>,
     /// `None` = the webhook route is off.
     pub webhook_secret: Option<Secret>,
     pub watch_interval: Duration,
     pub watch_max: usize,
+    pub watch_max_per_client: usize,
+    /// How long past its TTL a finished answer may be served while the API fails.
+    pub stale_if_error: Duration,
     pub log_format: LogFormat,
     /// A `RUST_LOG`-syntax filter, already checked to parse.
     pub log: String,
@@ -155,16 +164,22 @@ impl Config {
             cors_origins: CorsOrigins::None,
             rate_limit: 0.0,
             rate_burst: 0.0,
+            miss_rate: 0.0,
+            miss_burst: 0.0,
             trust_forwarded: false,
             max_connections: 0,
+            max_connections_per_client: 0,
             header_timeout: zero,
             idle_timeout: zero,
             redact: false,
             redis_url: None,
             redis_timeout: zero,
+            redis_namespace: None,
             webhook_secret: None,
             watch_interval: zero,
             watch_max: 0,
+            watch_max_per_client: 0,
+            stale_if_error: zero,
             log_format: LogFormat::Json,
             log: String::new(),
             shutdown_grace: zero,

@@ -362,6 +362,23 @@ pub(super) fn parse_webhook_secret(value: &str) -> Result<Option<Secret>, String
     Ok((!value.is_empty()).then(|| Secret::new(value)))
 }
 
+/// Empty = derived. Otherwise it becomes part of every Redis key: `[A-Za-z0-9_.-]{1,64}`.
+pub(super) fn parse_redis_namespace(value: &str) -> Result<Option<String>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let ok = value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok {
+        return Err(format!(
+            "{value:?} is not a namespace (1 to 64 of A-Z a-z 0-9 _ . -)"
+        ));
+    }
+    Ok(Some(value.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

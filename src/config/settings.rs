@@ -179,10 +179,17 @@ pub static SETTINGS: &[Setting] = &[
         "Requests per second per client address (token bucket); 0 is off"),
     Setting::row("rate_burst",   Derived("twice rate_limit, at least 1"), set_rate_burst,
         "Token bucket size: how many requests a client may make at once"),
+    field!(miss_rate,            Value("20"),                 parse_rate,
+        "Per-client requests per second that need the API (misses, passes); hits never spend it; 0 is off"),
+    Setting::row("miss_burst",   Derived("twice miss_rate, at least 1"), set_miss_burst,
+        "That bucket's size"),
     field!(trust_forwarded,      Value("false"),              parse_bool,
         "Take the client address from the last X-Forwarded-For hop"),
     field!(max_connections,      Value("10000"),              parse_count,
         "Most client connections open at once"),
+    Setting::row("max_connections_per_client", Derived("max_connections / 4, at least 1"),
+        set_max_connections_per_client,
+        "Most connections one client address (an IPv6 /64) may hold open at once"),
     field!(header_timeout,       Value("10s"),                parse_positive_duration,
         "A client must finish sending its request headers within this"),
     field!(idle_timeout,         Value("60s"),                parse_positive_duration,
@@ -194,6 +201,8 @@ pub static SETTINGS: &[Setting] = &[
         .secret(),
     field!(redis_timeout,        Value("50ms"),               parse_positive_duration,
         "A slower Redis answer counts as a miss"),
+    field!(redis_namespace,      Value(""),                   parse_redis_namespace,
+        "Keeps tenants sharing one Redis apart; empty derives it from the upstream URL, redaction and the API key"),
     field!(webhook_secret,       Value(""),                   parse_webhook_secret,
         "Shared secret of the Studio webhook at /webhooks/livepeer; empty turns the route off")
         .secret(),
@@ -201,6 +210,10 @@ pub static SETTINGS: &[Setting] = &[
         "How often a watched unfinished task is fetched"),
     field!(watch_max,            Value("1000"),               parse_count,
         "Most task ids watched at once"),
+    field!(watch_max_per_client, Value("32"),                 parse_count,
+        "Most watch streams one client may hold open at once"),
+    field!(stale_if_error,       Value("24h"),                parse_duration,
+        "How long past its TTL a finished answer may still be served when the API fails; 0s is off"),
     field!(log_format,           Value("json"),               parse_log_format,
         "json or pretty").flag("FORMAT"),
     field!(log,                  Value("info"),               parse_log,
@@ -210,6 +223,16 @@ pub static SETTINGS: &[Setting] = &[
     field!(drain_timeout,        Value("10s"),                parse_duration,
         "Then wait this long for in-flight requests"),
 ];
+
+/// A bucket's size when none is set: twice its rate, and at least one token (a smaller bucket
+/// would refuse every request); 0 for a bucket that is off.
+pub fn default_burst(rate: f64) -> f64 {
+    if rate > 0.0 {
+        (2.0 * rate).max(1.0)
+    } else {
+        0.0
+    }
+}
 
 /// The row whose file key is `key`.
 pub fn find(key: &str) -> Option<&'static Setting> {
@@ -235,6 +258,22 @@ fn set_rate_burst(draft: &mut Draft, value: &str, _: &Origin<'_>) -> Result<(), 
     Ok(())
 }
 
+/// Unset, the bucket is derived from the miss rate once every layer is in.
+fn set_miss_burst(draft: &mut Draft, value: &str, _: &Origin<'_>) -> Result<(), String> {
+    draft.miss_burst = Some(parse_burst(value)?);
+    Ok(())
+}
+
+/// Unset, a quarter of `max_connections` once every layer is in.
+fn set_max_connections_per_client(
+    draft: &mut Draft,
+    value: &str,
+    _: &Origin<'_>,
+) -> Result<(), String> {
+    draft.max_connections_per_client = Some(parse_count(value)?);
+    Ok(())
+}
+
 fn set_api_key_file(draft: &mut Draft, value: &str, origin: &Origin<'_>) -> Result<(), String> {
     if value.is_empty() {
         return Err("empty (write the path of a file holding the key)".into());
@@ -248,6 +287,8 @@ pub(super) struct Draft {
     pub(super) cfg: Config,
     /// Unset means "twice the rate", whatever layer sets the rate.
     rate_burst: Option<f64>,
+    miss_burst: Option<f64>,
+    max_connections_per_client: Option<usize>,
     /// The highest layer's key source, and where it was named (for errors when reading it).
     key: Option<(KeySource, String)>,
 }
@@ -267,6 +308,8 @@ impl Draft {
         let mut draft = Draft {
             cfg: Config::blank(api_key),
             rate_burst: None,
+            miss_burst: None,
+            max_connections_per_client: None,
             key: None,
         };
         for setting in SETTINGS {
@@ -284,14 +327,16 @@ impl Draft {
 
     /// The [`Derived`] values, from what the layers set.
     fn derive(&mut self) {
-        let rate = self.cfg.rate_limit;
-        // A bucket smaller than one token would refuse every request: with a low rate, 2 × rate
-        // is raised to 1.
-        self.cfg.rate_burst = match self.rate_burst {
-            Some(burst) => burst,
-            None if rate > 0.0 => (2.0 * rate).max(1.0),
-            None => 0.0,
-        };
+        self.cfg.rate_burst = self
+            .rate_burst
+            .unwrap_or_else(|| default_burst(self.cfg.rate_limit));
+        self.cfg.miss_burst = self
+            .miss_burst
+            .unwrap_or_else(|| default_burst(self.cfg.miss_rate));
+        self.cfg.max_connections_per_client = self
+            .max_connections_per_client
+            .unwrap_or(self.cfg.max_connections / 4)
+            .max(1);
     }
 
     /// The configuration, once every layer is in. The key file is read here; `fallback_key`

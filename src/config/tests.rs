@@ -237,13 +237,19 @@ fn every_spec_variable_is_a_known_setting() {
         "LOG",
         "SHUTDOWN_GRACE",
         "DRAIN_TIMEOUT",
+        "STALE_IF_ERROR",
+        "MISS_RATE",
+        "MISS_BURST",
+        "WATCH_MAX_PER_CLIENT",
+        "MAX_CONNECTIONS_PER_CLIENT",
+        "REDIS_NAMESPACE",
     ] {
         assert!(
             settings::find(&name.to_ascii_lowercase()).is_some(),
             "{name}"
         );
     }
-    assert_eq!(SETTINGS.len(), 32);
+    assert_eq!(SETTINGS.len(), 38);
 }
 
 #[test]
@@ -843,5 +849,28 @@ fn secrets_never_appear_in_errors() {
         for secret in [KEY, WEBHOOK, REDIS_PASSWORD] {
             assert!(!e.contains(secret), "{secret} in {e}");
         }
+    }
+}
+
+#[test]
+fn derived_budgets_and_caps_follow_their_settings() {
+    let cfg = with_env(&[]).unwrap();
+    assert_eq!((cfg.miss_rate, cfg.miss_burst), (20.0, 40.0));
+    assert_eq!(cfg.max_connections_per_client, 2500);
+    assert_eq!(cfg.watch_max_per_client, 32);
+    assert_eq!(cfg.stale_if_error, Duration::from_secs(24 * 3600));
+    assert_eq!(cfg.redis_namespace, None);
+    let cfg = with_env(&[
+        ("TASKGATE_MISS_RATE", "0"),
+        ("TASKGATE_MAX_CONNECTIONS", "2"),
+        ("TASKGATE_REDIS_NAMESPACE", "staging.app-1"),
+    ])
+    .unwrap();
+    assert_eq!((cfg.miss_rate, cfg.miss_burst), (0.0, 0.0));
+    assert_eq!(cfg.max_connections_per_client, 1, "at least one");
+    assert_eq!(cfg.redis_namespace.as_deref(), Some("staging.app-1"));
+    for bad in ["a:b", "a b", &"x".repeat(65)] {
+        let e = with_env(&[("TASKGATE_REDIS_NAMESPACE", bad)]).unwrap_err();
+        assert_eq!(e.setting(), "TASKGATE_REDIS_NAMESPACE");
     }
 }
