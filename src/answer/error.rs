@@ -89,6 +89,11 @@ pub enum Error {
     UpstreamError,
     /// A 1xx, 3xx or 2xx other than 200: redirects are never followed.
     UpstreamUnexpected,
+    /// A 200 whose body cannot be parsed (not JSON, not UTF-8, nested past the parser's
+    /// limit) while redaction is on: it cannot be scrubbed, so it is never relayed.
+    UpstreamUnreadable,
+    /// A 200 whose body holds taskgate's API key (escaped or encoded included): withheld.
+    UpstreamHeldKey,
 
     // ---- taskgate's own
     /// Too many watched ids.
@@ -115,7 +120,9 @@ impl Error {
             | UpstreamRefused(_)
             | UpstreamClientError(_)
             | UpstreamError
-            | UpstreamUnexpected => Side::Upstream,
+            | UpstreamUnexpected
+            | UpstreamUnreadable
+            | UpstreamHeldKey => Side::Upstream,
             WatchLimit | Internal => Side::Internal,
         }
     }
@@ -225,6 +232,16 @@ impl Error {
                 "unexpected upstream answer",
                 "upstream_unexpected",
             ),
+            UpstreamUnreadable => (
+                StatusCode::BAD_GATEWAY,
+                "unreadable upstream answer",
+                "upstream_unreadable",
+            ),
+            UpstreamHeldKey => (
+                StatusCode::BAD_GATEWAY,
+                "upstream answer withheld",
+                "upstream_held_key",
+            ),
             WatchLimit => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many ids watched",
@@ -323,6 +340,8 @@ mod tests {
             Error::UpstreamClientError(StatusCode::CONFLICT),
             Error::UpstreamError,
             Error::UpstreamUnexpected,
+            Error::UpstreamUnreadable,
+            Error::UpstreamHeldKey,
             Error::WatchLimit,
             Error::Internal,
         ];
