@@ -705,7 +705,12 @@ mod tests {
         ];
         for body in unreadable {
             let got = scrub(body, b"").map(|s| s.to_bytes());
-            assert_eq!(got, Err(Refusal::Unreadable), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                got,
+                Err(Refusal::Unreadable),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
         // JSON that is not a task object still gets the rules that hold outside `params`.
         let cases: [(&[u8], &[u8]); 4] = [
@@ -828,7 +833,10 @@ mod tests {
         ] {
             let mut s = format!("see https://h.example/v.mp4?a=1&{name}=S3CRET#t=2 now");
             assert!(mask_secret_params(&mut s), "{name}");
-            assert_eq!(s, format!("see https://h.example/v.mp4?a=1&{name}=***#t=2 now"));
+            assert_eq!(
+                s,
+                format!("see https://h.example/v.mp4?a=1&{name}=***#t=2 now")
+            );
         }
         for kept in [
             "https://ipfs.example/ipfs/bafy?filename=a.mp4&format=car",
@@ -841,8 +849,14 @@ mod tests {
         }
         // Fragments (`#access_token=`), twice-encoded URLs and empty values too.
         let cases = [
-            ("https://h/cb#access_token=abc&x=1", "https://h/cb#access_token=***&x=1"),
-            ("u=https%253A%252F%252Fh%253Fsig%253Dabc%2526x%253D1", "u=https%253A%252F%252Fh%253Fsig%253D***%2526x%253D1"),
+            (
+                "https://h/cb#access_token=abc&x=1",
+                "https://h/cb#access_token=***&x=1",
+            ),
+            (
+                "u=https%253A%252F%252Fh%253Fsig%253Dabc%2526x%253D1",
+                "u=https%253A%252F%252Fh%253Fsig%253D***%2526x%253D1",
+            ),
             ("https://h/?sig=&x=1", "https://h/?sig=***&x=1"),
             ("https://h/?token=***", "https://h/?token=***"),
         ];
@@ -859,7 +873,10 @@ mod tests {
             "upload": { "note": "from https://h/v.mp4?sig=abc" },
             "exportData": { "content": { "video": "https://v.example/a?x=1&token=abc" } } } });
         let out = redacted(&body);
-        assert_eq!(at(&out, "/params/upload/note"), "from https://h/v.mp4?sig=***");
+        assert_eq!(
+            at(&out, "/params/upload/note"),
+            "from https://h/v.mp4?sig=***"
+        );
         assert_eq!(
             at(&out, "/params/exportData/content/video"),
             "https://v.example/a?x=1&token=***"
@@ -890,7 +907,11 @@ mod tests {
         let out = scrub(body, b"").expect("JSON").to_bytes();
         let text = String::from_utf8_lossy(&out);
         assert!(!text.contains("SECRET"), "{text}");
-        assert_eq!(text.matches("\"params\"").count(), 1, "duplicates collapsed: {text}");
+        assert_eq!(
+            text.matches("\"params\"").count(),
+            1,
+            "duplicates collapsed: {text}"
+        );
     }
 
     #[test]
@@ -911,15 +932,40 @@ mod tests {
             );
         }
         assert!(scrub(br#"{"a":"sk_live_TOPSECRE"}"#, KEY).is_ok());
-        assert!(scrub(br#"{"a":"sk_live_TOPSECRET"}"#, b"").is_ok(), "no key configured");
+        assert!(
+            scrub(br#"{"a":"sk_live_TOPSECRET"}"#, b"").is_ok(),
+            "no key configured"
+        );
     }
 
     #[test]
     fn generated_parameter_soup_never_leaves_a_signature() {
         // Tokens that matter to the parameter and userinfo scanners, glued at random.
         let tokens = [
-            "X-Amz-Signature", "sig", "token", "a", "=", "&", "?", "#", " ", "%", "%3D", "%3d",
-            "%26", "%3F", "%25", "%253D", "%2526", "://", "u:p@", "***", "é", "\"", "25", "3D",
+            "X-Amz-Signature",
+            "sig",
+            "token",
+            "a",
+            "=",
+            "&",
+            "?",
+            "#",
+            " ",
+            "%",
+            "%3D",
+            "%3d",
+            "%26",
+            "%3F",
+            "%25",
+            "%253D",
+            "%2526",
+            "://",
+            "u:p@",
+            "***",
+            "é",
+            "\"",
+            "25",
+            "3D",
         ];
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move || {
@@ -933,7 +979,11 @@ mod tests {
             let s: String = (0..len)
                 .map(|_| tokens[(next() % tokens.len() as u64) as usize])
                 .collect();
-            for edit in [mask_secret_params as fn(&mut String) -> bool, scrub_text, clean_param_url] {
+            for edit in [
+                mask_secret_params as fn(&mut String) -> bool,
+                scrub_text,
+                clean_param_url,
+            ] {
                 let mut once = s.clone();
                 edit(&mut once);
                 for (at, _) in once.match_indices("X-Amz-Signature=") {
@@ -951,9 +1001,35 @@ mod tests {
         // The property of fuzz/fuzz_targets/redact.rs, on bodies glued from tokens that matter.
         const KEY: &[u8] = b"sk_test_KEY";
         let tokens = [
-            "{\"params\":", "{\"a\":", "\"", "X-Amz-Signature", "=", "&", "%3D", "%26", "?", "}",
-            "[", "]", ",", "\"u\"", ":", "https://", "u:p@h", "sk_test_KEY", "\\u0073", "sig",
-            " ", "\\\"", "1", "%25", "#", "@", "/", "w3s://", "*",
+            "{\"params\":",
+            "{\"a\":",
+            "\"",
+            "X-Amz-Signature",
+            "=",
+            "&",
+            "%3D",
+            "%26",
+            "?",
+            "}",
+            "[",
+            "]",
+            ",",
+            "\"u\"",
+            ":",
+            "https://",
+            "u:p@h",
+            "sk_test_KEY",
+            "\\u0073",
+            "sig",
+            " ",
+            "\\\"",
+            "1",
+            "%25",
+            "#",
+            "@",
+            "/",
+            "w3s://",
+            "*",
         ];
         let mut state = 0x1234_5678_9abc_def1_u64;
         let mut next = move || {

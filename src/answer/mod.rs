@@ -450,9 +450,16 @@ mod tests {
         // tree, so the first (secret-bearing) one cannot ride along unscrubbed.
         let body = r#"{"params":{"upload":{"url":"https://u:SECRETPASS@h/"}},"params":{},"status":{"phase":"completed","updatedAt":1}}"#;
         let a = Answer::from_upstream(Kind::Task, reply(200, body), &TTLS, b"k");
-        assert_eq!(a.phase, Some(Phase::Task(crate::resource::TaskPhase::Completed)));
+        assert_eq!(
+            a.phase,
+            Some(Phase::Task(crate::resource::TaskPhase::Completed))
+        );
         assert!(!contains(&a.body, b"SECRETPASS"));
-        assert_eq!(a.etag, Some(strong_etag(&a.body)), "the ETag is of the served bytes");
+        assert_eq!(
+            a.etag,
+            Some(strong_etag(&a.body)),
+            "the ETag is of the served bytes"
+        );
         assert_eq!(a.content_type, respond::JSON);
     }
 
@@ -487,18 +494,30 @@ mod tests {
             ] {
                 let a = Answer::from_upstream(Kind::Task, reply(400, body), &policy, b"SECRETKEY");
                 assert_eq!(a.status, StatusCode::BAD_REQUEST);
-                assert_eq!(a.error, Some(Error::UpstreamRefused(StatusCode::BAD_REQUEST)));
-                assert_eq!(a.body, Error::UpstreamRefused(StatusCode::BAD_REQUEST).body());
+                assert_eq!(
+                    a.error,
+                    Some(Error::UpstreamRefused(StatusCode::BAD_REQUEST))
+                );
+                assert_eq!(
+                    a.body,
+                    Error::UpstreamRefused(StatusCode::BAD_REQUEST).body()
+                );
             }
         }
         // With redaction on, a relayed 4xx body is scrubbed like any other.
         let a = Answer::from_upstream(
             Kind::Task,
-            reply(422, r#"{"errors":["cannot fetch https://h/v.mp4?sig=abc"]}"#),
+            reply(
+                422,
+                r#"{"errors":["cannot fetch https://h/v.mp4?sig=abc"]}"#,
+            ),
             &TTLS,
             b"SECRETKEY",
         );
-        assert_eq!(&a.body[..], br#"{"errors":["cannot fetch https://h/v.mp4?sig=***"]}"#);
+        assert_eq!(
+            &a.body[..],
+            br#"{"errors":["cannot fetch https://h/v.mp4?sig=***"]}"#
+        );
     }
 
     #[test]

@@ -411,7 +411,7 @@ async fn serve(listener: TcpListener, api: Arc<Api>, stop: watch::Receiver<bool>
     );
     let task = listener::serve(listener, limits, stop, move |request, _peer| {
         let response = api.answer(request.method(), request.uri().path(), request.headers());
-        async move { response.map(|body| Either::Left(body)) }
+        async move { response.map(Either::Left) }
     });
     let _ = task.await;
 }

@@ -142,7 +142,12 @@ mod tests {
         ] {
             assert_eq!(extract(body), None, "{}", String::from_utf8_lossy(body));
             if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
-                assert_eq!(from_value(&value), None, "{}", String::from_utf8_lossy(body));
+                assert_eq!(
+                    from_value(&value),
+                    None,
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
             }
         }
     }
