@@ -71,7 +71,11 @@ fn per_fetch(c: &mut Criterion) {
     });
     let (upload, phase, changed) = scrub(UPLOAD);
     assert!(!changed);
-    assert_eq!(&upload[..], UPLOAD.as_bytes(), "sorted compact JSON: the same bytes");
+    assert_eq!(
+        &upload[..],
+        UPLOAD.as_bytes(),
+        "sorted compact JSON: the same bytes"
+    );
     assert_eq!(phase, Some(Phase::Task(TaskPhase::Completed)));
     let (scrubbed, _, changed) = scrub(EXPORT);
     assert!(changed);

@@ -243,7 +243,11 @@ async fn odd_bodies_are_passed_through_and_never_cached() {
             assert_eq!(got.body, reply.body, "{id}: relayed as is");
         }
         assert!(
-            redacting.proxy().cache().get(&common::task_key(id)).is_none(),
+            redacting
+                .proxy()
+                .cache()
+                .get(&common::task_key(id))
+                .is_none(),
             "{id}"
         );
     }

@@ -120,10 +120,18 @@ fn assert_withheld(
         assert_eq!(g.header("x-cache"), Some("PASS"));
         assert_eq!(g.json()["errors"][0], reason);
         for s in SECRETS.iter().chain([&common::KEY, &"completed"]) {
-            assert!(!g.text().contains(s), "{s} reached the client: {}", g.text());
+            assert!(
+                !g.text().contains(s),
+                "{s} reached the client: {}",
+                g.text()
+            );
         }
     }
-    assert_eq!(mock.calls(), 2, "not cached: the second request went upstream too");
+    assert_eq!(
+        mock.calls(),
+        2,
+        "not cached: the second request went upstream too"
+    );
     assert!(tg.proxy().cache().get(&common::task_key(id)).is_none());
 }
 
@@ -143,23 +151,41 @@ async fn a_body_nested_past_the_parser_limit_is_502_and_never_cached() {
     mock.set(ID, Reply::json(200, deep_body(200)));
     let tg = taskgate(&mock, |_| {}).await;
     let (first, second) = get_twice(&tg, ID).await;
-    assert_withheld(&tg, &mock, ID, [&first, &second], "unreadable upstream answer");
+    assert_withheld(
+        &tg,
+        &mock,
+        ID,
+        [&first, &second],
+        "unreadable upstream answer",
+    );
     // Within the limit the same body is served, scrubbed, and cached.
     mock.set("shallow", Reply::json(200, deep_body(100)));
     let (miss, hit) = get_twice(&tg, "shallow").await;
     assert_eq!(miss.header("x-cache"), Some("MISS"));
     assert_scrubbed(&miss.text());
-    assert_eq!((hit.header("x-cache"), &hit.body), (Some("HIT"), &miss.body));
+    assert_eq!(
+        (hit.header("x-cache"), &hit.body),
+        (Some("HIT"), &miss.body)
+    );
 }
 
 #[tokio::test]
 async fn a_body_that_is_not_json_is_502_with_redaction_on() {
     let mock = MockUpstream::start().await;
     let not_json = format!("<html>{}</html>", secret_body("completed"));
-    mock.set(ID, Reply::json(200, not_json).header("content-type", "text/html"));
+    mock.set(
+        ID,
+        Reply::json(200, not_json).header("content-type", "text/html"),
+    );
     let tg = taskgate(&mock, |_| {}).await;
     let (first, second) = get_twice(&tg, ID).await;
-    assert_withheld(&tg, &mock, ID, [&first, &second], "unreadable upstream answer");
+    assert_withheld(
+        &tg,
+        &mock,
+        ID,
+        [&first, &second],
+        "unreadable upstream answer",
+    );
 }
 
 #[tokio::test]
@@ -176,12 +202,27 @@ async fn a_duplicate_params_key_cannot_hide_the_secrets_before_it() {
     let (miss, hit) = get_twice(&tg, ID).await;
     assert_eq!(miss.status, http::StatusCode::OK);
     for s in SECRETS {
-        assert!(!miss.text().contains(s), "{s} reached the client: {}", miss.text());
+        assert!(
+            !miss.text().contains(s),
+            "{s} reached the client: {}",
+            miss.text()
+        );
     }
-    assert_eq!(miss.text().matches("\"params\"").count(), 1, "{}", miss.text());
-    assert_eq!(miss.json()["params"]["upload"]["url"], "https://example.com/v.mp4");
+    assert_eq!(
+        miss.text().matches("\"params\"").count(),
+        1,
+        "{}",
+        miss.text()
+    );
+    assert_eq!(
+        miss.json()["params"]["upload"]["url"],
+        "https://example.com/v.mp4"
+    );
     assert_eq!(miss.json()["status"]["phase"], "completed");
-    assert_eq!((hit.header("x-cache"), &hit.body), (Some("HIT"), &miss.body));
+    assert_eq!(
+        (hit.header("x-cache"), &hit.body),
+        (Some("HIT"), &miss.body)
+    );
     assert_eq!(mock.calls(), 1);
 }
 
@@ -196,7 +237,13 @@ async fn a_200_holding_the_api_key_is_502_and_never_cached() {
         mock.set(id, Reply::json(200, body));
         let tg = taskgate(&mock, |_| {}).await;
         let (first, second) = get_twice(&tg, id).await;
-        assert_withheld(&tg, &mock, id, [&first, &second], "upstream answer withheld");
+        assert_withheld(
+            &tg,
+            &mock,
+            id,
+            [&first, &second],
+            "upstream answer withheld",
+        );
         assert!(!first.text().contains(&key[2..]), "{id}: {}", first.text());
     }
 }
@@ -218,18 +265,32 @@ async fn a_4xx_body_holding_the_key_escaped_gets_the_generic_body() {
     ] {
         let got = c.get(tg.public_addr(), &format!("/task/{id}")).await;
         assert_eq!(got.status.as_u16(), status, "{id}");
-        assert_eq!(got.json(), serde_json::json!({ "errors": [message] }), "{id}");
+        assert_eq!(
+            got.json(),
+            serde_json::json!({ "errors": [message] }),
+            "{id}"
+        );
     }
     // A 4xx body without the key is still relayed.
-    mock.set("plain", Reply::json(400, r#"{"errors":["projectId as query param not supported"]}"#));
+    mock.set(
+        "plain",
+        Reply::json(
+            400,
+            r#"{"errors":["projectId as query param not supported"]}"#,
+        ),
+    );
     let got = c.get(tg.public_addr(), "/task/plain").await;
-    assert_eq!(got.json()["errors"][0], "projectId as query param not supported");
+    assert_eq!(
+        got.json()["errors"][0],
+        "projectId as query param not supported"
+    );
 }
 
 #[tokio::test]
 async fn signatures_outside_params_are_scrubbed() {
     let mock = MockUpstream::start().await;
-    let presigned = "https://b.s3.amazonaws.com/f.mp4?X-Amz-Credential=AKIASECRET&X-Amz-Signature=SIGSECRET";
+    let presigned =
+        "https://b.s3.amazonaws.com/f.mp4?X-Amz-Credential=AKIASECRET&X-Amz-Signature=SIGSECRET";
     let encoded = "https%3A%2F%2Fb.s3.amazonaws.com%2Ff.mp4%3FX-Amz-Credential%3DAKIASECRET%26X-Amz-Signature%3DSIGSECRET%26x%3D1";
     let body = format!(
         r#"{{"id":"{ID}","type":"export","status":{{"phase":"failed","updatedAt":1,"errorMessage":"error uploading to {presigned} (403)"}},"output":{{"export":{{"url":"{encoded}","gateway":"https://gw.example/get?u={encoded}&sig=SIGSECRET"}}}}}}"#
@@ -240,7 +301,11 @@ async fn signatures_outside_params_are_scrubbed() {
     for got in [&miss, &hit] {
         assert_eq!(got.status, http::StatusCode::OK);
         for s in ["AKIASECRET", "SIGSECRET"] {
-            assert!(!got.text().contains(s), "{s} reached the client: {}", got.text());
+            assert!(
+                !got.text().contains(s),
+                "{s} reached the client: {}",
+                got.text()
+            );
         }
     }
     assert_eq!(hit.header("x-cache"), Some("HIT"));
@@ -260,7 +325,10 @@ async fn signatures_outside_params_are_scrubbed() {
 #[tokio::test]
 async fn redact_false_relays_unparsable_and_deep_bodies_as_sent() {
     let mock = MockUpstream::start().await;
-    mock.set("html", Reply::json(200, "<html>maintenance</html>").header("content-type", "text/html"));
+    mock.set(
+        "html",
+        Reply::json(200, "<html>maintenance</html>").header("content-type", "text/html"),
+    );
     mock.set(ID, Reply::json(200, deep_body(200)));
     let tg = taskgate(&mock, |c| c.redact = false).await;
     let c = HttpClient::default();
