@@ -20,7 +20,8 @@
 //!   `params["transcode-file"].storage.url` (`w3s://<proof>@/` becomes `w3s://***@/`), which
 //!   Studio's own cleaning misses, and `user:pass@` in `params.upload.url`. The userinfo is only
 //!   what sits between `://` and the first `/`, `?`, `#` or whitespace, so an `@` in a path or
-//!   query is left alone.
+//!   query is left alone. URLs percent-encoded once (`https%3A%2F%2Fuser%3Apass%40host`, as in
+//!   another URL's query) are masked too (`https%3A%2F%2F***%3A***%40host`).
 //! - **Signature-like parameters, anywhere in the body**: in every string, the value of each
 //!   `name=value` whose name is signature-like ([`is_secret_name`]: `X-Amz-Signature`,
 //!   `X-Amz-Credential`, `X-Amz-Security-Token`, `Signature`, `sig`, `token`, `access_token`,
@@ -179,7 +180,7 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
 /// order: masking a parameter value may remove the `?` that ended an authority, and the
 /// userinfo is then read up to the next one.
 fn scrub_text(s: &mut String) -> bool {
-    mask_secret_params(s) | mask_userinfo(s)
+    mask_secret_params(s) | mask_userinfo(s) | mask_encoded_userinfo(s)
 }
 
 /// `params`: the user's own input, where the named credential fields and presigned URLs live.
@@ -329,6 +330,73 @@ fn mask_userinfo(s: &mut String) -> bool {
     }
     if out.is_empty() {
         return false; // nothing masked: leave the string as it is
+    }
+    out.push_str(&s[copied..]);
+    *s = out;
+    true
+}
+
+/// [`mask_userinfo`] for URLs percent-encoded once inside a string or another URL's query:
+/// `https%3A%2F%2Fuser%3Apass%40host` becomes `https%3A%2F%2F***%3A***%40host`. The authority
+/// ends at an encoded or raw `/`, `?`, `#`, `&` or space (or a quote). True if changed.
+fn mask_encoded_userinfo(s: &mut String) -> bool {
+    const SEP: &[u8] = b"%3a%2f%2f";
+    const AT: &[u8] = b"%40";
+    let bytes = s.as_bytes();
+    if bytes.len() < SEP.len() || !bytes.windows(3).any(|w| w.eq_ignore_ascii_case(AT)) {
+        return false;
+    }
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = bytes[from..]
+        .windows(SEP.len())
+        .position(|w| w.eq_ignore_ascii_case(SEP))
+    {
+        let sep = from + found;
+        let authority_start = sep + SEP.len();
+        let mut end = authority_start;
+        while end < bytes.len() {
+            let stop = match bytes[end] {
+                b'/' | b'?' | b'#' | b'&' | b'"' | b'\'' | b'<' | b'>' | b'\\' => true,
+                b if b.is_ascii_whitespace() => true,
+                b'%' => bytes.get(end + 1..end + 3).is_some_and(|h| {
+                    [&b"2f"[..], b"3f", b"23", b"26", b"20"]
+                        .iter()
+                        .any(|e| h.eq_ignore_ascii_case(e))
+                }),
+                _ => false,
+            };
+            if stop {
+                break;
+            }
+            end += 1;
+        }
+        let authority = &bytes[authority_start..end];
+        let has_scheme = bytes[..sep]
+            .iter()
+            .rev()
+            .take_while(|b| is_scheme_byte(**b))
+            .any(u8::is_ascii_alphabetic);
+        let last_at = authority
+            .windows(AT.len())
+            .rposition(|w| w.eq_ignore_ascii_case(AT));
+        if let Some(at) = last_at.filter(|_| has_scheme) {
+            let userinfo = &authority[..at];
+            let masked = match userinfo.windows(3).any(|w| w.eq_ignore_ascii_case(b"%3a")) {
+                true => "***%3A***",
+                false => MASK,
+            };
+            if !userinfo.is_empty() && !userinfo.eq_ignore_ascii_case(masked.as_bytes()) {
+                out.push_str(&s[copied..authority_start]);
+                out.push_str(masked);
+                copied = authority_start + at;
+            }
+        }
+        from = authority_start;
+    }
+    if out.is_empty() {
+        return false;
     }
     out.push_str(&s[copied..]);
     *s = out;
@@ -766,6 +834,7 @@ mod tests {
                 clean_param_url as fn(&mut String) -> bool,
                 mask_userinfo,
                 mask_secret_params,
+                mask_encoded_userinfo,
                 scrub_text,
             ] {
                 let mut once = s.clone();
@@ -966,6 +1035,11 @@ mod tests {
             "\"",
             "25",
             "3D",
+            "%3A%2F%2F",
+            "%40",
+            "%3A",
+            "%2F",
+            "https",
         ];
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move || {
@@ -974,21 +1048,26 @@ mod tests {
             state ^= state << 17;
             state
         };
-        for _ in 0..5000 {
+        for _ in 0..20_000 {
             let len = next() % 12;
             let s: String = (0..len)
                 .map(|_| tokens[(next() % tokens.len() as u64) as usize])
                 .collect();
-            for edit in [
-                mask_secret_params as fn(&mut String) -> bool,
-                scrub_text,
-                clean_param_url,
+            // (edit, whether it masks signature parameters)
+            for (edit, masks_signatures) in [
+                (mask_secret_params as fn(&mut String) -> bool, true),
+                (mask_encoded_userinfo, false),
+                (scrub_text, true),
+                (clean_param_url, true),
             ] {
                 let mut once = s.clone();
                 edit(&mut once);
                 for (at, _) in once.match_indices("X-Amz-Signature=") {
                     let rest = &once[at + "X-Amz-Signature=".len()..];
-                    assert!(rest.starts_with(MASK), "{s:?} → {once:?}");
+                    assert!(
+                        rest.starts_with(MASK) || !masks_signatures,
+                        "{s:?} → {once:?}"
+                    );
                 }
                 let mut twice = once.clone();
                 assert!(!edit(&mut twice), "{s:?} → {once:?} → {twice:?}");
@@ -1030,6 +1109,10 @@ mod tests {
             "/",
             "w3s://",
             "*",
+            "%3A%2F%2F",
+            "%40",
+            "%3a",
+            "https",
         ];
         let mut state = 0x1234_5678_9abc_def1_u64;
         let mut next = move || {
@@ -1071,6 +1154,24 @@ mod tests {
             Value::Array(items) => items.iter().map(served_text).collect(),
             Value::Object(fields) => fields.values().map(served_text).collect(),
             Value::Null | Value::Bool(_) | Value::Number(_) => String::new(),
+        }
+    }
+
+    #[test]
+    fn percent_encoded_userinfo_is_masked() {
+        let cases = [
+            (
+                "https://gw.example/?src=https%3A%2F%2Fuser%3APASS%40h.example%2Fv.mp4&x=1",
+                "https://gw.example/?src=https%3A%2F%2F***%3A***%40h.example%2Fv.mp4&x=1",
+            ),
+            ("w3s%3a%2f%2fPROOF%40%2F", "w3s%3a%2f%2f***%40%2F"),
+            ("https%3A%2F%2Fh%2Fa%40b", "https%3A%2F%2Fh%2Fa%40b"),
+            ("%3A%2F%2Fu%40h", "%3A%2F%2Fu%40h"),
+        ];
+        for (input, want) in cases {
+            let mut s = input.to_owned();
+            mask_encoded_userinfo(&mut s);
+            assert_eq!(s, want);
         }
     }
 }
