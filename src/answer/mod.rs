@@ -136,7 +136,8 @@ impl Answer {
     }
 
     /// Classifies what the API said about a resource of `kind`, as SPEC's answers table does,
-    /// row by row. `secret` is the API key: a relayed body that contains it is replaced.
+    /// row by row. `secret` is the API key: a relayed 4xx body that contains it (escaped or
+    /// encoded included) is replaced, and with redaction on a 200 holding it is a 502.
     pub fn from_upstream(
         kind: Kind,
         reply: Result<Reply, FetchError>,
