@@ -293,14 +293,14 @@ async fn signatures_outside_params_are_scrubbed() {
         "https://b.s3.amazonaws.com/f.mp4?X-Amz-Credential=AKIASECRET&X-Amz-Signature=SIGSECRET";
     let encoded = "https%3A%2F%2Fb.s3.amazonaws.com%2Ff.mp4%3FX-Amz-Credential%3DAKIASECRET%26X-Amz-Signature%3DSIGSECRET%26x%3D1";
     let body = format!(
-        r#"{{"id":"{ID}","type":"export","status":{{"phase":"failed","updatedAt":1,"errorMessage":"error uploading to {presigned} (403)"}},"output":{{"export":{{"url":"{encoded}","gateway":"https://gw.example/get?u={encoded}&sig=SIGSECRET"}}}}}}"#
+        r#"{{"id":"{ID}","type":"export","status":{{"phase":"failed","updatedAt":1,"errorMessage":"error uploading to {presigned} (403)"}},"output":{{"export":{{"url":"{encoded}","gateway":"https://gw.example/get?u={encoded}&sig=SIGSECRET","source":"https://gw.example/get?u=https%3A%2F%2Fuser%3APASSSECRET%40h.example%2Fv.mp4"}}}}}}"#
     );
     mock.set(ID, Reply::json(200, body));
     let tg = taskgate(&mock, |_| {}).await;
     let (miss, hit) = get_twice(&tg, ID).await;
     for got in [&miss, &hit] {
         assert_eq!(got.status, http::StatusCode::OK);
-        for s in ["AKIASECRET", "SIGSECRET"] {
+        for s in ["AKIASECRET", "SIGSECRET", "PASSSECRET"] {
             assert!(
                 !got.text().contains(s),
                 "{s} reached the client: {}",
@@ -319,6 +319,10 @@ async fn signatures_outside_params_are_scrubbed() {
     assert_eq!(
         v["output"]["export"]["gateway"],
         format!("https://gw.example/get?u={scrubbed}&sig=***")
+    );
+    assert_eq!(
+        v["output"]["export"]["source"],
+        "https://gw.example/get?u=https%3A%2F%2F***%3A***%40h.example%2Fv.mp4"
     );
 }
 
