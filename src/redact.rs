@@ -1,8 +1,17 @@
 //! Scrubbing of secrets that Studio returns inside task bodies (LIVEPEER-API §1.7, §6).
 //!
 //! Studio cleans only a few fields for non-admin callers, and browsers poll through taskgate,
-//! so [`redact`] runs once per upstream fetch, before the body is cached or hashed. It is on by
+//! so [`scrub`] runs once per upstream fetch, before the body is cached or hashed. It is on by
 //! default; `TASKGATE_REDACT=false` turns it off (the body is then served as Studio sent it).
+//!
+//! **Failing closed.** A body is parsed once, into a tree; the caller takes the phase from
+//! that tree, and the bytes it hashes, caches and serves are the scrubbed tree serialised
+//! again ([`Scrubbed::to_bytes`]), never the bytes that arrived. So a duplicate key cannot hide
+//! a secret-bearing object behind a harmless one (the tree keeps one of them and that one is
+//! scrubbed), and a body the parser refuses (not JSON, not UTF-8, nested deeper than
+//! serde_json's recursion limit of 128, cut short) is [`Refusal::Unreadable`]: the caller
+//! answers 502, it never relays it raw. A body holding the API key anywhere — in a string or
+//! an object key, after JSON unescaping, also percent-encoded — is [`Refusal::HoldsKey`].
 //!
 //! What is scrubbed, and why:
 //! - **Credentials in URLs, anywhere in the body** (including `output.*` and prose such as
@@ -11,12 +20,22 @@
 //!   `params["transcode-file"].storage.url` (`w3s://<proof>@/` becomes `w3s://***@/`), which
 //!   Studio's own cleaning misses, and `user:pass@` in `params.upload.url`. The userinfo is only
 //!   what sits between `://` and the first `/`, `?`, `#` or whitespace, so an `@` in a path or
-//!   query is left alone.
+//!   query is left alone. URLs percent-encoded once (`https%3A%2F%2Fuser%3Apass%40host`, as in
+//!   another URL's query) are masked too (`https%3A%2F%2F***%3A***%40host`).
+//! - **Signature-like parameters, anywhere in the body**: in every string, the value of each
+//!   `name=value` whose name is signature-like ([`is_secret_name`]: `X-Amz-Signature`,
+//!   `X-Amz-Credential`, `X-Amz-Security-Token`, `Signature`, `sig`, `token`, `access_token`,
+//!   `key`, any name ending in `signature`, `token`, `secret`, `credential`, …) becomes `***`,
+//!   up to the next `&`, `#`, whitespace or quote. Percent-encoded URLs nested in a string or
+//!   in another URL's query (`%3FX-Amz-Signature%3D…%26…`, `%253D` twice encoded) are read at
+//!   their own level of encoding. This covers presigned URLs quoted in `status.errorMessage`
+//!   and percent-encoded in `output`.
 //! - **Query strings and fragments of URLs under `params`** are dropped, keeping scheme, host and
 //!   path: user-supplied source and destination URLs carry presigned signatures
 //!   (`X-Amz-Signature`, `X-Amz-Credential`) and tokens (`?token=`). Outside `params` they are
-//!   kept (IPFS gateway URLs are public), and so is `params.exportData.content`: an attestation
-//!   is public by design and a changed message would no longer match its signature.
+//!   kept (IPFS gateway URLs are public) apart from their signature-like parameters, and so is
+//!   `params.exportData.content`: an attestation is public by design and a changed message
+//!   would no longer match its signature.
 //! - **`params.export.custom.headers`**: every value becomes `"***"` (names are kept); these are
 //!   headers such as `Authorization` that taskgate's caller sends to the export destination.
 //! - **`params.export.ipfs.pinata` and `params.exportData.ipfs.pinata`**: `jwt`, `apiSecret` and
@@ -27,7 +46,11 @@
 //! Guarantees: the body stays valid for the official SDKs' schemas. Only string values are ever
 //! changed, and they stay strings: no field is removed or becomes `null`, numbers and booleans
 //! are untouched. Values already masked (`***`, `s3+https://***:***@host`) are left as they
-//! are, so redacting twice changes nothing. A body that is not a JSON object is left alone.
+//! are, so scrubbing twice changes nothing. A JSON body that is not an object (no task) has
+//! the rules that hold outside `params` applied to all its strings. Object keys are never
+//! rewritten (only searched for the API key).
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -35,24 +58,129 @@ use serde_json::{Map, Value};
 /// What a masked value or userinfo is replaced with.
 const MASK: &str = "***";
 
-/// Scrubs one task body. `Some(body)` when something was changed; `None` when nothing needed
-/// to change or the body is not a JSON object, in which case the caller serves the original
-/// bytes. Never panics.
-pub fn redact(body: &[u8]) -> Option<Bytes> {
+/// Why a body cannot be served with redaction on (the caller answers 502 and stores nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not JSON, not UTF-8, nested deeper than the parser's limit, or cut short: it cannot be
+    /// scrubbed, so it is not served.
+    Unreadable,
+    /// It holds the API key (after JSON unescaping, or percent-encoded).
+    HoldsKey,
+}
+
+/// A body parsed once and scrubbed: the tree the phase is read from, and that is serialised
+/// to the bytes hashed, cached and served.
+#[derive(Debug, Clone)]
+pub struct Scrubbed {
+    pub value: Value,
+    /// Whether scrubbing changed any string (the served bytes are re-serialised either way).
+    pub changed: bool,
+}
+
+impl Scrubbed {
+    /// The scrubbed tree as compact JSON: what is hashed, cached and served.
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(&self.value).expect("a JSON tree always serialises"))
+    }
+}
+
+/// Parses `body` once, refuses it if it holds `secret` (the API key; empty: not looked for),
+/// and scrubs it. Never panics; recursion is bounded by serde_json's nesting limit (128).
+pub fn scrub(body: &[u8], secret: &[u8]) -> Result<Scrubbed, Refusal> {
     // No byte-level pre-check: JSON may spell a key or `://` with escapes (`:\/\/`,
     // `pin\u0061ta`), which a substring search would miss. Parsing a task body is cheap and
     // happens once per upstream fetch, not per hit.
-    let mut task: Value = serde_json::from_slice(body).ok()?;
-    let task_fields = task.as_object_mut()?;
+    let mut value: Value = serde_json::from_slice(body).map_err(|_| Refusal::Unreadable)?;
+    if holds_key(&value, secret) {
+        return Err(Refusal::HoldsKey);
+    }
+    let changed = scrub_value(&mut value);
+    Ok(Scrubbed { value, changed })
+}
+
+/// Scrubs a parsed body in place: the task rules when it is an object, the rules that hold
+/// outside `params` otherwise. True if any string changed.
+pub fn scrub_value(body: &mut Value) -> bool {
+    let Some(task_fields) = body.as_object_mut() else {
+        return walk_strings(body, &mut scrub_text);
+    };
     let mut changed = false;
     for (name, value) in task_fields.iter_mut() {
         changed |= match name.as_str() {
             "params" => scrub_params(value),
-            _ => walk_strings(value, &mut mask_userinfo),
+            _ => walk_strings(value, &mut scrub_text),
         };
     }
-    // Serialise only when something changed, so untouched bodies keep their exact bytes.
-    changed.then(|| Bytes::from(task.to_string()))
+    changed
+}
+
+/// Whether `secret` (the API key) occurs in any string or object key of `value`, as it is
+/// after JSON unescaping, or percent-decoded once or twice. An empty secret is never found.
+pub fn holds_key(value: &Value, secret: &[u8]) -> bool {
+    if secret.is_empty() {
+        return false;
+    }
+    match value {
+        Value::String(s) => text_holds(s, secret),
+        Value::Array(items) => items.iter().any(|item| holds_key(item, secret)),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(k, v)| text_holds(k, secret) || holds_key(v, secret)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+fn text_holds(s: &str, secret: &[u8]) -> bool {
+    let mut text = Cow::Borrowed(s.as_bytes());
+    for _ in 0..3 {
+        if contains(&text, secret) {
+            return true;
+        }
+        if !text.contains(&b'%') {
+            return false;
+        }
+        text = Cow::Owned(percent_decode(&text));
+    }
+    false
+}
+
+/// Whether `needle` occurs in `haystack` (an empty needle never does).
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return false;
+    };
+    haystack.len() >= needle.len()
+        && haystack[..=haystack.len() - needle.len()]
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == first && haystack[i + 1..].starts_with(rest))
+}
+
+/// `%XX` decoded; anything else (including a `%` not followed by two hex digits) kept.
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (s[i], s.get(i + 1).copied(), s.get(i + 2).copied()) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// A string outside `params`: signature-like parameters, then userinfo in URLs. In that
+/// order: masking a parameter value may remove the `?` that ended an authority, and the
+/// userinfo is then read up to the next one.
+fn scrub_text(s: &mut String) -> bool {
+    mask_secret_params(s) | mask_userinfo(s) | mask_encoded_userinfo(s)
 }
 
 /// `params`: the user's own input, where the named credential fields and presigned URLs live.
@@ -72,7 +200,7 @@ fn scrub_params(params: &mut Value) -> bool {
     changed |= mask_fields(encryption, &["key", "encryptedKey"]);
 
     let Some(kinds) = params.as_object_mut() else {
-        return changed | walk_strings(params, &mut mask_userinfo);
+        return changed | walk_strings(params, &mut scrub_text);
     };
     for (kind, kind_params) in kinds.iter_mut() {
         changed |= match (kind.as_str(), kind_params.as_object_mut()) {
@@ -84,12 +212,12 @@ fn scrub_params(params: &mut Value) -> bool {
 }
 
 /// `params.exportData`: like the rest of `params`, except the signed attestation `content`,
-/// whose query strings must stay so its signature still verifies.
+/// whose query strings stay (but for signature-like parameters) so its signature verifies.
 fn scrub_export_data(fields: &mut Map<String, Value>) -> bool {
     let mut changed = false;
     for (name, value) in fields.iter_mut() {
         changed |= match name.as_str() {
-            "content" => walk_strings(value, &mut mask_userinfo),
+            "content" => walk_strings(value, &mut scrub_text),
             _ => walk_strings(value, &mut clean_param_url),
         };
     }
@@ -136,7 +264,8 @@ fn walk_strings(value: &mut Value, edit: &mut impl FnMut(&mut String) -> bool) -
     }
 }
 
-/// A string under `params`: if it is a URL, drop its query and fragment; then mask userinfo.
+/// A string under `params`: if it is a URL, drop its query and fragment; then mask userinfo
+/// and signature-like parameters (in prose that quotes a URL).
 fn clean_param_url(s: &mut String) -> bool {
     let mut changed = false;
     if let Some(authority_start) = url_authority_start(s) {
@@ -145,7 +274,7 @@ fn clean_param_url(s: &mut String) -> bool {
             changed = true;
         }
     }
-    changed | mask_userinfo(s)
+    changed | scrub_text(s)
 }
 
 /// If the whole string starts like a URL (`scheme://`, scheme `[a-zA-Z][a-zA-Z0-9+.-]*`),
@@ -207,17 +336,241 @@ fn mask_userinfo(s: &mut String) -> bool {
     true
 }
 
+/// [`mask_userinfo`] for URLs percent-encoded once inside a string or another URL's query:
+/// `https%3A%2F%2Fuser%3Apass%40host` becomes `https%3A%2F%2F***%3A***%40host`. The authority
+/// ends at an encoded or raw `/`, `?`, `#`, `&` or space (or a quote). True if changed.
+fn mask_encoded_userinfo(s: &mut String) -> bool {
+    const SEP: &[u8] = b"%3a%2f%2f";
+    const AT: &[u8] = b"%40";
+    let bytes = s.as_bytes();
+    if bytes.len() < SEP.len() || !bytes.windows(3).any(|w| w.eq_ignore_ascii_case(AT)) {
+        return false;
+    }
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = bytes[from..]
+        .windows(SEP.len())
+        .position(|w| w.eq_ignore_ascii_case(SEP))
+    {
+        let sep = from + found;
+        let authority_start = sep + SEP.len();
+        let mut end = authority_start;
+        while end < bytes.len() {
+            let stop = match bytes[end] {
+                b'/' | b'?' | b'#' | b'&' | b'"' | b'\'' | b'<' | b'>' | b'\\' => true,
+                b if b.is_ascii_whitespace() => true,
+                b'%' => bytes.get(end + 1..end + 3).is_some_and(|h| {
+                    [&b"2f"[..], b"3f", b"23", b"26", b"20"]
+                        .iter()
+                        .any(|e| h.eq_ignore_ascii_case(e))
+                }),
+                _ => false,
+            };
+            if stop {
+                break;
+            }
+            end += 1;
+        }
+        let authority = &bytes[authority_start..end];
+        let has_scheme = bytes[..sep]
+            .iter()
+            .rev()
+            .take_while(|b| is_scheme_byte(**b))
+            .any(u8::is_ascii_alphabetic);
+        let last_at = authority
+            .windows(AT.len())
+            .rposition(|w| w.eq_ignore_ascii_case(AT));
+        if let Some(at) = last_at.filter(|_| has_scheme) {
+            let userinfo = &authority[..at];
+            let masked = match userinfo.windows(3).any(|w| w.eq_ignore_ascii_case(b"%3a")) {
+                true => "***%3A***",
+                false => MASK,
+            };
+            if !userinfo.is_empty() && !userinfo.eq_ignore_ascii_case(masked.as_bytes()) {
+                out.push_str(&s[copied..authority_start]);
+                out.push_str(masked);
+                copied = authority_start + at;
+            }
+        }
+        from = authority_start;
+    }
+    if out.is_empty() {
+        return false;
+    }
+    out.push_str(&s[copied..]);
+    *s = out;
+    true
+}
+
+/// Masks the value of every `name=value` whose name is signature-like ([`is_secret_name`]),
+/// wherever it sits in the string: a URL's query or fragment, a URL quoted in prose, or a
+/// URL percent-encoded inside another (`%3Fsig%3Dvalue%26…`, `%253D` twice encoded). The
+/// value runs to the next `&`, `#`, whitespace, quote, `<` or `>` (or, at an encoding level,
+/// to an encoded `&`, `#` or space of that level or below) and becomes [`MASK`], even when
+/// empty, so every such `name=` is followed by `***`. True if the string was changed.
+fn mask_secret_params(s: &mut String) -> bool {
+    let bytes = s.as_bytes();
+    if !bytes.iter().any(|b| matches!(b, b'=' | b'%')) {
+        return false;
+    }
+    let mut out = String::new();
+    let mut copied = 0; // bytes of `s` already copied to `out`
+    let mut changed = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let Some((level, equals_len)) = equals_at(bytes, i) else {
+            i += 1;
+            continue;
+        };
+        let value_start = i + equals_len;
+        if !is_secret_name(param_name(bytes, i)) {
+            i = value_start;
+            continue;
+        }
+        let value_end = value_end(bytes, value_start, level);
+        if &bytes[value_start..value_end] != MASK.as_bytes() {
+            out.push_str(&s[copied..value_start]);
+            out.push_str(MASK);
+            copied = value_end;
+            changed = true;
+        }
+        // Past the value: an `=` inside it was masked with it.
+        i = value_end.max(i + 1);
+    }
+    if !changed {
+        return false;
+    }
+    out.push_str(&s[copied..]);
+    *s = out;
+    true
+}
+
+/// At `i`, an `=` (level 0) or a percent-encoded one (`%3D` level 1, `%253D` level 2, …):
+/// its level and its length in bytes.
+fn equals_at(bytes: &[u8], i: usize) -> Option<(usize, usize)> {
+    match bytes[i] {
+        b'=' => Some((0, 1)),
+        b'%' => {
+            let mut j = i + 1;
+            let mut level = 1;
+            loop {
+                let pair = bytes.get(j..j + 2)?;
+                if pair.eq_ignore_ascii_case(b"3d") {
+                    return Some((level, j + 2 - i));
+                }
+                if pair != b"25" || level >= 8 {
+                    return None;
+                }
+                level += 1;
+                j += 2;
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The parameter name that ends right before the `=` at `equals`: the run of name bytes
+/// before it, less the encoded separator it follows (`%26sig` is `sig`, `%2526sig` too).
+fn param_name(bytes: &[u8], equals: usize) -> &[u8] {
+    let is_name_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    let run = bytes[..equals]
+        .iter()
+        .rev()
+        .take_while(|b| is_name_byte(b))
+        .count();
+    let mut start = equals - run;
+    if start > 0 && bytes[start - 1] == b'%' {
+        while bytes[start..equals].starts_with(b"25") {
+            start += 2;
+        }
+        start = (start + 2).min(equals);
+    }
+    &bytes[start..equals]
+}
+
+/// Where a parameter value that starts at `start`, at encoding `level`, ends.
+fn value_end(bytes: &[u8], start: usize, level: usize) -> usize {
+    let mut i = start;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'&' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'\\' => return i,
+            b if b.is_ascii_whitespace() => return i,
+            b'%' if level > 0 && is_encoded_separator(&bytes[i + 1..], level) => return i,
+            _ => {}
+        }
+        i += 1;
+    }
+    bytes.len()
+}
+
+/// After a `%`: an encoded `&`, `#` or space (`26`, `23`, `20`) behind fewer than `level`
+/// `25`s.
+fn is_encoded_separator(mut rest: &[u8], level: usize) -> bool {
+    for _ in 0..level {
+        match rest.get(..2) {
+            Some(p) if p == b"26" || p == b"23" || p == b"20" => return true,
+            Some(b"25") => rest = &rest[2..],
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Parameter names whose values are credentials or signatures (ASCII case ignored).
+const SECRET_NAMES: [&str; 8] = [
+    "sig", "key", "auth", "jwt", "pass", "pwd", "policy", "session",
+];
+
+/// Name endings that mark a credential: `X-Amz-Signature`, `X-Goog-Signature`, `Signature`,
+/// `X-Amz-Credential`, `X-Amz-Security-Token`, `token`, `access_token`, `client_secret`,
+/// `api_key`, `AWSAccessKeyId`, `GoogleAccessId`, `x-sig`, …
+const SECRET_SUFFIXES: [&str; 17] = [
+    "signature",
+    "credential",
+    "credentials",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "apikey",
+    "api_key",
+    "api-key",
+    "accesskeyid",
+    "accessid",
+    "authorization",
+    "_sig",
+    "-sig",
+    "_key",
+    "-key",
+];
+
+/// Whether a query parameter called `name` carries a credential or signature.
+pub fn is_secret_name(name: &[u8]) -> bool {
+    let ends_with = |suffix: &str| {
+        name.len() >= suffix.len()
+            && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    SECRET_NAMES
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        || SECRET_SUFFIXES.iter().any(|s| ends_with(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The redacted body as JSON, or the input itself when `redact` changed nothing.
+    /// The scrubbed body, as served: the serialised tree, parsed again.
     fn redacted(body: &Value) -> Value {
-        match redact(body.to_string().as_bytes()) {
-            Some(out) => serde_json::from_slice(&out).expect("redact returns JSON"),
-            None => body.clone(),
-        }
+        let out = scrub(body.to_string().as_bytes(), b"").expect("a JSON body is scrubbed");
+        serde_json::from_slice(&out.to_bytes()).expect("scrub serialises JSON")
+    }
+
+    /// Whether scrubbing `body` changed anything.
+    fn changes(body: &[u8]) -> bool {
+        scrub(body, b"").expect("a JSON body is scrubbed").changed
     }
 
     /// The string at a JSON pointer, for short assertions.
@@ -350,7 +703,8 @@ mod tests {
         let out = redacted(&body);
         let message = "error downloading https://***@h.example/a.mp4: 403";
         assert_eq!(at(&out, "/status/errorMessage"), message);
-        let clip = "https://***:***@cdn.example/c.m3u8?sig=public";
+        // The query is kept outside `params`; its signature-like parameter is not (SPEC).
+        let clip = "https://***:***@cdn.example/c.m3u8?sig=***";
         assert_eq!(at(&out, "/output/clip/url"), clip);
         assert_eq!(at(&out, "/output/clip/odd"), "https://x://***:***@h/");
     }
@@ -359,7 +713,7 @@ mod tests {
     fn at_sign_in_path_or_query_is_not_userinfo() {
         let url = "https://example.com/users/@alice/v.mp4?by=a@b.example";
         let body = json!({ "id": "x", "output": { "upload": { "source": url } } });
-        assert_eq!(redact(body.to_string().as_bytes()), None);
+        assert!(!changes(body.to_string().as_bytes()));
         let out = redacted(&upload(url));
         let want = "https://example.com/users/@alice/v.mp4";
         assert_eq!(at(&out, "/params/upload/url"), want);
@@ -386,14 +740,16 @@ mod tests {
             "exportData": { "content": { "video": "ipfs://bafybeih" } } },
           "status": { "phase": "running", "updatedAt": 1717005010000_u64, "progress": 0.45 }
         });
-        assert_eq!(redact(body.to_string().as_bytes()), None);
+        assert!(!changes(body.to_string().as_bytes()));
     }
 
     #[test]
     fn redacting_twice_changes_nothing() {
         for body in all_secret_bodies() {
-            let once = redact(body.to_string().as_bytes()).expect("has secrets");
-            assert_eq!(redact(&once), None, "{}", String::from_utf8_lossy(&once));
+            let once = scrub(body.to_string().as_bytes(), b"").expect("JSON");
+            assert!(once.changed, "has secrets");
+            let once = once.to_bytes();
+            assert!(!changes(&once), "{}", String::from_utf8_lossy(&once));
         }
     }
 
@@ -405,25 +761,42 @@ mod tests {
     }
 
     #[test]
-    fn non_objects_and_non_json_are_left_alone() {
-        let bodies: [&[u8]; 7] = [
+    fn non_json_is_refused_and_other_json_is_scrubbed_too() {
+        // Failing closed (SPEC "Redaction"): what cannot be parsed cannot be scrubbed, so it
+        // is refused rather than relayed untouched.
+        let unreadable: [&[u8]; 5] = [
             b"",
             b"not json https://u:p@h/",
-            br#"["https://u:p@h/"]"#,
-            br#""https://u:p@h/""#,
-            b"42",
-            b"null",
             br#"{"params": "#,
+            b"{\"a\":\"\xff\"}",
+            br#"{"a":1}{"b":2}"#,
         ];
-        for body in bodies {
-            assert_eq!(redact(body), None, "{}", String::from_utf8_lossy(body));
+        for body in unreadable {
+            let got = scrub(body, b"").map(|s| s.to_bytes());
+            assert_eq!(
+                got,
+                Err(Refusal::Unreadable),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // JSON that is not a task object still gets the rules that hold outside `params`.
+        let cases: [(&[u8], &[u8]); 4] = [
+            (br#"["https://u:p@h/"]"#, br#"["https://***:***@h/"]"#),
+            (br#""https://h/?sig=abc""#, br#""https://h/?sig=***""#),
+            (b"42", b"42"),
+            (b"null", b"null"),
+        ];
+        for (body, want) in cases {
+            let got = scrub(body, b"").expect("JSON").to_bytes();
+            assert_eq!(&got[..], want, "{}", String::from_utf8_lossy(body));
         }
     }
 
     #[test]
     fn escaped_json_is_still_scrubbed() {
         let body = br#"{"params":{"export":{"ipfs":{"pin\u0061ta":{"jwt":"j"}}},"upload":{"url":"https:\/\/u:p@h\/x"}}}"#;
-        let out: Value = serde_json::from_slice(&redact(body).expect("scrubbed")).unwrap();
+        let out: Value = serde_json::from_slice(&scrub(body, b"").unwrap().to_bytes()).unwrap();
         assert_eq!(at(&out, "/params/export/ipfs/pinata/jwt"), "***");
         assert_eq!(at(&out, "/params/upload/url"), "https://***:***@h/x");
     }
@@ -457,12 +830,348 @@ mod tests {
             let s: String = (0..len)
                 .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
                 .collect();
-            for edit in [clean_param_url as fn(&mut String) -> bool, mask_userinfo] {
+            for edit in [
+                clean_param_url as fn(&mut String) -> bool,
+                mask_userinfo,
+                mask_secret_params,
+                mask_encoded_userinfo,
+                scrub_text,
+            ] {
                 let mut once = s.clone();
                 edit(&mut once);
                 let mut twice = once.clone();
                 assert!(!edit(&mut twice), "{s:?} → {once:?} → {twice:?}");
             }
+        }
+    }
+
+    #[test]
+    fn signature_parameters_are_masked_anywhere_in_the_body() {
+        let presigned = "https://b.s3.amazonaws.com/f.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+                         &X-Amz-Credential=AKIA%2F20240529&X-Amz-Expires=3600&X-Amz-Signature=d3m0";
+        let encoded = "https%3A%2F%2Fb.s3.amazonaws.com%2Ff.mp4%3FX-Amz-Credential%3DAKIA%252F1\
+                       %26X-Amz-Signature%3Dd3m0%26X-Amz-Expires%3D3600";
+        let body = json!({ "id": "x",
+            "status": { "phase": "failed", "updatedAt": 1,
+                        "errorMessage": format!("error uploading to {presigned}: 403 Forbidden") },
+            "output": { "clip": { "url": format!("https://gw.example/fetch?u={encoded}&x=1"),
+                                  "raw": encoded } } });
+        let out = redacted(&body);
+        let text = out.to_string();
+        for secret in ["d3m0", "AKIA"] {
+            assert!(!text.contains(secret), "{secret} survived: {text}");
+        }
+        let message = "error uploading to https://b.s3.amazonaws.com/f.mp4?\
+                       X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=***&X-Amz-Expires=3600\
+                       &X-Amz-Signature=***: 403 Forbidden";
+        // The value runs to whitespace: `:` may be part of a token, so it is masked with it.
+        assert_eq!(
+            at(&out, "/status/errorMessage"),
+            message.replace("***: 403", "*** 403")
+        );
+        let raw = "https%3A%2F%2Fb.s3.amazonaws.com%2Ff.mp4%3FX-Amz-Credential%3D***\
+                   %26X-Amz-Signature%3D***%26X-Amz-Expires%3D3600";
+        assert_eq!(at(&out, "/output/clip/raw"), raw);
+        assert_eq!(
+            at(&out, "/output/clip/url"),
+            format!("https://gw.example/fetch?u={raw}&x=1")
+        );
+    }
+
+    #[test]
+    fn each_signature_like_name_is_masked_and_others_are_kept() {
+        for name in [
+            "X-Amz-Signature",
+            "x-amz-signature",
+            "X-Amz-Credential",
+            "X-Amz-Security-Token",
+            "X-Goog-Signature",
+            "X-Goog-Credential",
+            "Signature",
+            "sig",
+            "token",
+            "access_token",
+            "AWSAccessKeyId",
+            "GoogleAccessId",
+            "api_key",
+            "apiKey",
+            "key",
+            "jwt",
+            "client_secret",
+            "password",
+        ] {
+            let mut s = format!("see https://h.example/v.mp4?a=1&{name}=S3CRET#t=2 now");
+            assert!(mask_secret_params(&mut s), "{name}");
+            assert_eq!(
+                s,
+                format!("see https://h.example/v.mp4?a=1&{name}=***#t=2 now")
+            );
+        }
+        for kept in [
+            "https://ipfs.example/ipfs/bafy?filename=a.mp4&format=car",
+            "https://h.example/?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=3600",
+            "no parameters here",
+            "a=b=c",
+        ] {
+            let mut s = kept.to_owned();
+            assert!(!mask_secret_params(&mut s), "{kept}");
+        }
+        // Fragments (`#access_token=`), twice-encoded URLs and empty values too.
+        let cases = [
+            (
+                "https://h/cb#access_token=abc&x=1",
+                "https://h/cb#access_token=***&x=1",
+            ),
+            (
+                "u=https%253A%252F%252Fh%253Fsig%253Dabc%2526x%253D1",
+                "u=https%253A%252F%252Fh%253Fsig%253D***%2526x%253D1",
+            ),
+            ("https://h/?sig=&x=1", "https://h/?sig=***&x=1"),
+            ("https://h/?token=***", "https://h/?token=***"),
+        ];
+        for (input, want) in cases {
+            let mut s = input.to_owned();
+            mask_secret_params(&mut s);
+            assert_eq!(s, want);
+        }
+    }
+
+    #[test]
+    fn signature_parameters_in_params_prose_and_attestations_are_masked() {
+        let body = json!({ "id": "x", "params": {
+            "upload": { "note": "from https://h/v.mp4?sig=abc" },
+            "exportData": { "content": { "video": "https://v.example/a?x=1&token=abc" } } } });
+        let out = redacted(&body);
+        assert_eq!(
+            at(&out, "/params/upload/note"),
+            "from https://h/v.mp4?sig=***"
+        );
+        assert_eq!(
+            at(&out, "/params/exportData/content/video"),
+            "https://v.example/a?x=1&token=***"
+        );
+    }
+
+    #[test]
+    fn a_body_nested_past_the_parser_limit_is_refused() {
+        let deep = format!(
+            r#"{{"params":{{"upload":{{"url":"https://u:p@h/"}},"x":{}1{}}},"status":{{"phase":"completed"}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(
+            scrub(deep.as_bytes(), b"").map(|s| s.changed),
+            Err(Refusal::Unreadable)
+        );
+        // Within the limit, the same shape is scrubbed.
+        let shallow = deep.replace(&"[".repeat(200), &"[".repeat(100));
+        let shallow = shallow.replace(&"]".repeat(200), &"]".repeat(100));
+        let out = scrub(shallow.as_bytes(), b"").expect("within the limit");
+        assert_eq!(at(&out.value, "/params/upload/url"), "https://***:***@h/");
+    }
+
+    #[test]
+    fn a_duplicate_key_cannot_hide_a_secret_from_the_served_bytes() {
+        let body = br#"{"params":{"export":{"ipfs":{"pinata":{"jwt":"PINATASECRET"}}},"upload":{"url":"https://u:PASSSECRET@h/"}},"params":{},"status":{"phase":"completed","updatedAt":1}}"#;
+        let out = scrub(body, b"").expect("JSON").to_bytes();
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("SECRET"), "{text}");
+        assert_eq!(
+            text.matches("\"params\"").count(),
+            1,
+            "duplicates collapsed: {text}"
+        );
+    }
+
+    #[test]
+    fn the_key_is_found_escaped_encoded_and_in_object_keys() {
+        const KEY: &[u8] = b"sk_live_TOPSECRET";
+        for body in [
+            r#"{"errors":["no token sk_live_TOPSECRET found"]}"#,
+            r#"{"errors":["no token \u0073k_live_TOPSECRET found"]}"#,
+            r#"{"a":"https://h/?k=sk%5Flive%5FTOPSECRET"}"#,
+            r#"{"a":"https://h/?k=sk%255Flive_TOPSECRET"}"#,
+            r#"{"sk_live_TOPSECR\u0045T":1}"#,
+            r#"[[{"deep":["sk_live_TOPSECRET"]}]]"#,
+        ] {
+            assert_eq!(
+                scrub(body.as_bytes(), KEY).map(|s| s.changed),
+                Err(Refusal::HoldsKey),
+                "{body}"
+            );
+        }
+        assert!(scrub(br#"{"a":"sk_live_TOPSECRE"}"#, KEY).is_ok());
+        assert!(
+            scrub(br#"{"a":"sk_live_TOPSECRET"}"#, b"").is_ok(),
+            "no key configured"
+        );
+    }
+
+    #[test]
+    fn generated_parameter_soup_never_leaves_a_signature() {
+        // Tokens that matter to the parameter and userinfo scanners, glued at random.
+        let tokens = [
+            "X-Amz-Signature",
+            "sig",
+            "token",
+            "a",
+            "=",
+            "&",
+            "?",
+            "#",
+            " ",
+            "%",
+            "%3D",
+            "%3d",
+            "%26",
+            "%3F",
+            "%25",
+            "%253D",
+            "%2526",
+            "://",
+            "u:p@",
+            "***",
+            "é",
+            "\"",
+            "25",
+            "3D",
+            "%3A%2F%2F",
+            "%40",
+            "%3A",
+            "%2F",
+            "https",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = next() % 12;
+            let s: String = (0..len)
+                .map(|_| tokens[(next() % tokens.len() as u64) as usize])
+                .collect();
+            // (edit, whether it masks signature parameters)
+            for (edit, masks_signatures) in [
+                (mask_secret_params as fn(&mut String) -> bool, true),
+                (mask_encoded_userinfo, false),
+                (scrub_text, true),
+                (clean_param_url, true),
+            ] {
+                let mut once = s.clone();
+                edit(&mut once);
+                for (at, _) in once.match_indices("X-Amz-Signature=") {
+                    let rest = &once[at + "X-Amz-Signature=".len()..];
+                    assert!(
+                        rest.starts_with(MASK) || !masks_signatures,
+                        "{s:?} → {once:?}"
+                    );
+                }
+                let mut twice = once.clone();
+                assert!(!edit(&mut twice), "{s:?} → {once:?} → {twice:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn generated_bodies_are_served_scrubbed_for_good() {
+        // The property of fuzz/fuzz_targets/redact.rs, on bodies glued from tokens that matter.
+        const KEY: &[u8] = b"sk_test_KEY";
+        let tokens = [
+            "{\"params\":",
+            "{\"a\":",
+            "\"",
+            "X-Amz-Signature",
+            "=",
+            "&",
+            "%3D",
+            "%26",
+            "?",
+            "}",
+            "[",
+            "]",
+            ",",
+            "\"u\"",
+            ":",
+            "https://",
+            "u:p@h",
+            "sk_test_KEY",
+            "\\u0073",
+            "sig",
+            " ",
+            "\\\"",
+            "1",
+            "%25",
+            "#",
+            "@",
+            "/",
+            "w3s://",
+            "*",
+            "%3A%2F%2F",
+            "%40",
+            "%3a",
+            "https",
+        ];
+        let mut state = 0x1234_5678_9abc_def1_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut scrubbed = 0;
+        for _ in 0..20_000 {
+            let len = next() % 18;
+            let s: String = (0..len)
+                .map(|_| tokens[(next() % tokens.len() as u64) as usize])
+                .collect();
+            let quoted = s.replace('\\', "").replace('"', "\\\"");
+            let body = format!(r#"{{"params":{{"upload":{{"url":"{quoted}"}}}},"x":"{quoted}"}}"#);
+            for input in [&s, &body] {
+                let Ok(out) = scrub(input.as_bytes(), KEY) else {
+                    continue;
+                };
+                scrubbed += 1;
+                let served = out.to_bytes();
+                let value: Value = serde_json::from_slice(&served).expect("served JSON");
+                assert!(!holds_key(&value, KEY), "{input}");
+                for (at, _) in served_text(&value).match_indices("X-Amz-Signature=") {
+                    let rest = &served_text(&value)[at + 16..];
+                    assert!(rest.starts_with(MASK), "{input}");
+                }
+                assert!(!scrub(&served, KEY).expect("JSON").changed, "{input}");
+            }
+        }
+        assert!(scrubbed > 10_000, "the generator makes JSON: {scrubbed}");
+    }
+
+    /// Every string value of `value`, joined by newlines (a terminator).
+    fn served_text(value: &Value) -> String {
+        match value {
+            Value::String(s) => format!("{s}\n"),
+            Value::Array(items) => items.iter().map(served_text).collect(),
+            Value::Object(fields) => fields.values().map(served_text).collect(),
+            Value::Null | Value::Bool(_) | Value::Number(_) => String::new(),
+        }
+    }
+
+    #[test]
+    fn percent_encoded_userinfo_is_masked() {
+        let cases = [
+            (
+                "https://gw.example/?src=https%3A%2F%2Fuser%3APASS%40h.example%2Fv.mp4&x=1",
+                "https://gw.example/?src=https%3A%2F%2F***%3A***%40h.example%2Fv.mp4&x=1",
+            ),
+            ("w3s%3a%2f%2fPROOF%40%2F", "w3s%3a%2f%2f***%40%2F"),
+            ("https%3A%2F%2Fh%2Fa%40b", "https%3A%2F%2Fh%2Fa%40b"),
+            ("%3A%2F%2Fu%40h", "%3A%2F%2Fu%40h"),
+        ];
+        for (input, want) in cases {
+            let mut s = input.to_owned();
+            mask_encoded_userinfo(&mut s);
+            assert_eq!(s, want);
         }
     }
 }

@@ -133,7 +133,11 @@ async fn one_client_cannot_take_every_connection() {
     let mock = MockUpstream::start().await;
     mock.set("t1", Reply::task("t1", "completed"));
     // 8 connections in all, 2 per client: from 127.0.0.1 only two stay open.
-    let tg = taskgate(&mock, |c| c.max_connections = 8).await;
+    let tg = taskgate(&mock, |c| {
+        c.max_connections = 8;
+        c.max_connections_per_client = 2;
+    })
+    .await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(tg.public_addr()).await.unwrap();

@@ -315,6 +315,7 @@ fn names_registered_in_source() -> BTreeSet<String> {
 fn registered_metrics() -> BTreeMap<String, String> {
     let m = Metrics::new();
     m.request("task", Some("task"), 200, None, None, Duration::ZERO);
+    m.call_avoided("hit");
     m.upstream_finished(&UpstreamReport {
         status: Some(200),
         error: None,

@@ -227,8 +227,32 @@ async fn odd_bodies_are_passed_through_and_never_cached() {
     for (id, reply) in &cases {
         mock.set(id, reply.clone());
     }
-    let tg = taskgate(&mock, |_| {}).await;
+    // With redaction on (the default), a body that cannot be parsed cannot be scrubbed: 502
+    // (SPEC "Answers"). The others are relayed (these compact ones re-serialise to their
+    // own bytes), and none is cached.
+    let unparsable = ["html", "badutf8", "badjson"];
+    let redacting = taskgate(&mock, |_| {}).await;
     let c = HttpClient::default();
+    for (id, reply) in &cases {
+        let got = c.get(redacting.public_addr(), &format!("/task/{id}")).await;
+        assert_eq!(got.header("x-cache"), Some("PASS"), "{id}");
+        if unparsable.contains(id) {
+            assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{id}");
+        } else {
+            assert_eq!(got.status, StatusCode::OK, "{id}");
+            assert_eq!(got.body, reply.body, "{id}: relayed as is");
+        }
+        assert!(
+            redacting
+                .proxy()
+                .cache()
+                .get(&common::task_key(id))
+                .is_none(),
+            "{id}"
+        );
+    }
+    // With it off, every one is relayed as it came.
+    let tg = taskgate(&mock, |c| c.redact = false).await;
     for (id, reply) in &cases {
         let got = c.get(tg.public_addr(), &format!("/task/{id}")).await;
         assert_eq!(got.status, StatusCode::OK, "{id}");

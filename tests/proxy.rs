@@ -341,7 +341,9 @@ async fn a_200_without_a_known_phase_is_passed_through() {
         "odd",
         Reply::json(200, r#"{"id":"odd","status":{"phase":"exploded"}}"#),
     );
-    let tg = taskgate(&mock, |_| {}).await;
+    // Redaction off: a body that is not JSON is relayed as sent (with it on it is a 502,
+    // tests/redaction.rs).
+    let tg = taskgate(&mock, |c| c.redact = false).await;
     let c = HttpClient::default();
     for id in ["html", "odd", "html"] {
         let got = c.get(tg.public_addr(), &path(id)).await;
@@ -353,6 +355,14 @@ async fn a_200_without_a_known_phase_is_passed_through() {
         "exploded"
     );
     assert_eq!(mock.calls(), 4);
+    // Redaction on (the default): JSON with no known phase is still passed through.
+    let tg = taskgate(&mock, |_| {}).await;
+    for (id, status) in [("odd", StatusCode::OK), ("html", StatusCode::BAD_GATEWAY)] {
+        let got = c.get(tg.public_addr(), &path(id)).await;
+        assert_eq!(got.status, status, "{id}");
+        assert_eq!(got.header("x-cache"), Some("PASS"), "{id}");
+    }
+    assert_eq!(mock.calls(), 6);
 }
 
 #[tokio::test]

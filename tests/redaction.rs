@@ -94,3 +94,252 @@ async fn redact_false_serves_the_body_as_studio_sent_it() {
         .await;
     assert_eq!(got.text(), secret_body("completed"));
 }
+
+// ---- Failing closed (issue 16, item 4): one parse serves the phase, the scrub and the bytes
+// served; what cannot be parsed, or holds the key, is never relayed nor cached.
+
+/// `GET /task/{id}` twice: what the client got each time.
+async fn get_twice(tg: &taskgate::Running, id: &str) -> (common::Got, common::Got) {
+    let c = HttpClient::default();
+    let first = c.get(tg.public_addr(), &format!("/task/{id}")).await;
+    let second = c.get(tg.public_addr(), &format!("/task/{id}")).await;
+    (first, second)
+}
+
+/// A 502 that relays nothing of the upstream body and is never stored: both requests went
+/// upstream.
+fn assert_withheld(
+    tg: &taskgate::Running,
+    mock: &MockUpstream,
+    id: &str,
+    got: [&common::Got; 2],
+    reason: &str,
+) {
+    for g in got {
+        assert_eq!(g.status, http::StatusCode::BAD_GATEWAY, "{}", g.text());
+        assert_eq!(g.header("x-cache"), Some("PASS"));
+        assert_eq!(g.json()["errors"][0], reason);
+        for s in SECRETS.iter().chain([&common::KEY, &"completed"]) {
+            assert!(
+                !g.text().contains(s),
+                "{s} reached the client: {}",
+                g.text()
+            );
+        }
+    }
+    assert_eq!(
+        mock.calls(),
+        2,
+        "not cached: the second request went upstream too"
+    );
+    assert!(tg.proxy().cache().get(&common::task_key(id)).is_none());
+}
+
+/// `secret_body` with `inner` nested `depth` arrays deep inside `params`.
+fn deep_body(depth: usize) -> String {
+    let nested = format!("{}\"x\"{}", "[".repeat(depth), "]".repeat(depth));
+    secret_body("completed").replacen(
+        r#""params":{"#,
+        &format!(r#""params":{{"deep":{nested},"#),
+        1,
+    )
+}
+
+#[tokio::test]
+async fn a_body_nested_past_the_parser_limit_is_502_and_never_cached() {
+    let mock = MockUpstream::start().await;
+    mock.set(ID, Reply::json(200, deep_body(200)));
+    let tg = taskgate(&mock, |_| {}).await;
+    let (first, second) = get_twice(&tg, ID).await;
+    assert_withheld(
+        &tg,
+        &mock,
+        ID,
+        [&first, &second],
+        "unreadable upstream answer",
+    );
+    // Within the limit the same body is served, scrubbed, and cached.
+    mock.set("shallow", Reply::json(200, deep_body(100)));
+    let (miss, hit) = get_twice(&tg, "shallow").await;
+    assert_eq!(miss.header("x-cache"), Some("MISS"));
+    assert_scrubbed(&miss.text());
+    assert_eq!(
+        (hit.header("x-cache"), &hit.body),
+        (Some("HIT"), &miss.body)
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_502_with_redaction_on() {
+    let mock = MockUpstream::start().await;
+    let not_json = format!("<html>{}</html>", secret_body("completed"));
+    mock.set(
+        ID,
+        Reply::json(200, not_json).header("content-type", "text/html"),
+    );
+    let tg = taskgate(&mock, |_| {}).await;
+    let (first, second) = get_twice(&tg, ID).await;
+    assert_withheld(
+        &tg,
+        &mock,
+        ID,
+        [&first, &second],
+        "unreadable upstream answer",
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_params_key_cannot_hide_the_secrets_before_it() {
+    let mock = MockUpstream::start().await;
+    // The secret-bearing `params` first, then a harmless one: a tree keeps the last.
+    let body = secret_body("completed").replacen(
+        r#""status":"#,
+        r#""params":{"upload":{"url":"https://example.com/v.mp4"}},"status":"#,
+        1,
+    );
+    mock.set(ID, Reply::json(200, body));
+    let tg = taskgate(&mock, |_| {}).await;
+    let (miss, hit) = get_twice(&tg, ID).await;
+    assert_eq!(miss.status, http::StatusCode::OK);
+    for s in SECRETS {
+        assert!(
+            !miss.text().contains(s),
+            "{s} reached the client: {}",
+            miss.text()
+        );
+    }
+    assert_eq!(
+        miss.text().matches("\"params\"").count(),
+        1,
+        "{}",
+        miss.text()
+    );
+    assert_eq!(
+        miss.json()["params"]["upload"]["url"],
+        "https://example.com/v.mp4"
+    );
+    assert_eq!(miss.json()["status"]["phase"], "completed");
+    assert_eq!(
+        (hit.header("x-cache"), &hit.body),
+        (Some("HIT"), &miss.body)
+    );
+    assert_eq!(mock.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_200_holding_the_api_key_is_502_and_never_cached() {
+    let escaped = format!("\\u{:04x}{}", common::KEY.as_bytes()[0], &common::KEY[1..]);
+    for (id, key) in [("plain", common::KEY.to_owned()), ("escaped", escaped)] {
+        let mock = MockUpstream::start().await;
+        let body = format!(
+            r#"{{"id":"{id}","status":{{"phase":"completed","updatedAt":1,"errorMessage":"no token {key} found"}}}}"#
+        );
+        mock.set(id, Reply::json(200, body));
+        let tg = taskgate(&mock, |_| {}).await;
+        let (first, second) = get_twice(&tg, id).await;
+        assert_withheld(
+            &tg,
+            &mock,
+            id,
+            [&first, &second],
+            "upstream answer withheld",
+        );
+        assert!(!first.text().contains(&key[2..]), "{id}: {}", first.text());
+    }
+}
+
+#[tokio::test]
+async fn a_4xx_body_holding_the_key_escaped_gets_the_generic_body() {
+    let mock = MockUpstream::start().await;
+    let escaped = format!("\\u{:04x}{}", common::KEY.as_bytes()[0], &common::KEY[1..]);
+    let echo = format!(r#"{{"errors":["no token {escaped} found"]}}"#);
+    mock.set("bad", Reply::json(400, echo.clone()));
+    mock.set("gone", Reply::json(404, echo.clone()));
+    mock.set("odd", Reply::json(422, echo.replace("\\u0073", "%73")));
+    let tg = taskgate(&mock, |_| {}).await;
+    let c = HttpClient::default();
+    for (id, status, message) in [
+        ("bad", 400, "upstream refused the request"),
+        ("gone", 404, "not found"),
+        ("odd", 422, "upstream refused the request"),
+    ] {
+        let got = c.get(tg.public_addr(), &format!("/task/{id}")).await;
+        assert_eq!(got.status.as_u16(), status, "{id}");
+        assert_eq!(
+            got.json(),
+            serde_json::json!({ "errors": [message] }),
+            "{id}"
+        );
+    }
+    // A 4xx body without the key is still relayed.
+    mock.set(
+        "plain",
+        Reply::json(
+            400,
+            r#"{"errors":["projectId as query param not supported"]}"#,
+        ),
+    );
+    let got = c.get(tg.public_addr(), "/task/plain").await;
+    assert_eq!(
+        got.json()["errors"][0],
+        "projectId as query param not supported"
+    );
+}
+
+#[tokio::test]
+async fn signatures_outside_params_are_scrubbed() {
+    let mock = MockUpstream::start().await;
+    let presigned =
+        "https://b.s3.amazonaws.com/f.mp4?X-Amz-Credential=AKIASECRET&X-Amz-Signature=SIGSECRET";
+    let encoded = "https%3A%2F%2Fb.s3.amazonaws.com%2Ff.mp4%3FX-Amz-Credential%3DAKIASECRET%26X-Amz-Signature%3DSIGSECRET%26x%3D1";
+    let body = format!(
+        r#"{{"id":"{ID}","type":"export","status":{{"phase":"failed","updatedAt":1,"errorMessage":"error uploading to {presigned} (403)"}},"output":{{"export":{{"url":"{encoded}","gateway":"https://gw.example/get?u={encoded}&sig=SIGSECRET","source":"https://gw.example/get?u=https%3A%2F%2Fuser%3APASSSECRET%40h.example%2Fv.mp4"}}}}}}"#
+    );
+    mock.set(ID, Reply::json(200, body));
+    let tg = taskgate(&mock, |_| {}).await;
+    let (miss, hit) = get_twice(&tg, ID).await;
+    for got in [&miss, &hit] {
+        assert_eq!(got.status, http::StatusCode::OK);
+        for s in ["AKIASECRET", "SIGSECRET", "PASSSECRET"] {
+            assert!(
+                !got.text().contains(s),
+                "{s} reached the client: {}",
+                got.text()
+            );
+        }
+    }
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    let v = miss.json();
+    assert_eq!(
+        v["status"]["errorMessage"],
+        "error uploading to https://b.s3.amazonaws.com/f.mp4?X-Amz-Credential=***&X-Amz-Signature=*** (403)"
+    );
+    let scrubbed = "https%3A%2F%2Fb.s3.amazonaws.com%2Ff.mp4%3FX-Amz-Credential%3D***%26X-Amz-Signature%3D***%26x%3D1";
+    assert_eq!(v["output"]["export"]["url"], scrubbed);
+    assert_eq!(
+        v["output"]["export"]["gateway"],
+        format!("https://gw.example/get?u={scrubbed}&sig=***")
+    );
+    assert_eq!(
+        v["output"]["export"]["source"],
+        "https://gw.example/get?u=https%3A%2F%2F***%3A***%40h.example%2Fv.mp4"
+    );
+}
+
+#[tokio::test]
+async fn redact_false_relays_unparsable_and_deep_bodies_as_sent() {
+    let mock = MockUpstream::start().await;
+    mock.set(
+        "html",
+        Reply::json(200, "<html>maintenance</html>").header("content-type", "text/html"),
+    );
+    mock.set(ID, Reply::json(200, deep_body(200)));
+    let tg = taskgate(&mock, |c| c.redact = false).await;
+    let c = HttpClient::default();
+    let html = c.get(tg.public_addr(), "/task/html").await;
+    assert_eq!(html.status, http::StatusCode::OK);
+    assert_eq!(html.text(), "<html>maintenance</html>");
+    let deep = c.get(tg.public_addr(), &format!("/task/{ID}")).await;
+    assert_eq!(deep.status, http::StatusCode::OK);
+    assert_eq!(deep.text(), deep_body(200));
+}

@@ -98,6 +98,11 @@ pub enum Error {
     UpstreamError,
     /// A 1xx, 3xx or 2xx other than 200: redirects are never followed.
     UpstreamUnexpected,
+    /// A 200 whose body cannot be parsed (not JSON, not UTF-8, nested past the parser's
+    /// limit) while redaction is on: it cannot be scrubbed, so it is never relayed.
+    UpstreamUnreadable,
+    /// A 200 whose body holds taskgate's API key (escaped or encoded included): withheld.
+    UpstreamHeldKey,
 
     /// One client holds as many watch streams as it may.
     WatchClientLimit,
@@ -128,7 +133,9 @@ impl Error {
             | UpstreamRefused(_)
             | UpstreamClientError(_)
             | UpstreamError
-            | UpstreamUnexpected => Side::Upstream,
+            | UpstreamUnexpected
+            | UpstreamUnreadable
+            | UpstreamHeldKey => Side::Upstream,
             WatchLimit | Internal => Side::Internal,
         }
     }
@@ -263,6 +270,16 @@ impl Error {
                 "too many watches from this client",
                 "watch_client_limit",
             ),
+            UpstreamUnreadable => (
+                StatusCode::BAD_GATEWAY,
+                "unreadable upstream answer",
+                "upstream_unreadable",
+            ),
+            UpstreamHeldKey => (
+                StatusCode::BAD_GATEWAY,
+                "upstream answer withheld",
+                "upstream_held_key",
+            ),
             WatchLimit => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many tasks watched",
@@ -366,6 +383,8 @@ mod tests {
             Error::UpstreamError,
             Error::UpstreamUnexpected,
             Error::WatchClientLimit,
+            Error::UpstreamUnreadable,
+            Error::UpstreamHeldKey,
             Error::WatchLimit,
             Error::Internal,
         ];

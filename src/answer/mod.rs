@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::{
-    redact,
+    redact::{self, Refusal},
     resource::{Kind, Lifetime, Phase},
     upstream::{FetchError, Reply},
 };
@@ -139,7 +139,8 @@ impl Answer {
     }
 
     /// Classifies what the API said about a resource of `kind`, as SPEC's answers table does,
-    /// row by row. `secret` is the API key: a relayed body that contains it is replaced.
+    /// row by row. `secret` is the API key: a relayed 4xx body that contains it (escaped or
+    /// encoded included) is replaced, and with redaction on a 200 holding it is a 502.
     pub fn from_upstream(
         kind: Kind,
         reply: Result<Reply, FetchError>,
@@ -158,7 +159,7 @@ impl Answer {
             }
         };
         match reply.status {
-            StatusCode::OK => Self::resource(kind, reply, policy),
+            StatusCode::OK => Self::resource(kind, reply, policy, secret),
             StatusCode::NOT_FOUND => {
                 let mut a = Self::error(Error::NoRoute);
                 a.error = None;
@@ -173,35 +174,44 @@ impl Answer {
                 a.retry_after = reply.retry_after.filter(is_retry_after);
                 a
             }
-            s if s.is_client_error() => {
-                let relayable = serde_json::from_slice::<serde::de::IgnoredAny>(&reply.body)
-                    .is_ok()
-                    && !contains(&reply.body, secret);
-                if relayable {
+            s if s.is_client_error() => match relayable_body(&reply.body, policy.redact, secret) {
+                Some(body) => {
                     let mut a = Self::error(Error::UpstreamClientError(s));
-                    a.body = reply.body;
+                    a.body = body;
                     a
-                } else {
-                    Self::error(Error::UpstreamRefused(s))
                 }
-            }
+                None => Self::error(Error::UpstreamRefused(s)),
+            },
             s if s.is_server_error() => Self::error(Error::UpstreamError),
             // 1xx, other 2xx, and 3xx: redirects are not followed, nothing else is expected.
             _ => Self::error(Error::UpstreamUnexpected),
         }
     }
 
-    fn resource(kind: Kind, reply: Reply, policy: &Policy) -> Self {
-        // Scrubbed once here, before the body is stored or hashed: hits cost nothing more.
-        let body = match policy.redact {
-            true => redact::redact(&reply.body).unwrap_or(reply.body),
-            false => reply.body,
-        };
-        let phase = kind.phase(&body);
-        // A body that is not a resource is relayed as the API labelled it; a resource is JSON.
-        let content_type = match phase {
-            Some(_) => respond::JSON,
-            None => reply.content_type.unwrap_or(respond::JSON),
+    fn resource(kind: Kind, reply: Reply, policy: &Policy, secret: &[u8]) -> Self {
+        let (body, phase, content_type) = if policy.redact {
+            // Failing closed: one parse gives the phase, the scrub and the bytes hashed,
+            // stored and served (the scrubbed tree, serialised), so nothing the parser did
+            // not see (a duplicate key, a body nested past its limit) reaches a client.
+            // Scrubbed once here, before the body is stored or hashed: hits cost nothing more.
+            match redact::scrub(&reply.body, secret) {
+                Ok(scrubbed) => (
+                    scrubbed.to_bytes(),
+                    kind.phase_of_value(&scrubbed.value),
+                    respond::JSON,
+                ),
+                Err(Refusal::Unreadable) => return Self::error(Error::UpstreamUnreadable),
+                Err(Refusal::HoldsKey) => return Self::error(Error::UpstreamHeldKey),
+            }
+        } else {
+            // Redaction off: the body as sent. A body that is not a resource is relayed as
+            // the API labelled it; a resource is JSON.
+            let phase = kind.phase(&reply.body);
+            let content_type = match phase {
+                Some(_) => respond::JSON,
+                None => reply.content_type.unwrap_or(respond::JSON),
+            };
+            (reply.body, phase, content_type)
         };
         let store = match phase.map(Phase::lifetime) {
             None => Store::Pass(NoStore::NotAResource),
@@ -274,6 +284,8 @@ impl Answer {
                     | Error::UpstreamRateLimited
                     | Error::UpstreamError
                     | Error::UpstreamUnexpected
+                    | Error::UpstreamUnreadable
+                    | Error::UpstreamHeldKey
             )
         })
     }
@@ -367,8 +379,24 @@ fn is_retry_after(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 64 && b.iter().all(|c| c.is_ascii_graphic() || *c == b' ')
 }
 
+/// The body relayed with a 4xx other than 401, 403 and 429, or `None` when a generic one
+/// replaces it: when it is not JSON (nested past the parser's limit included), or holds the
+/// API key — as sent, after JSON unescaping, or percent-encoded — whatever `TASKGATE_REDACT`
+/// says. With redaction on, the relayed bytes are the parsed body scrubbed and serialised.
+fn relayable_body(body: &Bytes, redact: bool, secret: &[u8]) -> Option<Bytes> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if contains(body, secret) || redact::holds_key(&value, secret) {
+        return None;
+    }
+    if !redact {
+        return Some(body.clone());
+    }
+    redact::scrub_value(&mut value);
+    serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+    redact::contains(haystack, needle)
 }
 
 #[cfg(test)]
@@ -408,6 +436,10 @@ mod tests {
 
     #[test]
     fn unfinished_and_unknown_bodies_are_not_cached() {
+        let redact_off = Policy {
+            redact: false,
+            ..TTLS
+        };
         for body in [
             task("pending"),
             task("waiting"),
@@ -415,11 +447,110 @@ mod tests {
             "<html>".into(),
             "{}".into(),
         ] {
-            let a = Answer::from_upstream(Kind::Task, reply(200, &body), &TTLS, b"k");
-            assert_eq!(a.status, StatusCode::OK);
-            assert_eq!(a.ttl(), None, "{body}");
-            assert_eq!(a.body, body.as_bytes());
+            // With redaction on, what cannot be parsed is a 502 (SPEC "Answers").
+            let policies: &[&Policy] = match body.starts_with('{') {
+                true => &[&TTLS, &redact_off],
+                false => &[&redact_off],
+            };
+            for policy in policies {
+                let a = Answer::from_upstream(Kind::Task, reply(200, &body), policy, b"k");
+                assert_eq!(a.status, StatusCode::OK);
+                assert_eq!(a.ttl(), None, "{body}");
+                assert_eq!(a.body, body.as_bytes());
+            }
         }
+    }
+
+    #[test]
+    fn with_redaction_on_an_unreadable_200_is_a_502_never_stored() {
+        let deep = format!(
+            r#"{{"params":{{"x":{}{}}},"status":{{"phase":"completed","updatedAt":1}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        for body in ["<html>", "", r#"{"status":{"phase":"completed""#, &deep] {
+            let a = Answer::from_upstream(Kind::Task, reply(200, body), &TTLS, b"k");
+            assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{body}");
+            assert_eq!(a.error, Some(Error::UpstreamUnreadable));
+            assert!(!a.is_cacheable());
+            assert_eq!(a.body, Error::UpstreamUnreadable.body());
+        }
+    }
+
+    #[test]
+    fn the_phase_and_the_served_bytes_come_from_one_parse() {
+        // A duplicate key: the tree keeps the last `params`, and the bytes served are that
+        // tree, so the first (secret-bearing) one cannot ride along unscrubbed.
+        let body = r#"{"params":{"upload":{"url":"https://u:SECRETPASS@h/"}},"params":{},"status":{"phase":"completed","updatedAt":1}}"#;
+        let a = Answer::from_upstream(Kind::Task, reply(200, body), &TTLS, b"k");
+        assert_eq!(
+            a.phase,
+            Some(Phase::Task(crate::resource::TaskPhase::Completed))
+        );
+        assert!(!contains(&a.body, b"SECRETPASS"));
+        assert_eq!(
+            a.etag,
+            Some(strong_etag(&a.body)),
+            "the ETag is of the served bytes"
+        );
+        assert_eq!(a.content_type, respond::JSON);
+    }
+
+    #[test]
+    fn a_200_holding_the_key_is_withheld_with_redaction_on() {
+        for body in [
+            r#"{"status":{"phase":"completed","updatedAt":1},"x":"SECRETKEY"}"#,
+            r#"{"status":{"phase":"completed","updatedAt":1},"x":"\u0053ECRETKEY"}"#,
+        ] {
+            let a = Answer::from_upstream(Kind::Task, reply(200, body), &TTLS, b"SECRETKEY");
+            assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{body}");
+            assert_eq!(a.error, Some(Error::UpstreamHeldKey));
+            assert!(!a.is_cacheable());
+            assert!(!contains(&a.body, b"SECRETKEY"));
+        }
+    }
+
+    #[test]
+    fn a_4xx_body_holding_the_key_escaped_is_replaced_whatever_redact_says() {
+        for policy in [
+            TTLS,
+            Policy {
+                redact: false,
+                ..TTLS
+            },
+        ] {
+            for body in [
+                r#"{"errors":["bad \u0053ECRETKEY"]}"#,
+                r#"{"errors":["bad SECRET\u004bEY"]}"#,
+                r#"{"errors":["bad SECRET%4BEY"]}"#,
+                r#"{"SECRETKEY":["bad"]}"#,
+            ] {
+                let a = Answer::from_upstream(Kind::Task, reply(400, body), &policy, b"SECRETKEY");
+                assert_eq!(a.status, StatusCode::BAD_REQUEST);
+                assert_eq!(
+                    a.error,
+                    Some(Error::UpstreamRefused(StatusCode::BAD_REQUEST))
+                );
+                assert_eq!(
+                    a.body,
+                    Error::UpstreamRefused(StatusCode::BAD_REQUEST).body()
+                );
+            }
+        }
+        // With redaction on, a relayed 4xx body is scrubbed like any other.
+        let a = Answer::from_upstream(
+            Kind::Task,
+            reply(
+                422,
+                r#"{"errors":["cannot fetch https://h/v.mp4?sig=abc"]}"#,
+            ),
+            &TTLS,
+            b"SECRETKEY",
+        );
+        assert_eq!(
+            &a.body[..],
+            br#"{"errors":["cannot fetch https://h/v.mp4?sig=***"]}"#
+        );
     }
 
     #[test]

@@ -59,6 +59,15 @@ impl Kind {
             Kind::Task => task::extract(body).map(Phase::Task),
         }
     }
+
+    /// [`Kind::phase`] of a body already parsed (with redaction on, the one parse serves the
+    /// phase, the scrub and the bytes served): `None` unless it is an object with a known
+    /// `status.phase`.
+    pub fn phase_of_value(self, body: &serde_json::Value) -> Option<Phase> {
+        match self {
+            Kind::Task => task::from_value(body).map(Phase::Task),
+        }
+    }
 }
 
 impl fmt::Display for Kind {

@@ -89,6 +89,11 @@ pub(super) fn extract(body: &[u8]) -> Option<TaskPhase> {
     TaskPhase::from_str(&view.status?.phase?)
 }
 
+/// [`extract`] on a parsed body.
+pub(super) fn from_value(body: &serde_json::Value) -> Option<TaskPhase> {
+    TaskPhase::from_str(body.get("status")?.get("phase")?.as_str()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +106,8 @@ mod tests {
                 phase.as_str()
             );
             assert_eq!(extract(body.as_bytes()), Some(phase));
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(from_value(&value), Some(phase));
         }
     }
 
@@ -134,6 +141,14 @@ mod tests {
             b"\xff\xfe{",
         ] {
             assert_eq!(extract(body), None, "{}", String::from_utf8_lossy(body));
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+                assert_eq!(
+                    from_value(&value),
+                    None,
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
+            }
         }
     }
 
