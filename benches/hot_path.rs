@@ -33,6 +33,7 @@ fn policy() -> Policy {
         failed: Duration::from_secs(30),
         not_found: Duration::from_secs(5),
         pending: Duration::ZERO,
+        trusted_unfinished: Duration::ZERO,
         redact: true,
     }
 }

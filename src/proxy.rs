@@ -4,9 +4,10 @@
 //! Watches (`/events`) and webhooks branch off after the request checks and reuse the lookup.
 
 use std::{
+    collections::HashSet,
     error::Error as StdError,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -31,11 +32,16 @@ use crate::{
     resource::{self, Key, Kind, Phase},
     route::{self, Route},
     secret::ApiKey,
+    sync::lock,
     telemetry::{self, Metrics},
     upstream::{self, FetchError, SetupError, Upstream, UpstreamReport},
     watch::{Refused, Watchers},
-    webhook::{self, Webhooks},
+    webhook::{self, Changed, Webhooks},
 };
+
+/// With trusted webhooks, a warning is logged when none has been accepted for this long (or for
+/// the trust TTL, when that is longer).
+const WEBHOOKS_QUIET: Duration = Duration::from_secs(10 * 60);
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -58,6 +64,9 @@ pub struct Proxy {
     backoff: Backoff,
     watchers: Arc<Watchers>,
     webhooks: Option<Webhooks>,
+    /// Keys being fetched again until the API shows what a webhook announced.
+    catching_up: Mutex<HashSet<Key>>,
+    started: Instant,
     metrics: Arc<Metrics>,
 }
 
@@ -144,6 +153,7 @@ impl Proxy {
                 failed: cfg.ttl_failed,
                 not_found: cfg.ttl_not_found,
                 pending: cfg.ttl_pending,
+                trusted_unfinished: trusted_webhooks(cfg),
                 redact: cfg.redact,
             },
             api_key: cfg.api_key.clone(),
@@ -161,6 +171,8 @@ impl Proxy {
                 metrics.events_sent(),
             )),
             webhooks: cfg.webhook_secret.as_ref().map(Webhooks::single),
+            catching_up: Mutex::default(),
+            started: Instant::now(),
             metrics,
         })
     }
@@ -190,9 +202,39 @@ impl Proxy {
         self.watchers.refresh(&key);
     }
 
+    /// Time since the last accepted webhook (since start-up when none yet); `None` when the
+    /// webhook route is off.
+    pub fn webhook_age(&self) -> Option<Duration> {
+        let webhooks = self.webhooks.as_ref()?;
+        Some(match webhooks.last_accepted_ms() {
+            Some(ms) => Duration::from_millis(unix_ms_now().saturating_sub(ms)),
+            None => self.started.elapsed(),
+        })
+    }
+
     /// Starts the background work that lives as long as the proxy: listening for other
-    /// replicas' invalidations.
+    /// replicas' invalidations, and watching that trusted webhooks keep arriving.
     pub fn start_background(self: &Arc<Self>) {
+        if !self.policy.trusted_unfinished.is_zero() {
+            // Unfinished answers are kept until a webhook names them: if webhooks stop, pages
+            // see progress only every trust TTL. Say so before users notice.
+            let quiet = self.policy.trusted_unfinished.max(WEBHOOKS_QUIET);
+            let this = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    every.tick().await;
+                    let Some(this) = this.upgrade() else { return };
+                    if let Some(age) = this.webhook_age().filter(|age| *age > quiet) {
+                        tracing::warn!(
+                            seconds = age.as_secs(),
+                            "no webhook accepted for a long while, with TASKGATE_WEBHOOK_TRUST_TTL on: \
+                             check the Studio webhook (unfinished answers refresh only every trust TTL)"
+                        );
+                    }
+                }
+            });
+        }
         let this = Arc::downgrade(self);
         self.cache.shared().listen(move |key| {
             let this = this.clone();
@@ -383,6 +425,9 @@ impl Proxy {
                 if coalesced {
                     self.metrics.coalesced_wait();
                 }
+                if f.no_store == Some(NoStore::Behind) && !coalesced {
+                    Arc::clone(self).catch_up(key);
+                }
                 if let Some(stale) = stale.filter(|_| f.answer.is_upstream_failure()) {
                     // The failure was logged where it happened; the client gets what it had.
                     return Ok(Found {
@@ -407,6 +452,32 @@ impl Proxy {
                 CacheStatus::Pass,
             )),
         }
+    }
+
+    /// After an answer older than a webhook announced: fetch `key` again after a short,
+    /// growing delay until the API shows the announced version (and it is stored) or the trust
+    /// TTL has passed. One loop per key at a time.
+    fn catch_up(self: Arc<Self>, key: Key) {
+        if !lock(&self.catching_up).insert(key) {
+            return;
+        }
+        tokio::spawn(async move {
+            let deadline = Instant::now() + self.policy.trusted_unfinished;
+            let mut delay = Duration::from_millis(250);
+            while Instant::now() + delay < deadline {
+                tokio::time::sleep(delay).await;
+                if self.cache.get(&key).is_some() {
+                    break;
+                }
+                let trace = TraceContext::continue_or_start(None);
+                let _ = self.lookup(key, None, &ids::new_request_id(), trace).await;
+                if self.cache.get(&key).is_some() {
+                    break;
+                }
+                delay *= 2;
+            }
+            lock(&self.catching_up).remove(&key);
+        });
     }
 
     /// The one call to the API for `key`, classified. Runs in the coalesced fetch's own task,
@@ -556,11 +627,17 @@ impl Proxy {
         let (outcome, changed) = webhooks.receive(signature, &raw, unix_ms_now());
         self.metrics.webhook(outcome.as_str());
         out.webhook = Some(outcome);
-        if let Some(key) = changed {
+        if let Some(Changed { key, version }) = changed {
+            // Announced first, so a fetch that lands after the invalidation with an answer
+            // older than the event is not stored.
+            if let Some(version) = version {
+                self.cache.announce(&key, version);
+            }
             self.invalidate(key).await;
             tracing::info!(
                 kind = key.kind().as_str(),
                 id = key.id(),
+                version,
                 "webhook: resource changed; dropped from the cache"
             );
         }
@@ -629,6 +706,15 @@ impl Proxy {
             total_ms = elapsed.as_secs_f64() * 1e3,
             "request"
         );
+    }
+}
+
+/// `TASKGATE_WEBHOOK_TRUST_TTL`, when webhooks are trusted: a webhook secret is set and the TTL
+/// is above zero. Else zero: unfinished work passes through.
+fn trusted_webhooks(cfg: &Config) -> Duration {
+    match cfg.webhook_secret {
+        Some(_) => cfg.webhook_trust_ttl,
+        None => Duration::ZERO,
     }
 }
 

@@ -51,6 +51,14 @@ pub const SEEN_ENTRY_OVERHEAD: u32 = 128;
 /// Length of an HMAC-SHA256 tag.
 const TAG_LEN: usize = 32;
 
+/// A resource a webhook says changed, and the version (`status.updatedAt`, unix ms) it
+/// announces when the event carries one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    pub key: Key,
+    pub version: Option<u64>,
+}
+
 /// What became of one call: the metric label and the log field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -90,6 +98,8 @@ pub struct Webhooks {
     seen: moka::sync::Cache<String, ()>,
     /// HMACs computed so far: the work a caller can make taskgate do.
     hmacs: AtomicU64,
+    /// When the last event about a resource was accepted (unix ms; 0: none yet).
+    last_accepted_ms: AtomicU64,
 }
 
 impl Webhooks {
@@ -109,7 +119,13 @@ impl Webhooks {
                 .time_to_live(SEEN_TTL)
                 .build(),
             hmacs: AtomicU64::new(0),
+            last_accepted_ms: AtomicU64::new(0),
         }
+    }
+
+    /// When the last event about a resource was accepted (unix ms), if one was.
+    pub fn last_accepted_ms(&self) -> Option<u64> {
+        Some(self.last_accepted_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
     }
 
     /// Accepts calls signed with `secret`.
@@ -123,13 +139,13 @@ impl Webhooks {
         self.hmacs.load(Ordering::Relaxed)
     }
 
-    /// Checks one call. On `Accepted`, also returns the key to invalidate.
+    /// Checks one call. On `Accepted`, also returns what changed.
     pub fn receive(
         &self,
         signature: Option<&[u8]>,
         body: &[u8],
         now_ms: u64,
-    ) -> (Outcome, Option<Key>) {
+    ) -> (Outcome, Option<Changed>) {
         // 1. The header alone: nothing is hashed for a malformed or stale one.
         let Some(signature) = signature.and_then(Signature::parse) else {
             return (Outcome::BadSignature, None);
@@ -176,11 +192,21 @@ impl Webhooks {
                 let field = match kind {
                     Kind::Task => "task",
                 };
-                let id = call.get("payload")?.get(field)?.get("id")?.as_str()?;
-                Key::new(kind, id)
+                let named = call.get("payload")?.get(field)?;
+                let key = Key::new(kind, named.get("id")?.as_str()?)?;
+                // The version the event announces: the snapshot's `status.updatedAt`, else
+                // the event's own time (never `timestamp`, the send time of this delivery).
+                let version = named
+                    .pointer("/snapshot/status/updatedAt")
+                    .and_then(Value::as_u64)
+                    .or_else(|| call.get("createdAt").and_then(Value::as_u64));
+                Some(Changed { key, version })
             });
         match changed {
-            Some(key) => (Outcome::Accepted, Some(key)),
+            Some(changed) => {
+                self.last_accepted_ms.store(now_ms, Ordering::Relaxed);
+                (Outcome::Accepted, Some(changed))
+            }
             None => (Outcome::Ignored, None),
         }
     }
@@ -353,13 +379,34 @@ mod tests {
     }
 
     #[test]
+    fn the_announced_version_is_the_snapshots_else_the_events_own_time() {
+        let hooks = hooks();
+        let with_snapshot = format!(
+            r#"{{"id":"v1","createdAt":5,"timestamp":{NOW},"event":"task.updated","payload":{{"task":{{"id":"{TASK}","snapshot":{{"status":{{"updatedAt":7}}}}}}}}}}"#
+        );
+        let without = format!(
+            r#"{{"id":"v2","createdAt":5,"timestamp":{NOW},"event":"task.updated","payload":{{"task":{{"id":"{TASK}"}}}}}}"#
+        );
+        for (body, want) in [(with_snapshot, 7), (without, 5)] {
+            let sig = format!("t={NOW},v1={}", mac(SECRET, body.as_bytes()));
+            let (_, changed) = hooks.receive(Some(sig.as_bytes()), body.as_bytes(), NOW);
+            assert_eq!(
+                changed.and_then(|c| c.version),
+                Some(want),
+                "never `timestamp`"
+            );
+        }
+        assert_eq!(hooks.last_accepted_ms(), Some(NOW));
+    }
+
+    #[test]
     fn a_signed_fresh_event_is_accepted_once() {
         let hooks = hooks();
         let b = body("ev-1", NOW);
         let sig = format!("t={NOW},v1={}", mac(SECRET, b.as_bytes()));
         let (outcome, key) = hooks.receive(Some(sig.as_bytes()), b.as_bytes(), NOW + 1000);
         assert_eq!(outcome, Outcome::Accepted);
-        assert_eq!(key, Key::new(Kind::Task, TASK));
+        assert_eq!(key.map(|c| c.key), Key::new(Kind::Task, TASK));
         // A retry: same id, new send time, re-signed.
         let later = NOW + 30_000;
         let retry = b.replace(

@@ -328,6 +328,7 @@ fn registered_metrics() -> BTreeMap<String, String> {
         cache_bytes: 0,
         watch_ids: 0,
         watch_streams: 0,
+        ..Snapshot::default()
     });
     let mut metrics = BTreeMap::new();
     let mut families = BTreeSet::new();

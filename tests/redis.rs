@@ -347,3 +347,55 @@ async fn two_tenants_sharing_one_redis_never_serve_each_others_answers() {
         "no key material in key names: {keys}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_trusted_webhooks_unfinished_answers_are_shared_and_a_webhook_to_one_replica_refreshes_the_other(
+) {
+    let redis = Redis::start();
+    let mock = MockUpstream::start().await;
+    let running = |updated: u64| {
+        Reply::json(
+            200,
+            format!(r#"{{"id":"t9","status":{{"phase":"running","updatedAt":{updated}}}}}"#),
+        )
+    };
+    mock.set("t9", running(1));
+    let cfg = |c: &mut taskgate::config::Config| {
+        c.redis_url = Some(Secret::new(redis.url()));
+        c.redis_namespace = Some("trust".into());
+        c.webhook_secret = Some(Secret::new("whsec_shared"));
+        c.webhook_trust_ttl = Duration::from_secs(60);
+    };
+    let one = taskgate(&mock, cfg).await;
+    let two = taskgate(&mock, cfg).await;
+    assert_eq!(
+        get(one.public_addr(), "t9").await.header("x-cache"),
+        Some("MISS")
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cli(&["EXISTS", "taskgate:v2:trust:task:t9"]) != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "the unfinished answer never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shared = get(two.public_addr(), "t9").await;
+    assert_eq!(shared.header("x-cache"), Some("HIT"), "the fleet shares it");
+    assert_eq!(shared.header("cache-control"), Some("no-store"));
+    assert_eq!(mock.calls(), 1);
+
+    // Studio tells replica one; replica two drops it too.
+    mock.set("t9", running(2));
+    let status = common::task_updated(one.public_addr(), "whsec_shared", "evt-9", "t9", 2).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = get(two.public_addr(), "t9").await;
+        if got.json()["status"]["updatedAt"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica two kept the old answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -51,6 +51,7 @@ impl Admin {
             cache_bytes,
             watch_ids,
             watch_streams,
+            webhook_age: self.proxy.webhook_age(),
         }
     }
 

@@ -60,14 +60,20 @@ impl Answer {
         {
             return None;
         }
+        let phase = kind.phase(&body);
         Some(Self {
             status,
-            phase: kind.phase(&body),
+            phase,
             body,
             content_type: super::respond::JSON,
             etag,
             retry_after: None,
-            store: Store::Keep { ttl, public: true },
+            // Unfinished work is shared only while webhooks are trusted; it never goes public.
+            store: Store::Keep {
+                ttl,
+                public: phase.is_none_or(|p| p.is_finished()),
+                shared: true,
+            },
             error: None,
             stored_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
         })

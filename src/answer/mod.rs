@@ -60,6 +60,8 @@ pub enum NoStore {
     Disabled,
     /// An invalidation arrived while it was being fetched: it went to its waiters only.
     Superseded,
+    /// Older than the version a webhook announced (the API answered from a lagging replica).
+    Behind,
 }
 
 impl NoStore {
@@ -70,6 +72,7 @@ impl NoStore {
             NoStore::Error => "error",
             NoStore::Disabled => "disabled",
             NoStore::Superseded => "superseded",
+            NoStore::Behind => "behind",
         }
     }
 }
@@ -78,10 +81,12 @@ impl NoStore {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Store {
     /// Kept for `ttl` from `stored_at`; `public` when browsers and shared caches may keep it
-    /// too (finished answers and 404s; a pending micro-cache stays `no-store`).
+    /// too (finished answers and 404s; unfinished work stays `no-store`); `shared` when other
+    /// replicas may serve it too (through the shared level).
     Keep {
         ttl: Duration,
         public: bool,
+        shared: bool,
     },
     Pass(NoStore),
 }
@@ -94,6 +99,9 @@ pub struct Policy {
     pub failed: Duration,
     pub not_found: Duration,
     pub pending: Duration,
+    /// `TASKGATE_WEBHOOK_TRUST_TTL` when webhooks are trusted (else zero): unfinished work is
+    /// kept this long, until a webhook names it, and shared with other replicas.
+    pub trusted_unfinished: Duration,
     pub redact: bool,
 }
 
@@ -163,7 +171,7 @@ impl Answer {
             StatusCode::NOT_FOUND => {
                 let mut a = Self::error(Error::NoRoute);
                 a.error = None;
-                a.store = keep(policy.not_found, true);
+                a.store = keep(policy.not_found, true, true);
                 a
             }
             // The API's 401 body echoes the key taskgate sent: never relay it.
@@ -215,8 +223,12 @@ impl Answer {
         };
         let store = match phase.map(Phase::lifetime) {
             None => Store::Pass(NoStore::NotAResource),
+            Some(Lifetime::Unfinished) if !policy.trusted_unfinished.is_zero() => {
+                keep(policy.trusted_unfinished, false, true)
+            }
             Some(Lifetime::Unfinished) if policy.pending.is_zero() => Store::Pass(NoStore::Pending),
-            Some(lifetime) => keep(policy.ttl(lifetime), lifetime != Lifetime::Unfinished),
+            Some(Lifetime::Unfinished) => keep(policy.pending, false, false),
+            Some(lifetime) => keep(policy.ttl(lifetime), true, true),
         };
         Self {
             status: StatusCode::OK,
@@ -266,7 +278,7 @@ impl Answer {
     /// Answers kept by phase (finished work) may be served past their lifetime while the API
     /// fails; 404s and unfinished work never are.
     pub fn may_be_served_stale(&self) -> bool {
-        self.is_shared() && self.phase.is_some_and(Phase::is_finished)
+        self.is_cacheable() && self.phase.is_some_and(Phase::is_finished)
     }
 
     /// A refresh that came to this may be replaced by a stale answer: the API failed or
@@ -293,7 +305,7 @@ impl Answer {
     /// Finished answers and 404s: the ones other replicas may serve too (not the pending
     /// micro-cache, whose answers go stale in a second).
     pub fn is_shared(&self) -> bool {
-        matches!(self.store, Store::Keep { public: true, .. })
+        matches!(self.store, Store::Keep { shared: true, .. })
     }
 
     /// What this answer says to one request: status and headers, and the body to send.
@@ -326,7 +338,10 @@ impl Answer {
         head.etag = self.etag.clone();
         head.retry_after_value = self.retry_after.clone();
         head.retry_after = self.error.and_then(Error::retry_after);
-        if let Store::Keep { ttl, public: true } = self.store {
+        if let Store::Keep {
+            ttl, public: true, ..
+        } = self.store
+        {
             // Whole seconds, so `max-age` + `Age` always add up to the TTL.
             head.cache_control = CacheControl::Public(ttl.as_secs().saturating_sub(age.as_secs()));
         }
@@ -340,11 +355,15 @@ impl Answer {
     }
 }
 
-fn keep(ttl: Duration, public: bool) -> Store {
+fn keep(ttl: Duration, public: bool, shared: bool) -> Store {
     if ttl.is_zero() {
         Store::Pass(NoStore::Disabled)
     } else {
-        Store::Keep { ttl, public }
+        Store::Keep {
+            ttl,
+            public,
+            shared,
+        }
     }
 }
 
@@ -408,6 +427,7 @@ mod tests {
         failed: Duration::from_secs(30),
         not_found: Duration::from_secs(5),
         pending: Duration::ZERO,
+        trusted_unfinished: Duration::ZERO,
         redact: true,
     };
 

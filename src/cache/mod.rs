@@ -34,7 +34,7 @@ pub use shared::{namespace, SharedLevel};
 
 use crate::{
     answer::{Answer, CacheStatus, NoStore, Store},
-    resource::Key,
+    resource::{self, Key},
     sync::lock,
     upstream::UpstreamReport,
 };
@@ -68,6 +68,8 @@ struct InFlight {
 
 pub struct Cache {
     entries: Moka<Key, Arc<Answer>>,
+    /// Versions (`status.updatedAt`) that webhooks announced: an older answer is never stored.
+    announced: Moka<Key, u64>,
     inflight: Mutex<HashMap<Key, InFlight>>,
     shared: SharedLevel,
 }
@@ -129,6 +131,12 @@ impl Cache {
             .build();
         Self {
             entries,
+            // Remembered for an hour: longer than any sensible trust TTL, and an announcement
+            // older than its answer's lifetime has done its job.
+            announced: Moka::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             inflight: Mutex::new(HashMap::new()),
             shared,
         }
@@ -153,6 +161,24 @@ impl Cache {
             Some(answer) => Held::Fresh(answer),
             None => Held::Nothing,
         }
+    }
+
+    /// A webhook announced `version` of `key`: from now on an answer older than it is served
+    /// to whoever waits for it but stored at neither level.
+    pub fn announce(&self, key: &Key, version: u64) {
+        self.announced
+            .entry(*key)
+            .and_upsert_with(|old| old.map_or(version, |e| (*e.value()).max(version)));
+    }
+
+    /// Whether `answer` is older than what a webhook announced for `key`.
+    pub fn is_behind(&self, key: &Key, answer: &Answer) -> bool {
+        let Some(announced) = self.announced.get(key) else {
+            return false;
+        };
+        resource::updated_at(&answer.body)
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|version| version < announced)
     }
 
     /// Whether a fetch of `key` is in flight (a request now would wait for it, not call the API).
@@ -235,7 +261,9 @@ impl Cache {
             }));
             return;
         }
-        let (answer, upstream, from_shared) = match self.shared.get(key).await {
+        let from_level = self.shared.get(key).await;
+        let (answer, upstream, from_shared) = match from_level.filter(|a| !self.is_behind(&key, a))
+        {
             Some(answer) => (answer, None, true),
             None => {
                 let Fetch { answer, upstream } = fetch.await;
@@ -250,6 +278,8 @@ impl Cache {
             leave.armed = false;
             if superseded && answer.is_cacheable() {
                 answer.store = Store::Pass(NoStore::Superseded);
+            } else if answer.is_cacheable() && self.is_behind(&key, &answer) {
+                answer.store = Store::Pass(NoStore::Behind);
             }
             let answer = Arc::new(answer);
             if answer.is_cacheable() {
@@ -323,6 +353,7 @@ mod tests {
             failed: Duration::from_secs(30),
             not_found: Duration::from_secs(5),
             pending: Duration::ZERO,
+            trusted_unfinished: Duration::ZERO,
             redact: false,
         };
         let reply = Reply {

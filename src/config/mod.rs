@@ -119,6 +119,9 @@ pub struct Config {
     pub redis_namespace: Option<String>,
     /// `None` = the webhook route is off.
     pub webhook_secret: Option<Secret>,
+    /// With a webhook secret, how long unfinished answers may be kept until a webhook names
+    /// them; zero = not at all.
+    pub webhook_trust_ttl: Duration,
     pub watch_interval: Duration,
     pub watch_max: usize,
     pub watch_max_per_client: usize,
@@ -176,6 +179,7 @@ impl Config {
             redis_timeout: zero,
             redis_namespace: None,
             webhook_secret: None,
+            webhook_trust_ttl: zero,
             watch_interval: zero,
             watch_max: 0,
             watch_max_per_client: 0,

@@ -206,6 +206,8 @@ pub static SETTINGS: &[Setting] = &[
     field!(webhook_secret,       Value(""),                   parse_webhook_secret,
         "Shared secret of the Studio webhook at /webhooks/livepeer; empty turns the route off")
         .secret(),
+    field!(webhook_trust_ttl,    Value("0s"),                 parse_duration,
+        "With a webhook secret: cache unfinished answers until a webhook names their id, at most this long; 0s is off"),
     field!(watch_interval,       Value("2s"),                 parse_positive_duration,
         "How often a watched unfinished task is fetched"),
     field!(watch_max,            Value("1000"),               parse_count,

@@ -243,13 +243,14 @@ fn every_spec_variable_is_a_known_setting() {
         "WATCH_MAX_PER_CLIENT",
         "MAX_CONNECTIONS_PER_CLIENT",
         "REDIS_NAMESPACE",
+        "WEBHOOK_TRUST_TTL",
     ] {
         assert!(
             settings::find(&name.to_ascii_lowercase()).is_some(),
             "{name}"
         );
     }
-    assert_eq!(SETTINGS.len(), 38);
+    assert_eq!(SETTINGS.len(), 39);
 }
 
 #[test]

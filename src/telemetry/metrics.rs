@@ -69,6 +69,7 @@ pub struct Metrics {
     cache_bytes: Gauge,
     watch_ids: Gauge,
     watch_streams: Gauge,
+    webhook_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     events_sent: Counter,
     webhooks: Family<OutcomeLabel, Counter>,
     l2: Family<L2Labels, Counter>,
@@ -151,6 +152,12 @@ impl Metrics {
             "Open event streams (watch subscriptions)",
             watch_streams.clone(),
         );
+        let webhook_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "webhook_last_accepted_seconds",
+            "Seconds since the last accepted webhook about a resource (since start-up when none yet; NaN when webhooks are off)",
+            webhook_age.clone(),
+        );
         let events_sent = Counter::default();
         registry.register(
             "watch_events_sent",
@@ -194,6 +201,7 @@ impl Metrics {
             cache_bytes,
             watch_ids,
             watch_streams,
+            webhook_age,
             events_sent,
             webhooks,
             l2,
@@ -285,6 +293,8 @@ impl Metrics {
         set(&self.cache_bytes, now.cache_bytes);
         set(&self.watch_ids, now.watch_ids as u64);
         set(&self.watch_streams, now.watch_streams as u64);
+        self.webhook_age
+            .set(now.webhook_age.map_or(f64::NAN, |d| d.as_secs_f64()));
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -293,11 +303,14 @@ impl Metrics {
 }
 
 /// Gauges read from their owners at scrape time.
+#[derive(Default)]
 pub struct Snapshot {
     pub cache_entries: u64,
     pub cache_bytes: u64,
     pub watch_ids: usize,
     pub watch_streams: usize,
+    /// Time since the last accepted webhook; `None` when webhooks are off.
+    pub webhook_age: Option<Duration>,
 }
 
 pub struct InFlight<'a>(&'a Gauge);
@@ -476,6 +489,7 @@ mod read_tests {
             cache_bytes: 4096,
             watch_ids: 1,
             watch_streams: 2,
+            ..Snapshot::default()
         });
         assert_eq!(r.sum("taskgate_requests_total", &[]), 3.0);
         assert_eq!(r.sum("taskgate_requests_total", &[("cache", "HIT")]), 2.0);

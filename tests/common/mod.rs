@@ -535,3 +535,42 @@ impl Binary {
 pub fn task_key(id: &str) -> taskgate::Key {
     taskgate::Key::new(taskgate::Kind::Task, id).expect("a valid id")
 }
+
+/// Posts a signed `task.updated` Studio webhook for task `id` to taskgate at `addr`, announcing
+/// `version` (`status.updatedAt`) in its snapshot. The HMAC is computed here with the `hmac`
+/// and `sha2` crates, independently of taskgate's own (ring) implementation.
+#[allow(dead_code)]
+pub async fn task_updated(
+    addr: SocketAddr,
+    secret: &str,
+    event_id: &str,
+    id: &str,
+    version: u64,
+) -> http::StatusCode {
+    use hmac::{Hmac, Mac};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let body = format!(
+        r#"{{"id":"{event_id}","webhookId":"wh1","createdAt":{now},"timestamp":{now},"event":"task.updated","payload":{{"task":{{"id":"{id}","type":"upload","snapshot":{{"id":"{id}","status":{{"phase":"running","updatedAt":{version}}}}}}}}}}}"#
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let tag: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(format!("http://{addr}/webhooks/livepeer"))
+        .header("livepeer-signature", format!("t={now},v1={tag}"))
+        .body(Full::from(body))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    status
+}
