@@ -10,7 +10,12 @@ use std::{
     hash::{BuildHasher, Hasher},
 };
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
+
+/// The request id header: taken from the client when acceptable, sent upstream and echoed back.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// W3C trace context: continued from the client, sent upstream as a child.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 thread_local! {
     static RNG: Cell<u64> = Cell::new(seed());

@@ -19,14 +19,14 @@ use tracing::{field, Instrument};
 
 use crate::{
     answer::{
-        respond::{self, full, Body, Head, X_REQUEST_ID},
+        respond::{self, full, Body, Head},
         Allow, Answer, CacheStatus, Error, NoStore, Policy, Side,
     },
     cache::{self, Cache, Fetch, Held, SharedLevel},
     clock::unix_ms_now,
     config::Config,
     cors::{Cors, Options},
-    ids::{self, TraceContext},
+    ids::{self, TraceContext, TRACEPARENT, X_REQUEST_ID},
     limit::{self, Backoff, ClientSlots, RateLimiter},
     listener::MAX_HEADER_BYTES,
     resource::{self, Key, Kind, Phase},
@@ -43,7 +43,6 @@ use crate::{
 /// the trust TTL, when that is longer).
 const WEBHOOKS_QUIET: Duration = Duration::from_secs(10 * 60);
 
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 static SIGNATURE: HeaderName = HeaderName::from_static("livepeer-signature");
 

@@ -28,14 +28,16 @@ use hyper_util::{
 use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tokio::sync::Semaphore;
 
-use crate::{config::Config, resource::Key};
+use crate::{
+    config::Config,
+    ids::{TRACEPARENT, X_REQUEST_ID},
+    resource::Key,
+};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 type Connector = ConnectTimeout<HttpsConnector<HttpConnector>>;
 
 pub const USER_AGENT: &str = concat!("taskgate/", env!("CARGO_PKG_VERSION"));
-static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
-static TRACEPARENT: header::HeaderName = header::HeaderName::from_static("traceparent");
 
 /// What the API answered, already read in full.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use super::{
     error::{Allow, Error},
     CacheStatus,
 };
-use crate::cors::CorsHeaders;
+use crate::{cors::CorsHeaders, ids::X_REQUEST_ID};
 
 /// Every response body: a complete one, or an event stream.
 pub type Body = Either<Full<Bytes>, EventStream>;
@@ -30,7 +30,6 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
