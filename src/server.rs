@@ -1,6 +1,6 @@
 //! Listeners, connection limits and the shutdown sequence.
 //!
-//! Shutdown (SPEC "Shutdown"): readiness turns 503 at once; both listeners keep serving for
+//! Shutdown (docs/operating.md): readiness turns 503 at once; both listeners keep serving for
 //! `TASKGATE_SHUTDOWN_GRACE` (so load balancers can notice); then they stop accepting,
 //! in-flight requests get `TASKGATE_DRAIN_TIMEOUT` to finish, and `run` returns.
 
@@ -163,7 +163,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     })
 }
 
-/// Runs taskgate until `signal` resolves, then shuts down as SPEC says.
+/// Runs taskgate until `signal` resolves, then shuts down as the module doc says.
 pub async fn run(cfg: Config, signal: impl Future<Output = ()>) -> Result<(), StartError> {
     let running = start(cfg).await?;
     signal.await;

@@ -1,5 +1,5 @@
 //! The shared second level: finished answers (and 404s) in Redis, for many replicas
-//! (SPEC "Replicas: the shared second level").
+//! (docs/replicas.md).
 //!
 //! Guarantees:
 //! - Redis never fails a request and never stalls one past `TASKGATE_REDIS_TIMEOUT`: a slow,
