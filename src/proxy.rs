@@ -627,9 +627,9 @@ impl Proxy {
         self.metrics.webhook(outcome.as_str());
         out.webhook = Some(outcome);
         if let Some(Changed { key, version }) = changed {
-            // Announced first, so a fetch that lands after the invalidation with an answer
-            // older than the event is not stored.
-            if let Some(version) = version {
+            // With trusted webhooks, announced first, so a fetch that lands after the
+            // invalidation with an answer older than the event is not stored.
+            if let Some(version) = version.filter(|_| !self.policy.trusted_unfinished.is_zero()) {
                 self.cache.announce(&key, version);
             }
             self.invalidate(key).await;

@@ -51,6 +51,10 @@ pub const SEEN_ENTRY_OVERHEAD: u32 = 128;
 /// Length of an HMAC-SHA256 tag.
 const TAG_LEN: usize = 32;
 
+/// How long after a status write Studio may create the event about it: an event without a
+/// snapshot announces its `createdAt` less this.
+pub const EVENT_AFTER_WRITE: Duration = Duration::from_secs(5);
+
 /// A resource a webhook says changed, and the version (`status.updatedAt`, unix ms) it
 /// announces when the event carries one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,11 +199,15 @@ impl Webhooks {
                 let named = call.get("payload")?.get(field)?;
                 let key = Key::new(kind, named.get("id")?.as_str()?)?;
                 // The version the event announces: the snapshot's `status.updatedAt`, else
-                // the event's own time (never `timestamp`, the send time of this delivery).
+                // the event's own time (never `timestamp`, the send time of this delivery)
+                // less the moment between the status write and the event it caused.
                 let version = named
                     .pointer("/snapshot/status/updatedAt")
                     .and_then(Value::as_u64)
-                    .or_else(|| call.get("createdAt").and_then(Value::as_u64));
+                    .or_else(|| {
+                        let created = call.get("createdAt").and_then(Value::as_u64)?;
+                        Some(created.saturating_sub(EVENT_AFTER_WRITE.as_millis() as u64))
+                    });
                 Some(Changed { key, version })
             });
         match changed {
@@ -387,7 +395,9 @@ mod tests {
         let without = format!(
             r#"{{"id":"v2","createdAt":5,"timestamp":{NOW},"event":"task.updated","payload":{{"task":{{"id":"{TASK}"}}}}}}"#
         );
-        for (body, want) in [(with_snapshot, 7), (without, 5)] {
+        let created = 10_000 + EVENT_AFTER_WRITE.as_millis() as u64;
+        let without = without.replace(r#""createdAt":5"#, &format!(r#""createdAt":{created}"#));
+        for (body, want) in [(with_snapshot, 7), (without, 10_000)] {
             let sig = format!("t={NOW},v1={}", mac(SECRET, body.as_bytes()));
             let (_, changed) = hooks.receive(Some(sig.as_bytes()), body.as_bytes(), NOW);
             assert_eq!(
