@@ -17,9 +17,10 @@ use hyper::body::Body as HttpBody;
 use tracing::{field, Instrument};
 
 use crate::{
+    access::{self, Carried},
     answer::{
         respond::{self, full, Body, Head, X_REQUEST_ID},
-        Allow, Answer, CacheStatus, Error, NoStore, Policy, Side,
+        Allow, Answer, Audience, CacheStatus, Error, NoStore, Policy, Side,
     },
     cache::{self, Cache, Fetch, Held, SharedLevel},
     clock::unix_ms_now,
@@ -30,7 +31,7 @@ use crate::{
     listener::MAX_HEADER_BYTES,
     resource::{self, Key, Kind, Phase},
     route::{self, Route},
-    secret::ApiKey,
+    secrets::Secrets,
     telemetry::{self, Metrics},
     upstream::{self, FetchError, SetupError, Upstream, UpstreamReport},
     watch::{Refused, Watchers},
@@ -46,7 +47,9 @@ pub struct Proxy {
     upstream: Upstream,
     cache: Arc<Cache>,
     policy: Policy,
-    api_key: ApiKey,
+    /// The API key, webhook secrets, viewer-token keys and admin token in force.
+    secrets: Arc<Secrets>,
+    secret_reload_interval: Duration,
     cors: Cors,
     rate_limit: Option<RateLimiter>,
     /// The per-client budget for requests that need the API.
@@ -57,7 +60,7 @@ pub struct Proxy {
     trust_forwarded: bool,
     backoff: Backoff,
     watchers: Arc<Watchers>,
-    webhooks: Option<Webhooks>,
+    webhooks: Option<Arc<Webhooks>>,
     metrics: Arc<Metrics>,
 }
 
@@ -73,6 +76,8 @@ struct Outcome {
     webhook: Option<webhook::Outcome>,
     /// A watch that joined a poller already running.
     watch_shared: bool,
+    /// The viewer access check, on task and asset reads.
+    access: Option<access::Outcome>,
 }
 
 impl Outcome {
@@ -125,6 +130,15 @@ impl Found {
 impl Proxy {
     pub fn new(cfg: &Config) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::new());
+        let secrets = Arc::new(
+            Secrets::new(cfg, Arc::clone(&metrics)).map_err(|e| SetupError(e.0))?,
+        );
+        let webhooks = (cfg.webhook_secret.is_some() || cfg.webhook_secret_file.is_some())
+            .then(|| Arc::new(Webhooks::new(&secrets.current().webhook)));
+        if let Some(hooks) = &webhooks {
+            let hooks = Arc::clone(hooks);
+            secrets.on_change(move |now| hooks.set_secrets(&now.webhook));
+        }
         let namespace = cfg
             .redis_namespace
             .clone()
@@ -137,7 +151,7 @@ impl Proxy {
         )
         .map_err(SetupError)?;
         Ok(Self {
-            upstream: Upstream::new(cfg)?,
+            upstream: Upstream::new(cfg, Arc::clone(&secrets))?,
             cache: Arc::new(Cache::new(cfg.cache_max_bytes, cfg.stale_if_error, shared)),
             policy: Policy {
                 completed: cfg.ttl_completed,
@@ -146,7 +160,8 @@ impl Proxy {
                 pending: cfg.ttl_pending,
                 redact: cfg.redact,
             },
-            api_key: cfg.api_key.clone(),
+            secrets,
+            secret_reload_interval: cfg.secret_reload_interval,
             cors: Cors::new(cfg.cors_origins.clone()),
             rate_limit: RateLimiter::new(cfg.rate_limit, cfg.rate_burst),
             miss_budget: RateLimiter::new(cfg.miss_rate, cfg.miss_burst),
@@ -160,7 +175,7 @@ impl Proxy {
                 cfg.watch_interval,
                 metrics.events_sent(),
             )),
-            webhooks: cfg.webhook_secret.as_ref().map(Webhooks::single),
+            webhooks,
             metrics,
         })
     }
@@ -175,6 +190,11 @@ impl Proxy {
 
     pub fn watchers(&self) -> &Watchers {
         &self.watchers
+    }
+
+    /// The secrets in force (SIGHUP re-reads them through this).
+    pub fn secrets(&self) -> &Arc<Secrets> {
+        &self.secrets
     }
 
     /// Drops a key everywhere taskgate keeps it — memory, the shared level, and through it
@@ -193,6 +213,7 @@ impl Proxy {
     /// Starts the background work that lives as long as the proxy: listening for other
     /// replicas' invalidations.
     pub fn start_background(self: &Arc<Self>) {
+        self.secrets.spawn_poller(self.secret_reload_interval);
         let this = Arc::downgrade(self);
         self.cache.shared().listen(move |key| {
             let this = this.clone();
@@ -308,13 +329,19 @@ impl Proxy {
         // Limits.
         let client = limit::client_addr(peer, &req.headers, self.trust_forwarded);
         self.check_rate(client)?;
+        // Viewer access: before anything that could answer from the cache, join a fetch or
+        // call the API.
+        let audience = self.check_access(req, key, out)?;
         if events {
             return self.watch(req, key, client, out).await;
         }
         // Lookup, classify and store (inside the cache), respond.
         let found = self.lookup(key, Some(client), request_id, trace).await?;
-        let (head, bytes) = found.answer.head(&req.method, &req.headers, found.cache);
+        let (head, bytes) = found
+            .answer
+            .head_for(&req.method, &req.headers, found.cache, audience);
         *out = Outcome {
+            access: out.access,
             cache: Some(found.cache),
             phase: found.answer.phase,
             upstream: found.upstream,
@@ -325,6 +352,32 @@ impl Proxy {
             watch_shared: false,
         };
         Ok((head, full(bytes)))
+    }
+
+    /// The viewer token of a read of `key`, judged: who the answer is for, or why it is
+    /// refused. The token is never logged: only the outcome is.
+    fn check_access(&self, req: &Parts, key: Key, out: &mut Outcome) -> Result<Audience, Error> {
+        let secrets = self.secrets.current();
+        let Some(keys) = &secrets.access else {
+            out.access = Some(access::Outcome::Off);
+            return Ok(Audience::Anyone);
+        };
+        let outcome = match access::carried(&req.headers, req.uri.query()) {
+            Carried::Ambiguous => {
+                out.access = Some(access::Outcome::Invalid);
+                return Err(Error::AccessTokenTwice);
+            }
+            Carried::None => access::Outcome::Missing,
+            Carried::Token(token) => keys.check(Some(token), key.id()),
+        };
+        out.access = Some(outcome);
+        match outcome {
+            access::Outcome::Granted => Ok(Audience::TokenHolder),
+            access::Outcome::Off => Ok(Audience::Anyone),
+            access::Outcome::Missing => Err(Error::AccessTokenMissing),
+            access::Outcome::Invalid => Err(Error::AccessTokenInvalid),
+            access::Outcome::Forbidden => Err(Error::AccessForbidden),
+        }
     }
 
     fn check_rate(&self, client: IpAddr) -> Result<(), Error> {
@@ -441,13 +494,16 @@ impl Proxy {
             if r.status == http::StatusCode::TOO_MANY_REQUESTS {
                 self.backoff.start(r.retry_after.as_ref());
             }
+            if r.status == http::StatusCode::UNAUTHORIZED {
+                // The key may have been rotated under us: re-read its file (rate-limited),
+                // off the async workers.
+                let secrets = Arc::clone(&self.secrets);
+                tokio::task::spawn_blocking(move || secrets.api_key_refused());
+            }
         }
-        let answer = Answer::from_upstream(
-            key.kind(),
-            reply,
-            &self.policy,
-            self.api_key.expose().as_bytes(),
-        );
+        let api_key = self.secrets.current().api_key.clone();
+        let answer =
+            Answer::from_upstream(key.kind(), reply, &self.policy, api_key.expose().as_bytes());
         Fetch {
             answer,
             upstream: report,
@@ -605,6 +661,10 @@ impl Proxy {
         if let Some(avoided) = outcome.call_avoided(status) {
             self.metrics.call_avoided(avoided);
         }
+        let access = outcome.access.map(access::Outcome::as_str);
+        if let Some(access) = access {
+            self.metrics.access(access);
+        }
         let upstream = outcome.upstream;
         tracing::info!(
             target: "taskgate::access",
@@ -626,6 +686,7 @@ impl Proxy {
             upstream_error = upstream.and_then(|u| u.error),
             upstream_ms = upstream.map(|u| u.elapsed.as_secs_f64() * 1e3),
             webhook = outcome.webhook.map(webhook::Outcome::as_str),
+            access,
             total_ms = elapsed.as_secs_f64() * 1e3,
             "request"
         );

@@ -1,9 +1,14 @@
 //! The admin listener: probes, metrics, purge and a status page, for operators only. Never
 //! the task routes, and nothing here prints configuration or environment values.
+//!
+//! State-changing routes (purge) need `Authorization: Bearer <TASKGATE_ADMIN_TOKEN>` when an
+//! admin token is configured (compared in constant time), else a loopback peer; anything else
+//! gets 403 and changes nothing. Probes, metrics and the status page stay open.
 
 mod status;
 
 use std::{
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -54,7 +59,7 @@ impl Admin {
         }
     }
 
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<Body> {
         if !host_allowed(req.headers()) {
             return error(Error::ForeignHost);
         }
@@ -76,6 +81,10 @@ impl Admin {
                 resp
             }
             (&Method::DELETE, _) => {
+                if !self.may_change_state(req.headers(), peer) {
+                    tracing::warn!(%peer, "admin: purge refused (no valid admin token)");
+                    return error(Error::AdminForbidden);
+                }
                 // `/cache/{kind}/{id}`
                 let Some((kind, id)) = path
                     .strip_prefix("/cache/")
@@ -99,6 +108,22 @@ impl Admin {
 }
 
 impl Admin {
+    /// Whether this request may change state: it carries the admin token in force, or none
+    /// is configured and the peer is loopback.
+    fn may_change_state(&self, headers: &http::HeaderMap, peer: SocketAddr) -> bool {
+        let secrets = self.proxy.secrets().current();
+        match &secrets.admin_token {
+            Some(token) => headers
+                .get_all(http::header::AUTHORIZATION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .any(|(_, given)| crate::secret::same(given.trim(), token.expose())),
+            None => is_loopback(peer),
+        }
+    }
+
     /// `GET /`: the status page. No script may run and nothing may load (the page has none),
     /// and no cache keeps it.
     fn status_page(&self) -> Response<Body> {
@@ -155,6 +180,15 @@ fn host_allowed(headers: &http::HeaderMap) -> bool {
     name == "localhost"
         || name.ends_with(".localhost")
         || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+fn is_loopback(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
