@@ -26,6 +26,8 @@ use taskgate::{
 };
 use tokio::net::TcpListener;
 
+pub mod jwt;
+
 /// The key taskgate injects in tests: distinctive, so a leak is easy to find.
 pub const KEY: &str = "sk_live_TOPSECRET_5f2b9c1e7a";
 
