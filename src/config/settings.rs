@@ -173,7 +173,7 @@ pub static SETTINGS: &[Setting] = &[
     field!(ttl_pending,          Value("0s"),                 parse_duration,
         "Micro-cache for unfinished tasks; 0s passes every request through"),
     field!(cors_origins,         Value(""),                   parse_cors_origins,
-        "Comma list of exact allowed origins, or *; empty sends no CORS headers")
+        "Comma list of allowed origins (exact, or scheme://*.domain[:port] for any subdomain), or *; empty sends no CORS headers")
         .flag("ORIGINS").list(),
     field!(rate_limit,           Value("0"),                  parse_rate,
         "Requests per second per client address (token bucket); 0 is off"),

@@ -243,13 +243,20 @@ fn every_spec_variable_is_a_known_setting() {
         "WATCH_MAX_PER_CLIENT",
         "MAX_CONNECTIONS_PER_CLIENT",
         "REDIS_NAMESPACE",
+        "WEBHOOK_SECRET_FILE",
+        "ACCESS_SECRET",
+        "ACCESS_SECRET_FILE",
+        "ACCESS_PUBLIC_KEY_FILE",
+        "ADMIN_TOKEN",
+        "ADMIN_TOKEN_FILE",
+        "SECRET_RELOAD_INTERVAL",
     ] {
         assert!(
             settings::find(&name.to_ascii_lowercase()).is_some(),
             "{name}"
         );
     }
-    assert_eq!(SETTINGS.len(), 38);
+    assert_eq!(SETTINGS.len(), 45);
 }
 
 #[test]
