@@ -133,7 +133,10 @@ fn origin_matches(rule: &str, origin: &str) -> bool {
     };
     !sub.is_empty()
         && sub.split('.').all(|label| {
-            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 

@@ -233,11 +233,9 @@ fn token(cfg: &Config, ids: &[String], ttl: &str) -> ExitCode {
                 }
             }
         }
-        (None, None) => {
-            return usage_error(
-                &"token: no access secret (set TASKGATE_ACCESS_SECRET or TASKGATE_ACCESS_SECRET_FILE)",
-            )
-        }
+        (None, None) => return usage_error(
+            &"token: no access secret (set TASKGATE_ACCESS_SECRET or TASKGATE_ACCESS_SECRET_FILE)",
+        ),
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

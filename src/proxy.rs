@@ -130,9 +130,8 @@ impl Found {
 impl Proxy {
     pub fn new(cfg: &Config) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::new());
-        let secrets = Arc::new(
-            Secrets::new(cfg, Arc::clone(&metrics)).map_err(|e| SetupError(e.0))?,
-        );
+        let secrets =
+            Arc::new(Secrets::new(cfg, Arc::clone(&metrics)).map_err(|e| SetupError(e.0))?);
         let webhooks = (cfg.webhook_secret.is_some() || cfg.webhook_secret_file.is_some())
             .then(|| Arc::new(Webhooks::new(&secrets.current().webhook)));
         if let Some(hooks) = &webhooks {

@@ -118,6 +118,9 @@ struct Watched {
     seen: Option<Fingerprint>,
 }
 
+/// Told about every new set of secrets.
+type Listener = Box<dyn Fn(&Current) + Send + Sync>;
+
 pub struct Secrets {
     current: RwLock<Arc<Current>>,
     files: Mutex<Vec<Watched>>,
@@ -125,7 +128,7 @@ pub struct Secrets {
     /// When an upstream 401 last re-read the key file.
     key_refused_at: Mutex<Option<Instant>>,
     /// Called with the new set after every change (the webhook verifier's keys).
-    listeners: Mutex<Vec<Box<dyn Fn(&Current) + Send + Sync>>>,
+    listeners: Mutex<Vec<Listener>>,
 }
 
 /// Why the secrets could not be set up at start-up: one line naming the setting.
@@ -191,7 +194,12 @@ impl Secrets {
 
     /// The secrets in force now. Hold the `Arc` for the length of one request.
     pub fn current(&self) -> Arc<Current> {
-        Arc::clone(&self.current.read().expect("the secrets lock is never poisoned"))
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .expect("the secrets lock is never poisoned"),
+        )
     }
 
     /// Whether any `*_FILE` secret is configured (so there is something to poll).

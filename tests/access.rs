@@ -31,11 +31,8 @@ mod tempfile_path {
     pub struct Path(pub std::path::PathBuf);
     impl Path {
         pub fn new(name: &str, text: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "taskgate-test-{}-{}",
-                std::process::id(),
-                name
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("taskgate-test-{}-{}", std::process::id(), name));
             let _ = std::fs::remove_file(&dir);
             std::fs::write(&dir, text).unwrap();
             Self(dir)
@@ -86,7 +83,10 @@ async fn hs256_es256_and_eddsa_tokens_grant_their_ids_in_the_header_or_the_query
             tg.public_addr(),
             "GET",
             &format!("/api/task/{DONE}"),
-            &[("authorization", &bearer(&hs)), ("accept", "application/json")],
+            &[
+                ("authorization", &bearer(&hs)),
+                ("accept", "application/json"),
+            ],
         )
         .await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text());
@@ -176,7 +176,10 @@ async fn refused_tokens_get_401_or_403_and_never_reach_the_cache_or_the_api() {
             "no exp",
             jwt::hs256(SECRET.as_bytes(), &json!({"sub": DONE})),
         ),
-        ("wrong secret", jwt::hs256(b"not-the-secret", &claims(&[DONE], 600))),
+        (
+            "wrong secret",
+            jwt::hs256(b"not-the-secret", &claims(&[DONE], 600)),
+        ),
         (
             "tampered payload",
             jwt::tampered(
@@ -382,7 +385,10 @@ async fn access_secrets_from_a_file_are_all_accepted() {
     for secret in ["old-secret", "new-secret"] {
         let token = jwt::hs256(secret.as_bytes(), &claims(&[DONE], 600));
         let got = c
-            .get(tg.public_addr(), &format!("/task/{DONE}?access_token={token}"))
+            .get(
+                tg.public_addr(),
+                &format!("/task/{DONE}?access_token={token}"),
+            )
             .await;
         assert_eq!(got.status, StatusCode::OK, "{secret}");
     }
@@ -391,7 +397,10 @@ async fn access_secrets_from_a_file_are_all_accepted() {
     tg.reload_secrets();
     let old = jwt::hs256(b"old-secret", &claims(&[DONE], 600));
     let got = c
-        .get(tg.public_addr(), &format!("/task/{DONE}?access_token={old}"))
+        .get(
+            tg.public_addr(),
+            &format!("/task/{DONE}?access_token={old}"),
+        )
         .await;
     assert_eq!(got.status, StatusCode::UNAUTHORIZED);
 }

@@ -356,7 +356,10 @@ async fn purge_needs_the_admin_token_when_one_is_set_and_changes_nothing_without
     })
     .await;
     let c = HttpClient::default();
-    assert_eq!(c.get(tg.public_addr(), "/task/t1").await.status, StatusCode::OK);
+    assert_eq!(
+        c.get(tg.public_addr(), "/task/t1").await.status,
+        StatusCode::OK
+    );
     for headers in [
         vec![],
         vec![("authorization", "Bearer wrong")],

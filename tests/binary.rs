@@ -205,12 +205,34 @@ async fn viewer_tokens_never_reach_a_log_line_and_each_access_outcome_is_logged(
     let other = jwt::hs256(SECRET.as_bytes(), &claims(&["not-done"], 600));
     let bad = jwt::hs256(b"wrong-secret", &claims(&["done"], 600));
     let bearer = format!("Bearer {good}");
-    let cases: Vec<(String, Vec<(&str, &str)>, u16, &str)> = vec![
-        ("/task/done".into(), vec![("authorization", bearer.as_str())], 200, "granted"),
-        (format!("/task/done?access_token={good}"), vec![], 200, "granted"),
+    // (path, headers, status, the access outcome logged)
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "/task/done".into(),
+            vec![("authorization", bearer.as_str())],
+            200,
+            "granted",
+        ),
+        (
+            format!("/task/done?access_token={good}"),
+            vec![],
+            200,
+            "granted",
+        ),
         ("/task/done".into(), vec![], 401, "missing"),
-        (format!("/task/done?access_token={bad}"), vec![], 401, "invalid"),
-        (format!("/task/done?access_token={other}"), vec![], 403, "forbidden"),
+        (
+            format!("/task/done?access_token={bad}"),
+            vec![],
+            401,
+            "invalid",
+        ),
+        (
+            format!("/task/done?access_token={other}"),
+            vec![],
+            403,
+            "forbidden",
+        ),
     ];
     for (path, headers, status, _) in &cases {
         let got = c.send(proc.public, "GET", path, headers).await;
@@ -224,11 +246,20 @@ async fn viewer_tokens_never_reach_a_log_line_and_each_access_outcome_is_logged(
             let signature = token.rsplit('.').next().unwrap();
             assert!(!line.contains(signature), "a token leaked into: {line}");
         }
-        assert!(!line.contains("access_token"), "the query leaked into: {line}");
-        assert!(!line.contains(SECRET), "the access secret leaked into: {line}");
+        assert!(
+            !line.contains("access_token"),
+            "the query leaked into: {line}"
+        );
+        assert!(
+            !line.contains(SECRET),
+            "the access secret leaked into: {line}"
+        );
     }
     let events = access_events(&lines);
-    let outcomes: Vec<&str> = events.iter().map(|e| e["access"].as_str().unwrap()).collect();
+    let outcomes: Vec<&str> = events
+        .iter()
+        .map(|e| e["access"].as_str().unwrap())
+        .collect();
     let want: Vec<&str> = cases.iter().map(|c| c.3).collect();
     assert_eq!(outcomes, want);
 }
@@ -256,7 +287,10 @@ async fn sighup_rereads_the_key_file_at_once() {
             .unwrap()
             .to_owned()
     };
-    assert_eq!(c.get(proc.public, "/task/busy").await.status, StatusCode::OK);
+    assert_eq!(
+        c.get(proc.public, "/task/busy").await.status,
+        StatusCode::OK
+    );
     assert_eq!(last_key(&mock), "Bearer sk_before_hup");
     let tmp = dir.join("api-key.tmp");
     std::fs::write(&tmp, "sk_after_hup\n").unwrap();
@@ -269,13 +303,19 @@ async fn sighup_rereads_the_key_file_at_once() {
         if last_key(&mock) == "Bearer sk_after_hup" {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "SIGHUP was not acted on");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP was not acted on"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (code, lines, stderr) = proc.terminate();
     assert_eq!(code, 0, "SIGHUP does not stop the process; {stderr}");
     for line in &lines {
-        assert!(!line.contains("sk_after_hup") && !line.contains("sk_before_hup"), "{line}");
+        assert!(
+            !line.contains("sk_after_hup") && !line.contains("sk_before_hup"),
+            "{line}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -296,7 +336,11 @@ fn the_token_subcommand_mints_an_hs256_token_or_exits_64_without_a_secret() {
         &[("TASKGATE_ACCESS_SECRET", "mint-secret")],
         &["token", "--id", "task-1", "--id", "asset-2", "--ttl", "5m"],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap();
     let token = token.trim();
     // Checked here independently: the signature, the algorithm and the claims.

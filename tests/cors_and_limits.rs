@@ -522,7 +522,10 @@ async fn origin_patterns_allow_any_subdomain_with_their_scheme_and_port_only() {
                 tg.public_addr(),
                 "OPTIONS",
                 "/task/t1",
-                &[("origin", allowed), ("access-control-request-method", "GET")],
+                &[
+                    ("origin", allowed),
+                    ("access-control-request-method", "GET"),
+                ],
             )
             .await;
         assert_eq!(pre.status, StatusCode::NO_CONTENT, "{allowed}");
@@ -545,7 +548,10 @@ async fn origin_patterns_allow_any_subdomain_with_their_scheme_and_port_only() {
                 tg.public_addr(),
                 "OPTIONS",
                 "/task/t1",
-                &[("origin", refused), ("access-control-request-method", "GET")],
+                &[
+                    ("origin", refused),
+                    ("access-control-request-method", "GET"),
+                ],
             )
             .await;
         assert_eq!(pre.status, StatusCode::FORBIDDEN, "{refused}");

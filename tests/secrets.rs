@@ -101,10 +101,7 @@ async fn a_key_file_replaced_by_an_atomic_rename_is_used_and_no_request_fails_me
     std::fs::write(&file, format!("{OLD}\n")).unwrap();
     let mock = MockUpstream::start().await;
     mock.set("busy", Reply::task("busy", "running"));
-    let tg = taskgate(&mock, |cfg| {
-        key_file(cfg, &file, Duration::from_millis(50))
-    })
-    .await;
+    let tg = taskgate(&mock, |cfg| key_file(cfg, &file, Duration::from_millis(50))).await;
     let c = HttpClient::default();
     until_api_sees(&c, &tg, &mock, OLD).await;
 
@@ -148,10 +145,7 @@ async fn a_kubernetes_style_symlink_swap_is_seen() {
     let mock = MockUpstream::start().await;
     mock.set("busy", Reply::task("busy", "running"));
     let file = dir.path("key");
-    let tg = taskgate(&mock, |cfg| {
-        key_file(cfg, &file, Duration::from_millis(50))
-    })
-    .await;
+    let tg = taskgate(&mock, |cfg| key_file(cfg, &file, Duration::from_millis(50))).await;
     let c = HttpClient::default();
     until_api_sees(&c, &tg, &mock, OLD).await;
 
@@ -292,5 +286,8 @@ async fn an_unreadable_secret_file_at_start_up_is_a_setup_error_naming_the_setti
         Err(e) => e.to_string(),
         Ok(_) => panic!("started with an unreadable admin token file"),
     };
-    assert!(e.starts_with("TASKGATE_ADMIN_TOKEN_FILE: cannot read"), "{e}");
+    assert!(
+        e.starts_with("TASKGATE_ADMIN_TOKEN_FILE: cannot read"),
+        "{e}"
+    );
 }

@@ -245,7 +245,12 @@ impl Grant {
 
 /// An `HS256` token granting `ids` for `ttl` from `now_secs` (unix seconds), signed with
 /// `secret`: what `taskgate token` prints.
-pub fn mint(secret: &Secret, ids: &[String], ttl: Duration, now_secs: u64) -> Result<String, String> {
+pub fn mint(
+    secret: &Secret,
+    ids: &[String],
+    ttl: Duration,
+    now_secs: u64,
+) -> Result<String, String> {
     ring_provider::install();
     let key = EncodingKey::from_secret(secret.expose().as_bytes())
         .map_err(|_| "the access secret is empty".to_owned())?;
@@ -254,7 +259,11 @@ pub fn mint(secret: &Secret, ids: &[String], ttl: Duration, now_secs: u64) -> Re
             [one] => Some(one.clone()),
             _ => None,
         },
-        ids: if ids.len() == 1 { Vec::new() } else { ids.to_vec() },
+        ids: if ids.len() == 1 {
+            Vec::new()
+        } else {
+            ids.to_vec()
+        },
         exp: Some(now_secs.saturating_add(ttl.as_secs())),
         iat: Some(now_secs),
     };
@@ -289,7 +298,10 @@ pub fn carried<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Carried<'a
         }
     }
     for pair in query.unwrap_or_default().split('&') {
-        if let Some(token) = pair.strip_prefix(QUERY_PARAMETER).and_then(|r| r.strip_prefix('=')) {
+        if let Some(token) = pair
+            .strip_prefix(QUERY_PARAMETER)
+            .and_then(|r| r.strip_prefix('='))
+        {
             found.push(token);
         }
     }

@@ -46,23 +46,17 @@ fn new_signer(algorithm: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSig
     }
 }
 
-fn new_verifier(
-    algorithm: &Algorithm,
-    key: &DecodingKey,
-) -> Result<Box<dyn JwtVerifier>, Error> {
+fn new_verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>, Error> {
     let bytes = key.try_get_as_bytes()?;
     match (algorithm, key.family()) {
-        (Algorithm::HS256, AlgorithmFamily::Hmac) => Ok(Box::new(Hs256(hmac::Key::new(
-            hmac::HMAC_SHA256,
-            bytes,
-        )))),
-        // The uncompressed P-256 point from the key's SubjectPublicKeyInfo.
-        (Algorithm::ES256, AlgorithmFamily::Ec) if bytes.len() == 65 => {
-            Ok(Box::new(Public {
-                algorithm: Algorithm::ES256,
-                key: sig::UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, bytes.to_vec()),
-            }))
+        (Algorithm::HS256, AlgorithmFamily::Hmac) => {
+            Ok(Box::new(Hs256(hmac::Key::new(hmac::HMAC_SHA256, bytes))))
         }
+        // The uncompressed P-256 point from the key's SubjectPublicKeyInfo.
+        (Algorithm::ES256, AlgorithmFamily::Ec) if bytes.len() == 65 => Ok(Box::new(Public {
+            algorithm: Algorithm::ES256,
+            key: sig::UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, bytes.to_vec()),
+        })),
         (Algorithm::EdDSA, AlgorithmFamily::Ed) if bytes.len() == 32 => Ok(Box::new(Public {
             algorithm: Algorithm::EdDSA,
             key: sig::UnparsedPublicKey::new(&sig::ED25519, bytes.to_vec()),

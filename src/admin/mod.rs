@@ -243,10 +243,20 @@ mod peer_tests {
 
     #[test]
     fn only_loopback_peers_count_as_local() {
-        for local in ["127.0.0.1:1", "127.8.9.10:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+        for local in [
+            "127.0.0.1:1",
+            "127.8.9.10:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
             assert!(is_loopback(local.parse().unwrap()), "{local}");
         }
-        for remote in ["10.0.0.5:1", "192.168.1.2:1", "[fd00::1]:1", "[::ffff:10.0.0.1]:1"] {
+        for remote in [
+            "10.0.0.5:1",
+            "192.168.1.2:1",
+            "[fd00::1]:1",
+            "[::ffff:10.0.0.1]:1",
+        ] {
             assert!(!is_loopback(remote.parse().unwrap()), "{remote}");
         }
     }

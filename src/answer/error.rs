@@ -355,9 +355,7 @@ impl Error {
     pub fn www_authenticate(self) -> Option<&'static str> {
         match self {
             Error::AccessTokenMissing => Some("Bearer realm=\"taskgate\""),
-            Error::AccessTokenInvalid => {
-                Some("Bearer realm=\"taskgate\", error=\"invalid_token\"")
-            }
+            Error::AccessTokenInvalid => Some("Bearer realm=\"taskgate\", error=\"invalid_token\""),
             _ => None,
         }
     }

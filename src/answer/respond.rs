@@ -151,7 +151,10 @@ pub fn build(head: Head, body: Body, request_id: &HeaderValue) -> Response<Body>
     }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     if let Some(challenge) = head.www_authenticate {
-        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
     }
     if let Some(allow) = head.allow {
         h.insert(header::ALLOW, HeaderValue::from_static(allow.as_str()));

@@ -559,6 +559,10 @@ mod tests {
         let not_fields: Vec<&&str> = rows.difference(&fields).collect();
         let not_rows: Vec<&&str> = fields.difference(&rows).collect();
         assert_eq!(not_rows, Vec::<&&str>::new(), "Config fields without a row");
-        assert_eq!(not_fields, Vec::<&&str>::new(), "rows without a Config field");
+        assert_eq!(
+            not_fields,
+            Vec::<&&str>::new(),
+            "rows without a Config field"
+        );
     }
 }

@@ -924,7 +924,10 @@ fn a_secret_and_its_file_together_are_refused() {
     ] {
         let file = format!("{name}_FILE");
         let e = err(with_env(&[(name, "x"), (file.as_str(), "/run/secrets/x")]));
-        assert!(e.starts_with(&format!("{file}: set together with {name}")), "{e}");
+        assert!(
+            e.starts_with(&format!("{file}: set together with {name}")),
+            "{e}"
+        );
     }
     let cfg = with_env(&[
         ("TASKGATE_ACCESS_SECRET_FILE", "/run/secrets/access"),

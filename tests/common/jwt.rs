@@ -51,7 +51,10 @@ pub fn hs256(secret: &[u8], claims: &Value) -> String {
 
 /// `alg: none`: no signature at all.
 pub fn unsigned(claims: &Value) -> String {
-    format!("{}.", signing_input(&json!({"alg": "none", "typ": "JWT"}), claims))
+    format!(
+        "{}.",
+        signing_input(&json!({"alg": "none", "typ": "JWT"}), claims)
+    )
 }
 
 /// The token with its payload replaced (the signature kept).
