@@ -131,7 +131,7 @@ impl Proxy {
     pub fn new(cfg: &Config) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::new());
         let secrets =
-            Arc::new(Secrets::new(cfg, Arc::clone(&metrics)).map_err(|e| SetupError(e.0))?);
+            Arc::new(Secrets::new(cfg, reload_recorder(&metrics)).map_err(|e| SetupError(e.0))?);
         let webhooks = (cfg.webhook_secret.is_some() || cfg.webhook_secret_file.is_some())
             .then(|| Arc::new(Webhooks::new(&secrets.current().webhook)));
         if let Some(hooks) = &webhooks {
@@ -690,6 +690,12 @@ impl Proxy {
             "request"
         );
     }
+}
+
+/// Counts secret reloads in `taskgate_secret_reloads_total`.
+fn reload_recorder(metrics: &Arc<Metrics>) -> crate::secrets::Recorder {
+    let metrics = Arc::clone(metrics);
+    Box::new(move |setting, outcome| metrics.secret_reload(setting, outcome))
 }
 
 /// Request shapes no browser or SDK sends, refused before anything else: taskgate is an

@@ -31,7 +31,6 @@ use crate::{
     access::{self, PublicKey},
     config::{self, Config},
     secret::{ApiKey, Secret},
-    telemetry::Metrics,
 };
 
 /// An upstream 401 re-reads the key file at most this often.
@@ -118,13 +117,18 @@ struct Watched {
     seen: Option<Fingerprint>,
 }
 
+/// Counts one reload: (the setting's variable, `changed` | `unchanged` | `failed`).
+pub type Recorder = Box<dyn Fn(&'static str, &'static str) + Send + Sync>;
+
 /// Told about every new set of secrets.
 type Listener = Box<dyn Fn(&Current) + Send + Sync>;
 
 pub struct Secrets {
     current: RwLock<Arc<Current>>,
     files: Mutex<Vec<Watched>>,
-    metrics: Arc<Metrics>,
+    /// Counts each reload by (setting, outcome): `taskgate_secret_reloads_total`. A callback,
+    /// so this module stays below `telemetry` in the module graph.
+    record: Recorder,
     /// When an upstream 401 last re-read the key file.
     key_refused_at: Mutex<Option<Instant>>,
     /// Called with the new set after every change (the webhook verifier's keys).
@@ -137,7 +141,7 @@ pub struct SecretsError(pub String);
 
 impl Secrets {
     /// The secrets of `cfg`: the inline values and every `*_FILE`, read now.
-    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, SecretsError> {
+    pub fn new(cfg: &Config, record: Recorder) -> Result<Self, SecretsError> {
         let mut files = Vec::new();
         let mut watch = |setting, path: &Option<PathBuf>| {
             if let Some(path) = path {
@@ -186,7 +190,7 @@ impl Secrets {
         Ok(Self {
             current: RwLock::new(Arc::new(current)),
             files: Mutex::new(files),
-            metrics,
+            record,
             key_refused_at: Mutex::new(None),
             listeners: Mutex::new(Vec::new()),
         })
@@ -259,11 +263,11 @@ impl Secrets {
             match outcome {
                 Ok(true) => {
                     tracing::info!(setting, "secret file reloaded");
-                    self.metrics.secret_reload(setting, "changed");
+                    (self.record)(setting, "changed");
                     next = Some(candidate);
                 }
                 Ok(false) => {
-                    self.metrics.secret_reload(setting, "unchanged");
+                    (self.record)(setting, "unchanged");
                     next = Some(base);
                 }
                 Err(error) => {
@@ -272,7 +276,7 @@ impl Secrets {
                         %error,
                         "secret file reload failed; the secrets in force are kept"
                     );
-                    self.metrics.secret_reload(setting, "failed");
+                    (self.record)(setting, "failed");
                     next = Some(base);
                 }
             }
