@@ -39,7 +39,7 @@ const REVALIDATE: HeaderValue = HeaderValue::from_static("max-age=0, must-revali
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
 /// Lets page scripts read what taskgate adds (the SDK only needs the body).
 const EXPOSE: HeaderValue =
-    HeaderValue::from_static("etag, age, x-cache, x-request-id, retry-after");
+    HeaderValue::from_static("etag, age, x-cache, x-request-id, retry-after, www-authenticate");
 const VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
 const VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static(
     "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
