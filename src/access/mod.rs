@@ -26,6 +26,8 @@ pub const LEEWAY: Duration = Duration::from_secs(30);
 pub const QUERY_PARAMETER: &str = "access_token";
 /// Longer tokens are not tokens taskgate minted or will verify (and cost work to decode).
 const MAX_TOKEN_BYTES: usize = 4096;
+/// HS256 secrets shorter than this get a warning (RFC 7518 §3.2 asks for at least the hash size).
+const MIN_SECRET_BYTES: usize = 32;
 /// More ids than this in one token is not a viewer's token.
 const MAX_IDS: usize = 256;
 
@@ -143,6 +145,19 @@ impl fmt::Debug for Keys {
 impl Keys {
     pub fn new(secrets: &[Secret], public: Vec<PublicKey>) -> Self {
         ring_provider::install();
+        let short = secrets
+            .iter()
+            .filter(|s| s.expose().len() < MIN_SECRET_BYTES)
+            .count();
+        if short > 0 {
+            // Accepted (the operator may have reasons), but said once per (re)load.
+            tracing::warn!(
+                short,
+                min_bytes = MIN_SECRET_BYTES,
+                "an access secret is shorter than 32 bytes: HS256 tokens signed with it can be \
+                 brute-forced offline (use e.g. `openssl rand -hex 32`)"
+            );
+        }
         let validation = |alg| {
             let mut v = Validation::new(alg);
             v.leeway = LEEWAY.as_secs();
