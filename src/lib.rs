@@ -11,7 +11,7 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | leaves | `secret`, `access`, `config`, `clock`, `ids`, `resource`, `route`, `redact`, `limit`, `cors` | secrets, viewer tokens (JWT checks), settings, time, request ids, the resource kinds (tasks: phases, lifetimes, webhook events), the route table, scrubbing, rate limits, CORS decisions |
+//! | leaves | `secret`, `viewer`, `config`, `clock`, `ids`, `resource`, `route`, `redact`, `limit`, `cors` | secrets, viewer tokens (JWT checks), settings, time, request ids, the resource kinds (tasks: phases, lifetimes, webhook events), the route table, scrubbing, rate limits, CORS decisions |
 //! | answers | `answer` (`error`, `respond`, `encode`) | classifying what the API said, the one error type (with its side and reason), the one place responses are built |
 //! | levels | `secrets`, `upstream`, `cache` (`shared`, `redis`), `telemetry` (`metrics`) | the secrets in force and their live reload, the API client, memory + Redis + coalescing, logs, traces and metrics |
 //! | features | `watch`, `webhook` | Server-Sent Events, Studio webhooks |
@@ -23,7 +23,6 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-pub mod access;
 mod admin;
 mod answer;
 mod cache;
@@ -45,6 +44,7 @@ mod server;
 mod sync;
 pub mod telemetry;
 mod upstream;
+pub mod viewer;
 mod watch;
 mod webhook;
 

@@ -240,7 +240,7 @@ fn token(cfg: &Config, ids: &[String], ttl: &str) -> ExitCode {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    match taskgate::access::mint(&secret, ids, ttl, now) {
+    match taskgate::viewer::mint(&secret, ids, ttl, now) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

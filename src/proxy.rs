@@ -17,7 +17,6 @@ use hyper::body::Body as HttpBody;
 use tracing::{field, Instrument};
 
 use crate::{
-    access::{self, Carried},
     answer::{
         respond::{self, full, Body, Head, X_REQUEST_ID},
         Allow, Answer, Audience, CacheStatus, Error, NoStore, Policy, Side,
@@ -34,6 +33,7 @@ use crate::{
     secrets::Secrets,
     telemetry::{self, Metrics},
     upstream::{self, FetchError, SetupError, Upstream, UpstreamReport},
+    viewer::{self, Carried},
     watch::{Refused, Watchers},
     webhook::{self, Webhooks},
 };
@@ -77,7 +77,7 @@ struct Outcome {
     /// A watch that joined a poller already running.
     watch_shared: bool,
     /// The viewer access check, on task and asset reads.
-    access: Option<access::Outcome>,
+    access: Option<viewer::Outcome>,
 }
 
 impl Outcome {
@@ -358,24 +358,24 @@ impl Proxy {
     fn check_access(&self, req: &Parts, key: Key, out: &mut Outcome) -> Result<Audience, Error> {
         let secrets = self.secrets.current();
         let Some(keys) = &secrets.access else {
-            out.access = Some(access::Outcome::Off);
+            out.access = Some(viewer::Outcome::Off);
             return Ok(Audience::Anyone);
         };
-        let outcome = match access::carried(&req.headers, req.uri.query()) {
+        let outcome = match viewer::carried(&req.headers, req.uri.query()) {
             Carried::Ambiguous => {
-                out.access = Some(access::Outcome::Invalid);
+                out.access = Some(viewer::Outcome::Invalid);
                 return Err(Error::AccessTokenTwice);
             }
-            Carried::None => access::Outcome::Missing,
+            Carried::None => viewer::Outcome::Missing,
             Carried::Token(token) => keys.check(Some(token), key.id()),
         };
         out.access = Some(outcome);
         match outcome {
-            access::Outcome::Granted => Ok(Audience::TokenHolder),
-            access::Outcome::Off => Ok(Audience::Anyone),
-            access::Outcome::Missing => Err(Error::AccessTokenMissing),
-            access::Outcome::Invalid => Err(Error::AccessTokenInvalid),
-            access::Outcome::Forbidden => Err(Error::AccessForbidden),
+            viewer::Outcome::Granted => Ok(Audience::TokenHolder),
+            viewer::Outcome::Off => Ok(Audience::Anyone),
+            viewer::Outcome::Missing => Err(Error::AccessTokenMissing),
+            viewer::Outcome::Invalid => Err(Error::AccessTokenInvalid),
+            viewer::Outcome::Forbidden => Err(Error::AccessForbidden),
         }
     }
 
@@ -660,7 +660,7 @@ impl Proxy {
         if let Some(avoided) = outcome.call_avoided(status) {
             self.metrics.call_avoided(avoided);
         }
-        let access = outcome.access.map(access::Outcome::as_str);
+        let access = outcome.access.map(viewer::Outcome::as_str);
         if let Some(access) = access {
             self.metrics.access(access);
         }

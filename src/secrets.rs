@@ -28,9 +28,9 @@ use std::{
 use http::HeaderValue;
 
 use crate::{
-    access::{self, PublicKey},
     config::{self, Config},
     secret::{ApiKey, Secret},
+    viewer::{self, PublicKey},
 };
 
 /// An upstream 401 re-reads the key file at most this often.
@@ -47,7 +47,7 @@ pub struct Current {
     /// Every accepted webhook secret (empty: the route is off, or its file is not yet read).
     pub webhook: Arc<[Secret]>,
     /// `None` = viewer access is off.
-    pub access: Option<Arc<access::Keys>>,
+    pub access: Option<Arc<viewer::Keys>>,
     access_secrets: Vec<Secret>,
     public_keys: Vec<PublicKey>,
     /// `None` = state-changing admin routes are for loopback peers only.
@@ -182,7 +182,7 @@ impl Secrets {
                 .map_err(|e| SecretsError(format!("{}: {e}", file.setting.as_str())))?;
         }
         if access_on {
-            current.access = Some(Arc::new(access::Keys::new(
+            current.access = Some(Arc::new(viewer::Keys::new(
                 &current.access_secrets,
                 current.public_keys.clone(),
             )));
@@ -300,7 +300,7 @@ impl Secrets {
             return;
         }
         if access_changed && next.access.is_some() {
-            next.access = Some(Arc::new(access::Keys::new(
+            next.access = Some(Arc::new(viewer::Keys::new(
                 &next.access_secrets,
                 next.public_keys.clone(),
             )));
@@ -406,7 +406,7 @@ fn read(setting: FileSetting, path: &Path) -> Result<Value, String> {
             }
             Ok(Value::Lines(lines))
         }
-        FileSetting::AccessPublicKey => access::parse_public_keys(&text)
+        FileSetting::AccessPublicKey => viewer::parse_public_keys(&text)
             .map(Value::PublicKeys)
             .map_err(|e| format!("{path:?} {e}")),
         FileSetting::AdminToken => {
