@@ -787,9 +787,29 @@ else:
     run_dir = os.path.join(WORK, "cwd")  # no config/taskgate.toml here
     os.makedirs(run_dir, exist_ok=True)
 
+    # Every other secret file a deployment names, as a scratch file of the right shape (the
+    # paths of mounted Secrets do not exist here): one line, or a PEM public key.
+    pem = (
+        "-----BEGIN PUBLIC KEY-----\n"
+        "MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n"
+        "-----END PUBLIC KEY-----\n"
+    )
+    secret_files = {}
+    for var, text in (
+        ("TASKGATE_WEBHOOK_SECRET_FILE", "whsec_deploy_check\n"),
+        ("TASKGATE_ACCESS_SECRET_FILE", "access-deploy-check\n"),
+        ("TASKGATE_ACCESS_PUBLIC_KEY_FILE", pem),
+        ("TASKGATE_ADMIN_TOKEN_FILE", "admin-deploy-check\n"),
+    ):
+        p = os.path.join(WORK, var.lower())
+        with open(p, "w") as f:
+            f.write(text)
+        secret_files[var] = p
+
     def check(name, env, argv, want):
         # The deployment's key file (or, for the bare image, the one a user would add).
         e = {**env, "TASKGATE_API_KEY_FILE": keyfile}
+        e.update({k: v for k, v in secret_files.items() if k in env})
         full = {"PATH": "/usr/bin:/bin", "HOME": run_dir, **e}
         r = subprocess.run(
             [binary, "--check-config", *argv],

@@ -61,7 +61,7 @@ impl Cors {
         let ok = match &self.origins {
             CorsOrigins::None => false,
             CorsOrigins::Any => true,
-            CorsOrigins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(text)),
+            CorsOrigins::List(list) => list.iter().any(|rule| origin_matches(rule, text)),
         };
         ok.then_some(origin)
     }
@@ -96,5 +96,79 @@ impl Cors {
             None if self.enabled() => Options::Refused(CorsHeaders::PreflightRefused),
             None => Options::Refused(CorsHeaders::Off),
         }
+    }
+}
+
+/// Whether `origin` (as the browser sent it) is allowed by `rule`: an exact origin, or a
+/// pattern `scheme://*.domain[:port]` (checked at start-up) that admits any subdomain of
+/// `domain` with the same scheme and port, never `domain` itself.
+fn origin_matches(rule: &str, origin: &str) -> bool {
+    let Some((scheme, domain_port)) = rule.split_once("://*.") else {
+        return rule.eq_ignore_ascii_case(origin);
+    };
+    let Some((origin_scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    if !origin_scheme.eq_ignore_ascii_case(scheme) {
+        return false;
+    }
+    let split_port = |s: &str| -> (String, Option<String>) {
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+                (host.to_ascii_lowercase(), Some(port.to_owned()))
+            }
+            _ => (s.to_ascii_lowercase(), None),
+        }
+    };
+    let (domain, port) = split_port(domain_port);
+    let (host, origin_port) = split_port(authority);
+    if port != origin_port {
+        return false;
+    }
+    let Some(sub) = host
+        .strip_suffix(domain.as_str())
+        .and_then(|h| h.strip_suffix('.'))
+    else {
+        return false;
+    };
+    !sub.is_empty()
+        && sub.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pattern_admits_subdomains_with_its_scheme_and_port_only() {
+        let rule = "https://*.example.com";
+        for ok in [
+            "https://app.example.com",
+            "https://a.b.example.com",
+            "HTTPS://App.Example.com",
+        ] {
+            assert!(origin_matches(rule, ok), "{ok}");
+        }
+        for no in [
+            "https://example.com",
+            "http://app.example.com",
+            "https://app.example.com:8443",
+            "https://appexample.com",
+            "https://app.example.com.evil.net",
+            "https://evil-example.com",
+            "https://.example.com",
+            "null",
+        ] {
+            assert!(!origin_matches(rule, no), "{no}");
+        }
+        let with_port = "http://*.example.com:8080";
+        assert!(origin_matches(with_port, "http://a.example.com:8080"));
+        assert!(!origin_matches(with_port, "http://a.example.com"));
+        assert!(!origin_matches(with_port, "http://a.example.com:8081"));
     }
 }

@@ -11,9 +11,9 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | leaves | `secret`, `config`, `clock`, `ids`, `resource`, `route`, `redact`, `limit`, `cors` | secrets, settings, time, request ids, the resource kinds (tasks: phases, lifetimes, webhook events), the route table, scrubbing, rate limits, CORS decisions |
+//! | leaves | `secret`, `viewer`, `config`, `clock`, `ids`, `resource`, `route`, `redact`, `limit`, `cors` | secrets, viewer tokens (JWT checks), settings, time, request ids, the resource kinds (tasks: phases, lifetimes, webhook events), the route table, scrubbing, rate limits, CORS decisions |
 //! | answers | `answer` (`error`, `respond`, `encode`) | classifying what the API said, the one error type (with its side and reason), the one place responses are built |
-//! | levels | `upstream`, `cache` (`shared`, `redis`), `telemetry` (`metrics`) | the API client, memory + Redis + coalescing, logs, traces and metrics |
+//! | levels | `secrets`, `upstream`, `cache` (`shared`, `redis`), `telemetry` (`metrics`) | the secrets in force and their live reload, the API client, memory + Redis + coalescing, logs, traces and metrics |
 //! | features | `watch`, `webhook` | Server-Sent Events, Studio webhooks |
 //! | handler | `proxy`, `admin` (`status`) | the public and the operator request paths (admin: probes, metrics, purge, the status page) |
 //! | wiring | `listener`, `server` | the accept loop, start-up and shutdown |
@@ -39,17 +39,19 @@ pub mod redact;
 pub mod resource;
 pub mod route;
 pub mod secret;
+pub mod secrets;
 mod server;
 mod sync;
 pub mod telemetry;
 mod upstream;
+pub mod viewer;
 mod watch;
 mod webhook;
 
 pub use admin::probe;
 pub use answer::{
     respond::{build as build_response, full, Body},
-    Answer, CacheControl, CacheStatus, Error, Head, NoStore, Policy, Side,
+    Answer, Audience, CacheControl, CacheStatus, Error, Head, NoStore, Policy, Side,
 };
 pub use cache::Cache;
 pub use ids::TraceContext;

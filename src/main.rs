@@ -2,7 +2,9 @@
 //! run until SIGTERM/SIGINT → drain → flush spans → exit 0.
 //! A bad configuration prints one line and exits 64 (EX_USAGE).
 //!
-//! The run modes (`--demo`, `--check-config`, `--healthcheck`) and `--config` are this binary's;
+//! SIGHUP re-reads the `*_FILE` secrets. `taskgate token --id ID` prints a viewer token.
+//!
+//! The run modes (`--demo`, `--check-config`, `--healthcheck`, `token`) and `--config` are this binary's;
 //! the setting flags come from the settings table ([`config::flags`]) and go back to the
 //! configuration as (key, value) pairs.
 
@@ -42,6 +44,23 @@ struct Cli {
     /// Run in front of a built-in simulated task API on loopback (no key, no network)
     #[arg(long)]
     demo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print an HS256 viewer token signed with the first configured access secret
+    /// (TASKGATE_ACCESS_SECRET or the first line of TASKGATE_ACCESS_SECRET_FILE), for operators
+    /// and tests; exits 64 when there is none
+    Token {
+        /// A task or asset id the token grants (repeat for several)
+        #[arg(long = "id", value_name = "ID", required = true)]
+        ids: Vec<String>,
+        /// How long the token is valid
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        ttl: String,
+    },
 }
 
 /// The command line: [`Cli`] plus one flag per table row that is a flag.
@@ -83,21 +102,29 @@ fn main() -> ExitCode {
     if cli.demo && !cfg!(feature = "demo") {
         return usage_error(&"--demo: this build has no demo (build with --features demo)");
     }
+    let minting = matches!(cli.command, Some(Command::Token { .. }));
     let args = Args {
         config: cli.config,
         flags,
-        // The demo points the key at its simulated API anyway; none is needed.
+        // Minting a token needs no API key.
         #[cfg(feature = "demo")]
-        fallback_api_key: cli
-            .demo
-            .then(|| taskgate::secret::ApiKey::new(taskgate::demo::DEMO_API_KEY)),
+        fallback_api_key: (cli.demo || minting).then(|| {
+            taskgate::secret::ApiKey::new(if minting {
+                "unused-for-minting"
+            } else {
+                taskgate::demo::DEMO_API_KEY
+            })
+        }),
         #[cfg(not(feature = "demo"))]
-        fallback_api_key: None,
+        fallback_api_key: minting.then(|| taskgate::secret::ApiKey::new("unused-for-minting")),
     };
     let cfg = match config::load(&args, &Env::from_process()) {
         Ok(cfg) => cfg,
         Err(e) => return usage_error(&e),
     };
+    if let Some(Command::Token { ids, ttl }) = &cli.command {
+        return token(&cfg, ids, ttl);
+    }
     if cli.healthcheck {
         return match taskgate::probe(cfg.admin_listen, std::time::Duration::from_secs(2)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -150,13 +177,75 @@ async fn serve(cfg: Config, demo: bool) -> ExitCode {
     tracing::info!(config = ?cfg, version = env!("CARGO_PKG_VERSION"), "starting");
     #[cfg(not(feature = "demo"))]
     let _ = demo; // refused in `main`
-    match taskgate::run(cfg, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e @ StartError::Setup(_)) => usage_error(&e),
+    let running = match taskgate::start(cfg).await {
+        Ok(running) => running,
+        Err(e @ StartError::Setup(_)) => return usage_error(&e),
         Err(e) => {
             eprintln!("taskgate: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    // SIGHUP: re-read the secret files now (a rotation that should not wait for the poll).
+    let secrets = std::sync::Arc::clone(running.proxy().secrets());
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("SIGHUP handler installs");
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let secrets = std::sync::Arc::clone(&secrets);
+            let _ = tokio::task::spawn_blocking(move || secrets.reload_all()).await;
+        }
+    });
+    shutdown_signal().await;
+    running.shutdown();
+    running.wait().await;
+    ExitCode::SUCCESS
+}
+
+/// `taskgate token`: an HS256 viewer token for `ids`, signed with the first access secret.
+fn token(cfg: &Config, ids: &[String], ttl: &str) -> ExitCode {
+    let ttl = match config::parse_duration(ttl) {
+        Ok(ttl) if !ttl.is_zero() => ttl,
+        Ok(_) => return usage_error(&"token --ttl: must be more than 0"),
+        Err(e) => return usage_error(&format!("token --ttl: {e}")),
+    };
+    for id in ids {
+        let ok = (1..=64).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return usage_error(&format!("token --id {id:?}: not a task or asset id"));
+        }
+    }
+    let secret = match (&cfg.access_secret, &cfg.access_secret_file) {
+        (Some(secret), _) => secret.clone(),
+        (None, Some(path)) => {
+            let first = std::fs::read_to_string(path).ok().and_then(|text| {
+                text.lines()
+                    .map(str::trim_end)
+                    .find(|l| !l.is_empty())
+                    .map(taskgate::secret::Secret::new)
+            });
+            match first {
+                Some(secret) => secret,
+                None => {
+                    return usage_error(&format!(
+                        "TASKGATE_ACCESS_SECRET_FILE: {path:?} holds no readable secret"
+                    ))
+                }
+            }
+        }
+        (None, None) => return usage_error(
+            &"token: no access secret (set TASKGATE_ACCESS_SECRET or TASKGATE_ACCESS_SECRET_FILE)",
+        ),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match taskgate::viewer::mint(&secret, ids, ttl, now) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(&format!("token: {e}")),
     }
 }
 

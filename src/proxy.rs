@@ -20,7 +20,7 @@ use tracing::{field, Instrument};
 use crate::{
     answer::{
         respond::{self, full, Body, Head},
-        Allow, Answer, CacheStatus, Error, NoStore, Policy, Side,
+        Allow, Answer, Audience, CacheStatus, Error, NoStore, Policy, Side,
     },
     cache::{self, Cache, Fetch, Held, SharedLevel},
     clock::unix_ms_now,
@@ -31,10 +31,11 @@ use crate::{
     listener::MAX_HEADER_BYTES,
     resource::{self, Key, Kind, Phase},
     route::{self, Route},
-    secret::ApiKey,
+    secrets::Secrets,
     sync::lock,
     telemetry::{self, Metrics},
     upstream::{self, FetchError, SetupError, Upstream, UpstreamReport},
+    viewer::{self, Carried},
     watch::{Refused, Watchers},
     webhook::{self, Changed, Webhooks},
 };
@@ -51,7 +52,9 @@ pub struct Proxy {
     upstream: Upstream,
     cache: Arc<Cache>,
     policy: Policy,
-    api_key: ApiKey,
+    /// The API key, webhook secrets, viewer-token keys and admin token in force.
+    secrets: Arc<Secrets>,
+    secret_reload_interval: Duration,
     cors: Cors,
     rate_limit: Option<RateLimiter>,
     /// The per-client budget for requests that need the API.
@@ -62,7 +65,7 @@ pub struct Proxy {
     trust_forwarded: bool,
     backoff: Backoff,
     watchers: Arc<Watchers>,
-    webhooks: Option<Webhooks>,
+    webhooks: Option<Arc<Webhooks>>,
     /// Keys being fetched again until the API shows what a webhook announced.
     catching_up: Mutex<HashSet<Key>>,
     started: Instant,
@@ -81,6 +84,8 @@ struct Outcome {
     webhook: Option<webhook::Outcome>,
     /// A watch that joined a poller already running.
     watch_shared: bool,
+    /// The viewer access check, on task and asset reads.
+    access: Option<viewer::Outcome>,
 }
 
 impl Outcome {
@@ -133,6 +138,14 @@ impl Found {
 impl Proxy {
     pub fn new(cfg: &Config) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::new());
+        let secrets =
+            Arc::new(Secrets::new(cfg, reload_recorder(&metrics)).map_err(|e| SetupError(e.0))?);
+        let webhooks = (cfg.webhook_secret.is_some() || cfg.webhook_secret_file.is_some())
+            .then(|| Arc::new(Webhooks::new(&secrets.current().webhook)));
+        if let Some(hooks) = &webhooks {
+            let hooks = Arc::clone(hooks);
+            secrets.on_change(move |now| hooks.set_secrets(&now.webhook));
+        }
         let namespace = cfg
             .redis_namespace
             .clone()
@@ -145,7 +158,7 @@ impl Proxy {
         )
         .map_err(SetupError)?;
         Ok(Self {
-            upstream: Upstream::new(cfg)?,
+            upstream: Upstream::new(cfg, Arc::clone(&secrets))?,
             cache: Arc::new(Cache::new(cfg.cache_max_bytes, cfg.stale_if_error, shared)),
             policy: Policy {
                 completed: cfg.ttl_completed,
@@ -155,7 +168,8 @@ impl Proxy {
                 trusted_unfinished: trusted_webhooks(cfg),
                 redact: cfg.redact,
             },
-            api_key: cfg.api_key.clone(),
+            secrets,
+            secret_reload_interval: cfg.secret_reload_interval,
             cors: Cors::new(cfg.cors_origins.clone()),
             rate_limit: RateLimiter::new(cfg.rate_limit, cfg.rate_burst),
             miss_budget: RateLimiter::new(cfg.miss_rate, cfg.miss_burst),
@@ -169,7 +183,7 @@ impl Proxy {
                 cfg.watch_interval,
                 metrics.events_sent(),
             )),
-            webhooks: cfg.webhook_secret.as_ref().map(Webhooks::single),
+            webhooks,
             catching_up: Mutex::default(),
             started: Instant::now(),
             metrics,
@@ -186,6 +200,11 @@ impl Proxy {
 
     pub fn watchers(&self) -> &Watchers {
         &self.watchers
+    }
+
+    /// The secrets in force (SIGHUP re-reads them through this).
+    pub fn secrets(&self) -> &Arc<Secrets> {
+        &self.secrets
     }
 
     /// Drops a key everywhere taskgate keeps it — memory, the shared level, and through it
@@ -214,6 +233,7 @@ impl Proxy {
     /// Starts the background work that lives as long as the proxy: listening for other
     /// replicas' invalidations, and watching that trusted webhooks keep arriving.
     pub fn start_background(self: &Arc<Self>) {
+        self.secrets.spawn_poller(self.secret_reload_interval);
         if !self.policy.trusted_unfinished.is_zero() {
             // Unfinished answers are kept until a webhook names them: if webhooks stop, pages
             // see progress only every trust TTL. Say so before users notice.
@@ -349,13 +369,19 @@ impl Proxy {
         // Limits.
         let client = limit::client_addr(peer, &req.headers, self.trust_forwarded);
         self.check_rate(client)?;
+        // Viewer access: before anything that could answer from the cache, join a fetch or
+        // call the API.
+        let audience = self.check_access(req, key, out)?;
         if events {
             return self.watch(req, key, client, out).await;
         }
         // Lookup, classify and store (inside the cache), respond.
         let found = self.lookup(key, Some(client), request_id, trace).await?;
-        let (head, bytes) = found.answer.head(&req.method, &req.headers, found.cache);
+        let (head, bytes) = found
+            .answer
+            .head_for(&req.method, &req.headers, found.cache, audience);
         *out = Outcome {
+            access: out.access,
             cache: Some(found.cache),
             phase: found.answer.phase,
             upstream: found.upstream,
@@ -366,6 +392,32 @@ impl Proxy {
             watch_shared: false,
         };
         Ok((head, full(bytes)))
+    }
+
+    /// The viewer token of a read of `key`, judged: who the answer is for, or why it is
+    /// refused. The token is never logged: only the outcome is.
+    fn check_access(&self, req: &Parts, key: Key, out: &mut Outcome) -> Result<Audience, Error> {
+        let secrets = self.secrets.current();
+        let Some(keys) = &secrets.access else {
+            out.access = Some(viewer::Outcome::Off);
+            return Ok(Audience::Anyone);
+        };
+        let outcome = match viewer::carried(&req.headers, req.uri.query()) {
+            Carried::Ambiguous => {
+                out.access = Some(viewer::Outcome::Invalid);
+                return Err(Error::AccessTokenTwice);
+            }
+            Carried::None => viewer::Outcome::Missing,
+            Carried::Token(token) => keys.check(Some(token), key.id()),
+        };
+        out.access = Some(outcome);
+        match outcome {
+            viewer::Outcome::Granted => Ok(Audience::TokenHolder),
+            viewer::Outcome::Off => Ok(Audience::Anyone),
+            viewer::Outcome::Missing => Err(Error::AccessTokenMissing),
+            viewer::Outcome::Invalid => Err(Error::AccessTokenInvalid),
+            viewer::Outcome::Forbidden => Err(Error::AccessForbidden),
+        }
     }
 
     fn check_rate(&self, client: IpAddr) -> Result<(), Error> {
@@ -511,13 +563,16 @@ impl Proxy {
             if r.status == http::StatusCode::TOO_MANY_REQUESTS {
                 self.backoff.start(r.retry_after.as_ref());
             }
+            if r.status == http::StatusCode::UNAUTHORIZED {
+                // The key may have been rotated under us: re-read its file (rate-limited),
+                // off the async workers.
+                let secrets = Arc::clone(&self.secrets);
+                tokio::task::spawn_blocking(move || secrets.api_key_refused());
+            }
         }
-        let answer = Answer::from_upstream(
-            key.kind(),
-            reply,
-            &self.policy,
-            self.api_key.expose().as_bytes(),
-        );
+        let api_key = self.secrets.current().api_key.clone();
+        let answer =
+            Answer::from_upstream(key.kind(), reply, &self.policy, api_key.expose().as_bytes());
         Fetch {
             answer,
             upstream: report,
@@ -681,6 +736,10 @@ impl Proxy {
         if let Some(avoided) = outcome.call_avoided(status) {
             self.metrics.call_avoided(avoided);
         }
+        let access = outcome.access.map(viewer::Outcome::as_str);
+        if let Some(access) = access {
+            self.metrics.access(access);
+        }
         let upstream = outcome.upstream;
         tracing::info!(
             target: "taskgate::access",
@@ -702,6 +761,7 @@ impl Proxy {
             upstream_error = upstream.and_then(|u| u.error),
             upstream_ms = upstream.map(|u| u.elapsed.as_secs_f64() * 1e3),
             webhook = outcome.webhook.map(webhook::Outcome::as_str),
+            access,
             total_ms = elapsed.as_secs_f64() * 1e3,
             "request"
         );
@@ -711,10 +771,17 @@ impl Proxy {
 /// `TASKGATE_WEBHOOK_TRUST_TTL`, when webhooks are trusted: a webhook secret is set and the TTL
 /// is above zero. Else zero: unfinished work passes through.
 fn trusted_webhooks(cfg: &Config) -> Duration {
-    match cfg.webhook_secret {
-        Some(_) => cfg.webhook_trust_ttl,
-        None => Duration::ZERO,
+    if cfg.webhook_secret.is_some() || cfg.webhook_secret_file.is_some() {
+        cfg.webhook_trust_ttl
+    } else {
+        Duration::ZERO
     }
+}
+
+/// Counts secret reloads in `taskgate_secret_reloads_total`.
+fn reload_recorder(metrics: &Arc<Metrics>) -> crate::secrets::Recorder {
+    let metrics = Arc::clone(metrics);
+    Box::new(move |setting, outcome| metrics.secret_reload(setting, outcome))
 }
 
 /// Request shapes no browser or SDK sends, refused before anything else: taskgate is an

@@ -3,6 +3,7 @@
 //!
 //! Guarantees: `Debug` and `Display` print `***`; only [`Secret::expose`] reveals the value, so
 //! every place that uses it is greppable. A leaf: this module imports nothing from the crate.
+//! [`same`] compares a given value with a secret in constant time.
 
 use std::{fmt, sync::Arc};
 
@@ -32,6 +33,18 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Whether `given` equals `expected`, in time that depends on neither's content (both are
+/// hashed first, so not even the length of the secret leaks through timing).
+pub fn same(given: &str, expected: &str) -> bool {
+    let a = ring::digest::digest(&ring::digest::SHA256, given.as_bytes());
+    let b = ring::digest::digest(&ring::digest::SHA256, expected.as_bytes());
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 /// The Studio API key injected upstream.
 pub type ApiKey = Secret;
 
@@ -44,5 +57,12 @@ mod tests {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret:?} {secret} {secret:#?}"), "*** *** ***");
         assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn same_compares_whole_values() {
+        assert!(same("tok", "tok"));
+        assert!(!same("tok", "tok2"));
+        assert!(!same("", "tok"));
     }
 }

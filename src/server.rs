@@ -76,6 +76,11 @@ impl Running {
         &self.proxy
     }
 
+    /// Re-reads every `*_FILE` secret now (what SIGHUP does).
+    pub fn reload_secrets(&self) {
+        self.proxy.secrets().reload_all();
+    }
+
     /// Begins the shutdown sequence; `wait` returns once it is over.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -133,8 +138,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             Arc::clone(&proxy).handle(req, peer)
         })
     };
-    let admin_task = listener::serve(admin, limits, stop_rx, move |req, _peer| {
-        Arc::clone(&admin_state).handle(req)
+    let admin_task = listener::serve(admin, limits, stop_rx, move |req, peer| {
+        Arc::clone(&admin_state).handle(req, peer)
     });
 
     let grace = cfg.shutdown_grace;

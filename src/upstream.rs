@@ -32,6 +32,7 @@ use crate::{
     config::Config,
     ids::{TRACEPARENT, X_REQUEST_ID},
     resource::Key,
+    secrets::Secrets,
 };
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -108,7 +109,9 @@ impl StdError for SetupError {}
 pub struct Upstream {
     client: Client<Connector, Empty<Bytes>>,
     base: String,
-    authorization: HeaderValue,
+    /// The API key in force (`Authorization`), read per request so a rotation takes effect
+    /// at the next fetch.
+    secrets: Arc<Secrets>,
     user_agent: HeaderValue,
     timeout: Duration,
     max_body: usize,
@@ -125,7 +128,7 @@ impl fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &Config) -> Result<Self, SetupError> {
+    pub fn new(cfg: &Config, secrets: Arc<Secrets>) -> Result<Self, SetupError> {
         let tls = tls_config(cfg.upstream_ca_file.as_deref())?;
         let mut http = HttpConnector::new();
         http.enforce_http(false); // the scheme is checked by the TLS layer, not here
@@ -148,9 +151,6 @@ impl Upstream {
             .timer(TokioTimer::new())
             .build(connector);
 
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", cfg.api_key.expose()))
-            .map_err(|_| SetupError("TASKGATE_API_KEY: not a valid header value".into()))?;
-        authorization.set_sensitive(true);
         let base = cfg.upstream_url.trim_end_matches('/').to_owned();
         format!("{base}/task/x")
             .parse::<Uri>()
@@ -158,7 +158,7 @@ impl Upstream {
         Ok(Self {
             client,
             base,
-            authorization,
+            secrets,
             user_agent: HeaderValue::from_static(USER_AGENT),
             timeout: cfg.upstream_timeout,
             max_body: cfg.max_body,
@@ -189,7 +189,8 @@ impl Upstream {
             .body(Empty::new())
             .expect("a GET with a valid uri is a valid request");
         let headers = req.headers_mut();
-        headers.insert(header::AUTHORIZATION, self.authorization.clone());
+        let authorization = self.secrets.current().authorization.clone();
+        headers.insert(header::AUTHORIZATION, authorization);
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert(header::USER_AGENT, self.user_agent.clone());
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());

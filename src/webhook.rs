@@ -97,7 +97,8 @@ impl Outcome {
 pub struct Webhooks {
     /// One key per configured secret (several during a rotation); each costs one HMAC per
     /// call that passes the header checks.
-    keys: Vec<hmac::Key>,
+    /// Swapped whole by [`Webhooks::set_secrets`] when the secret file is re-read.
+    keys: std::sync::RwLock<std::sync::Arc<Vec<hmac::Key>>>,
     /// Event ids already handled, bounded in bytes, remembered for [`SEEN_TTL`].
     seen: moka::sync::Cache<String, ()>,
     /// HMACs computed so far: the work a caller can make taskgate do.
@@ -110,10 +111,7 @@ impl Webhooks {
     /// Accepts calls signed with any of `secrets`.
     pub fn new(secrets: &[Secret]) -> Self {
         Self {
-            keys: secrets
-                .iter()
-                .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.expose().as_bytes()))
-                .collect(),
+            keys: std::sync::RwLock::new(std::sync::Arc::new(hmac_keys(secrets))),
             seen: moka::sync::Cache::builder()
                 .max_capacity(SEEN_MAX_BYTES)
                 .weigher(|id: &String, _: &()| seen_weight(id))
@@ -132,7 +130,13 @@ impl Webhooks {
         Some(self.last_accepted_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
     }
 
+    /// From now on, accepts calls signed with any of `secrets` (and no other): a rotation.
+    pub fn set_secrets(&self, secrets: &[Secret]) {
+        *self.keys.write().expect("never poisoned") = std::sync::Arc::new(hmac_keys(secrets));
+    }
+
     /// Accepts calls signed with `secret`.
+    #[cfg(test)]
     pub fn single(secret: &Secret) -> Self {
         Self::new(std::slice::from_ref(secret))
     }
@@ -223,7 +227,8 @@ impl Webhooks {
     /// secret, whatever the number of tags.
     fn verify(&self, body: &[u8], tags: &[[u8; TAG_LEN]]) -> bool {
         let mut matched = false;
-        for key in &self.keys {
+        let keys = std::sync::Arc::clone(&self.keys.read().expect("never poisoned"));
+        for key in keys.iter() {
             let mac = hmac::sign(key, body);
             self.hmacs.fetch_add(1, Ordering::Relaxed);
             for tag in tags {
@@ -240,6 +245,13 @@ impl Webhooks {
         self.seen.run_pending_tasks();
         self.seen.weighted_size()
     }
+}
+
+fn hmac_keys(secrets: &[Secret]) -> Vec<hmac::Key> {
+    secrets
+        .iter()
+        .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.expose().as_bytes()))
+        .collect()
 }
 
 /// What one remembered id weighs in the seen-ids table.

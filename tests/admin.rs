@@ -346,3 +346,67 @@ async fn each_request_without_its_own_upstream_call_is_counted_once_by_what_save
     assert_eq!(avoided("refused"), 1.0);
     assert_eq!(mock.calls(), 2);
 }
+
+#[tokio::test]
+async fn purge_needs_the_admin_token_when_one_is_set_and_changes_nothing_without_it() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", Reply::task("t1", "completed"));
+    let tg = taskgate(&mock, |cfg| {
+        cfg.admin_token = Some(taskgate::config::Secret::new("adm-token-7f3e"));
+    })
+    .await;
+    let c = HttpClient::default();
+    assert_eq!(
+        c.get(tg.public_addr(), "/task/t1").await.status,
+        StatusCode::OK
+    );
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer wrong")],
+        vec![("authorization", "Bearer adm-token-7f3e-and-more")],
+        vec![("authorization", "Basic adm-token-7f3e")],
+    ] {
+        let got = c
+            .send(tg.admin_addr(), "DELETE", "/cache/task/t1", &headers)
+            .await;
+        assert_eq!(got.status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert_eq!(got.json()["errors"][0], "admin token required");
+        // Nothing was purged: still a hit, no new upstream call.
+        let got = c.get(tg.public_addr(), "/task/t1").await;
+        assert_eq!(got.header("x-cache"), Some("HIT"));
+        assert_eq!(mock.calls(), 1);
+    }
+    // Probes, metrics and the status page stay open.
+    for path in ["/healthz", "/readyz", "/metrics", "/"] {
+        assert_eq!(
+            c.get(tg.admin_addr(), path).await.status,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    let got = c
+        .send(
+            tg.admin_addr(),
+            "DELETE",
+            "/cache/task/t1",
+            &[("authorization", "Bearer adm-token-7f3e")],
+        )
+        .await;
+    assert_eq!(got.status, StatusCode::NO_CONTENT);
+    let got = c.get(tg.public_addr(), "/task/t1").await;
+    assert_eq!(got.header("x-cache"), Some("MISS"));
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test]
+async fn without_an_admin_token_a_loopback_peer_may_purge() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", Reply::task("t1", "completed"));
+    let tg = taskgate(&mock, |_| {}).await;
+    let c = HttpClient::default();
+    c.get(tg.public_addr(), "/task/t1").await;
+    let got = c
+        .send(tg.admin_addr(), "DELETE", "/cache/task/t1", &[])
+        .await;
+    assert_eq!(got.status, StatusCode::NO_CONTENT);
+}

@@ -192,3 +192,179 @@ async fn healthcheck_flag_reports_the_running_server() {
     assert!(!stderr.contains(KEY));
     assert_eq!(mock.calls(), 0, "a health check never reaches the API");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewer_tokens_never_reach_a_log_line_and_each_access_outcome_is_logged() {
+    use common::jwt::{self, claims};
+    const SECRET: &str = "viewer-secret-for-logs";
+    let mock = MockUpstream::start().await;
+    mock.set("done", Reply::task("done", "completed"));
+    let proc = Binary::spawn(&mock.base_url(), &[("TASKGATE_ACCESS_SECRET", SECRET)]);
+    let c = HttpClient::default();
+    let good = jwt::hs256(SECRET.as_bytes(), &claims(&["done"], 600));
+    let other = jwt::hs256(SECRET.as_bytes(), &claims(&["not-done"], 600));
+    let bad = jwt::hs256(b"wrong-secret", &claims(&["done"], 600));
+    let bearer = format!("Bearer {good}");
+    // (path, headers, status, the access outcome logged)
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "/task/done".into(),
+            vec![("authorization", bearer.as_str())],
+            200,
+            "granted",
+        ),
+        (
+            format!("/task/done?access_token={good}"),
+            vec![],
+            200,
+            "granted",
+        ),
+        ("/task/done".into(), vec![], 401, "missing"),
+        (
+            format!("/task/done?access_token={bad}"),
+            vec![],
+            401,
+            "invalid",
+        ),
+        (
+            format!("/task/done?access_token={other}"),
+            vec![],
+            403,
+            "forbidden",
+        ),
+    ];
+    for (path, headers, status, _) in &cases {
+        let got = c.send(proc.public, "GET", path, headers).await;
+        assert_eq!(got.status.as_u16(), *status, "{path}");
+    }
+    let (code, lines, stderr) = proc.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    for line in lines.iter().chain(std::iter::once(&stderr)) {
+        for token in [&good, &other, &bad] {
+            // The signature alone is as secret as the whole token.
+            let signature = token.rsplit('.').next().unwrap();
+            assert!(!line.contains(signature), "a token leaked into: {line}");
+        }
+        assert!(
+            !line.contains("access_token"),
+            "the query leaked into: {line}"
+        );
+        assert!(
+            !line.contains(SECRET),
+            "the access secret leaked into: {line}"
+        );
+    }
+    let events = access_events(&lines);
+    let outcomes: Vec<&str> = events
+        .iter()
+        .map(|e| e["access"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = cases.iter().map(|c| c.3).collect();
+    assert_eq!(outcomes, want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_rereads_the_key_file_at_once() {
+    let dir = std::env::temp_dir().join(format!("taskgate-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("api-key");
+    std::fs::write(&file, "sk_before_hup\n").unwrap();
+    let mock = MockUpstream::start().await;
+    mock.set("busy", Reply::task("busy", "running"));
+    let proc = Binary::spawn(
+        &mock.base_url(),
+        &[
+            ("TASKGATE_API_KEY_FILE", file.to_str().unwrap()),
+            // Only the signal can make it look.
+            ("TASKGATE_SECRET_RELOAD_INTERVAL", "1h"),
+        ],
+    );
+    let c = HttpClient::default();
+    let last_key = |mock: &MockUpstream| {
+        mock.seen().last().unwrap().headers["authorization"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        c.get(proc.public, "/task/busy").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(last_key(&mock), "Bearer sk_before_hup");
+    let tmp = dir.join("api-key.tmp");
+    std::fs::write(&tmp, "sk_after_hup\n").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    proc.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = c.get(proc.public, "/task/busy").await;
+        assert_eq!(got.status, StatusCode::OK);
+        if last_key(&mock) == "Bearer sk_after_hup" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP was not acted on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, lines, stderr) = proc.terminate();
+    assert_eq!(code, 0, "SIGHUP does not stop the process; {stderr}");
+    for line in &lines {
+        assert!(
+            !line.contains("sk_after_hup") && !line.contains("sk_before_hup"),
+            "{line}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_token_subcommand_mints_an_hs256_token_or_exits_64_without_a_secret() {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+    use hmac::{Hmac, Mac};
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_taskgate"));
+        cmd.env_clear().current_dir(std::env::temp_dir()).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(
+        &[("TASKGATE_ACCESS_SECRET", "mint-secret")],
+        &["token", "--id", "task-1", "--id", "asset-2", "--ttl", "5m"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let token = token.trim();
+    // Checked here independently: the signature, the algorithm and the claims.
+    let (input, signature) = token.rsplit_once('.').unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"mint-secret").unwrap();
+    mac.update(input.as_bytes());
+    mac.verify_slice(&URL_SAFE_NO_PAD.decode(signature).unwrap())
+        .expect("signed with the access secret");
+    let (header, payload) = input.split_once('.').unwrap();
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    assert_eq!(header["alg"], "HS256");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(claims["ids"], serde_json::json!(["task-1", "asset-2"]));
+    let ttl = claims["exp"].as_i64().unwrap() - common::jwt::now();
+    assert!((290..=300).contains(&ttl), "{ttl}");
+
+    let out = run(&[], &["token", "--id", "task-1"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no access secret"));
+    let out = run(
+        &[("TASKGATE_ACCESS_SECRET", "mint-secret")],
+        &["token", "--id", "../etc"],
+    );
+    assert_eq!(out.status.code(), Some(64));
+}

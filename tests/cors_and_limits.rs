@@ -491,3 +491,69 @@ async fn one_clients_slow_misses_queue_behind_its_own_share_of_upstream_slots() 
         .unwrap();
     assert_eq!(at, 2, "{order:?}");
 }
+
+#[tokio::test]
+async fn origin_patterns_allow_any_subdomain_with_their_scheme_and_port_only() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", Reply::task("t1", "completed"));
+    let tg = taskgate(&mock, |cfg| {
+        cfg.cors_origins = CorsOrigins::List(vec![
+            "https://*.example.com".into(),
+            "http://*.dev.example.net:3000".into(),
+        ]);
+    })
+    .await;
+    let c = HttpClient::default();
+    for allowed in [
+        "https://app.example.com",
+        "https://pr-42.preview.example.com",
+        "http://web.dev.example.net:3000",
+    ] {
+        let got = c
+            .send(tg.public_addr(), "GET", "/task/t1", &[("origin", allowed)])
+            .await;
+        assert_eq!(
+            got.header("access-control-allow-origin"),
+            Some(allowed),
+            "{allowed}"
+        );
+        let pre = c
+            .send(
+                tg.public_addr(),
+                "OPTIONS",
+                "/task/t1",
+                &[
+                    ("origin", allowed),
+                    ("access-control-request-method", "GET"),
+                ],
+            )
+            .await;
+        assert_eq!(pre.status, StatusCode::NO_CONTENT, "{allowed}");
+    }
+    for refused in [
+        "https://example.com",
+        "http://app.example.com",
+        "https://app.example.com:8443",
+        "https://app.example.com.evil.test",
+        "https://evilexample.com",
+        "http://web.dev.example.net",
+    ] {
+        let got = c
+            .send(tg.public_addr(), "GET", "/task/t1", &[("origin", refused)])
+            .await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.header("access-control-allow-origin"), None, "{refused}");
+        let pre = c
+            .send(
+                tg.public_addr(),
+                "OPTIONS",
+                "/task/t1",
+                &[
+                    ("origin", refused),
+                    ("access-control-request-method", "GET"),
+                ],
+            )
+            .await;
+        assert_eq!(pre.status, StatusCode::FORBIDDEN, "{refused}");
+    }
+}

@@ -323,6 +323,8 @@ fn registered_metrics() -> BTreeMap<String, String> {
     });
     m.l2("get", "hit");
     m.webhook("accepted");
+    m.access("granted");
+    m.secret_reload("TASKGATE_API_KEY_FILE", "changed");
     let text = m.render(Snapshot {
         cache_entries: 0,
         cache_bytes: 0,

@@ -8,7 +8,9 @@
 // EventSource, when ?mode=poll asks for it, or when the stream fails. Polling honours
 // Retry-After on 429 and backs off on 5xx and network errors.
 //
-// Query string: taskgate (base URL), task (id), mode=poll, interval (poll period, seconds).
+// Query string: taskgate (base URL), task (id), mode=poll, interval (poll period, seconds),
+// token (a viewer token, when taskgate has viewer access on: sent as ?access_token= on the
+// EventSource, which cannot set headers, and as Authorization: Bearer on fetch).
 
 const DEMO_UPLOAD_TASK = "6f1c0c2e-3d5a-4b8e-9a0f-1e2d3c4b5a69";
 const FINISHED = new Set(["completed", "failed", "cancelled"]);
@@ -25,6 +27,8 @@ const base = (query.get("taskgate") || "http://127.0.0.1:8080").replace(/\/+$/, 
 const taskId = query.get("task") || DEMO_UPLOAD_TASK;
 const forcePoll = query.get("mode") === "poll";
 const interval = clamp(Number(query.get("interval")), 0.5, 60, 3);
+/** A viewer token minted by the app's server (`taskgate token --id ID` for a try). */
+const token = query.get("token") || "";
 
 const root = document.getElementById("watch");
 const $ = (id) => document.getElementById(id);
@@ -66,7 +70,8 @@ function start() {
 function watch() {
   setMode("events", "EventSource on /events");
   setState("watching");
-  const source = new EventSource(`${base}/task/${encodeURIComponent(taskId)}/events`);
+  const access = token ? `?access_token=${encodeURIComponent(token)}` : "";
+  const source = new EventSource(`${base}/task/${encodeURIComponent(taskId)}/events${access}`);
   let reconnects = 0;
 
   source.addEventListener("task", (event) => {
@@ -134,8 +139,12 @@ async function poll() {
   for (;;) {
     let response;
     try {
-      // A simple GET with no custom header: no CORS preflight, no credentials.
-      response = await fetch(url, { headers: { accept: "application/json" } });
+      // Without a token, a simple GET with no custom header: no CORS preflight, no credentials.
+      // With one, `Authorization: Bearer` (as the official SDKs send their apiKey): taskgate
+      // answers the preflight that this header causes.
+      const headers = { accept: "application/json" };
+      if (token) headers.authorization = `Bearer ${token}`;
+      response = await fetch(url, { headers });
     } catch (error) {
       // fetch() gives no detail on purpose; the console says which (e.g. "blocked by CORS").
       if (await failed(`request failed (refused by CORS, or taskgate unreachable): ${error}`)) continue;
@@ -162,7 +171,8 @@ async function poll() {
       if (await failed(`${response.status}: ${errorText(text)}`)) continue;
       return;
     } else {
-      // 404: no such task. 400: a bad id. 403: the key may not see it. Asking again won't help.
+      // 404: no such task. 400: a bad id. 401: no valid viewer token. 403: the token (or the
+      // key) may not see it. Asking again won't help.
       log("error", `${response.status}: ${errorText(text)}`, "poll");
       return fail(response.status === 404 ? "task not found" : `${response.status}: ${errorText(text)}`);
     }

@@ -1,9 +1,14 @@
 //! The admin listener: probes, metrics, purge and a status page, for operators only. Never
 //! the task routes, and nothing here prints configuration or environment values.
+//!
+//! State-changing routes (purge) need `Authorization: Bearer <TASKGATE_ADMIN_TOKEN>` when an
+//! admin token is configured (compared in constant time), else a loopback peer; anything else
+//! gets 403 and changes nothing. Probes, metrics and the status page stay open.
 
 mod status;
 
 use std::{
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -55,7 +60,7 @@ impl Admin {
         }
     }
 
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<Body> {
         if !host_allowed(req.headers()) {
             return error(Error::ForeignHost);
         }
@@ -77,6 +82,10 @@ impl Admin {
                 resp
             }
             (&Method::DELETE, _) => {
+                if !self.may_change_state(req.headers(), peer) {
+                    tracing::warn!(%peer, "admin: purge refused (no valid admin token)");
+                    return error(Error::AdminForbidden);
+                }
                 // `/cache/{kind}/{id}`
                 let Some((kind, id)) = path
                     .strip_prefix("/cache/")
@@ -100,6 +109,22 @@ impl Admin {
 }
 
 impl Admin {
+    /// Whether this request may change state: it carries the admin token in force, or none
+    /// is configured and the peer is loopback.
+    fn may_change_state(&self, headers: &http::HeaderMap, peer: SocketAddr) -> bool {
+        let secrets = self.proxy.secrets().current();
+        match &secrets.admin_token {
+            Some(token) => headers
+                .get_all(http::header::AUTHORIZATION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .any(|(_, given)| crate::secret::same(given.trim(), token.expose())),
+            None => is_loopback(peer),
+        }
+    }
+
     /// `GET /`: the status page. No script may run and nothing may load (the page has none),
     /// and no cache keeps it.
     fn status_page(&self) -> Response<Body> {
@@ -158,6 +183,15 @@ fn host_allowed(headers: &http::HeaderMap) -> bool {
         || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
+fn is_loopback(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
@@ -201,5 +235,30 @@ pub fn probe(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Result
     match line.split(' ').nth(1) {
         Some("200") => Ok(()),
         _ => Err(format!("admin listener {addr}: /healthz answered {line:?}")),
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_count_as_local() {
+        for local in [
+            "127.0.0.1:1",
+            "127.8.9.10:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(is_loopback(local.parse().unwrap()), "{local}");
+        }
+        for remote in [
+            "10.0.0.5:1",
+            "192.168.1.2:1",
+            "[fd00::1]:1",
+            "[::ffff:10.0.0.1]:1",
+        ] {
+            assert!(!is_loopback(remote.parse().unwrap()), "{remote}");
+        }
     }
 }

@@ -77,6 +77,17 @@ pub enum Error {
     PreflightRefused,
     /// An admin request whose `Host` is a DNS name other than `localhost` (DNS rebinding).
     ForeignHost,
+    /// Viewer access is on and the request carries no token.
+    AccessTokenMissing,
+    /// A malformed, badly signed, expired or not yet valid viewer token.
+    AccessTokenInvalid,
+    /// A valid viewer token that does not grant the id asked for.
+    AccessForbidden,
+    /// A viewer token in the `Authorization` header and in the query (or twice in one).
+    AccessTokenTwice,
+    /// A state-changing admin request without the admin token (or, with none configured,
+    /// from a peer that is not loopback).
+    AdminForbidden,
 
     // ---- the upstream's side
     /// The API answered 429 a moment ago; nothing goes upstream for this long.
@@ -119,9 +130,9 @@ impl Error {
         match self {
             Malformed(_) | BadId(_) | NoRoute | Method(_) | HeadTooLarge | BodyOnGet
             | RateLimited(_) | MissBudget(_) | BodyTooLarge | IncompleteBody | BadSignature
-            | StaleWebhook | BadEventId | PreflightRefused | ForeignHost | WatchClientLimit => {
-                Side::Client
-            }
+            | StaleWebhook | BadEventId | PreflightRefused | ForeignHost | WatchClientLimit
+            | AccessTokenMissing | AccessTokenInvalid | AccessForbidden | AccessTokenTwice
+            | AdminForbidden => Side::Client,
             Backoff(_)
             | UpstreamTimeout
             | NoUpstreamSlot
@@ -212,6 +223,31 @@ impl Error {
                 StatusCode::FORBIDDEN,
                 "the admin listener answers only loopback or IP-address hosts",
                 "foreign_host",
+            ),
+            AccessTokenMissing => (
+                StatusCode::UNAUTHORIZED,
+                "access token required",
+                "access_missing",
+            ),
+            AccessTokenInvalid => (
+                StatusCode::UNAUTHORIZED,
+                "invalid access token",
+                "access_invalid",
+            ),
+            AccessForbidden => (
+                StatusCode::FORBIDDEN,
+                "access token does not grant this id",
+                "access_forbidden",
+            ),
+            AccessTokenTwice => (
+                StatusCode::BAD_REQUEST,
+                "send the access token once: in the Authorization header or as access_token, not both",
+                "access_ambiguous",
+            ),
+            AdminForbidden => (
+                StatusCode::FORBIDDEN,
+                "admin token required",
+                "admin_forbidden",
             ),
             Backoff(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -315,6 +351,15 @@ impl Error {
         }
     }
 
+    /// `WWW-Authenticate`, on a viewer-token 401 (RFC 6750 §3).
+    pub fn www_authenticate(self) -> Option<&'static str> {
+        match self {
+            Error::AccessTokenMissing => Some("Bearer realm=\"taskgate\""),
+            Error::AccessTokenInvalid => Some("Bearer realm=\"taskgate\", error=\"invalid_token\""),
+            _ => None,
+        }
+    }
+
     /// `Allow`, on a 405.
     pub fn allow(self) -> Option<Allow> {
         match self {
@@ -370,6 +415,11 @@ mod tests {
             Error::BadEventId,
             Error::PreflightRefused,
             Error::ForeignHost,
+            Error::AccessTokenMissing,
+            Error::AccessTokenInvalid,
+            Error::AccessForbidden,
+            Error::AccessTokenTwice,
+            Error::AdminForbidden,
             Error::Backoff(Duration::from_secs(1)),
             Error::UpstreamTimeout,
             Error::NoUpstreamSlot,
@@ -409,6 +459,33 @@ mod tests {
         }
         // Upstream 4xx relayed or replaced share one reason; every other reason is distinct.
         assert_eq!(reasons.len(), all.len() - 1);
+    }
+
+    #[test]
+    fn viewer_token_refusals_say_what_rfc_6750_says() {
+        assert_eq!(
+            &Error::AccessTokenMissing.body()[..],
+            br#"{"errors":["access token required"]}"#
+        );
+        assert_eq!(
+            Error::AccessTokenMissing.www_authenticate(),
+            Some(r#"Bearer realm="taskgate""#)
+        );
+        assert_eq!(
+            &Error::AccessTokenInvalid.body()[..],
+            br#"{"errors":["invalid access token"]}"#
+        );
+        assert_eq!(
+            Error::AccessTokenInvalid.www_authenticate(),
+            Some(r#"Bearer realm="taskgate", error="invalid_token""#)
+        );
+        assert_eq!(Error::AccessForbidden.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            &Error::AccessForbidden.body()[..],
+            br#"{"errors":["access token does not grant this id"]}"#
+        );
+        assert_eq!(Error::AccessForbidden.www_authenticate(), None);
+        assert_eq!(Error::AccessTokenTwice.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]

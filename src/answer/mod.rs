@@ -91,6 +91,15 @@ pub enum Store {
     Pass(NoStore),
 }
 
+/// Who may be handed an answer by a cache between taskgate and the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Anyone: finished answers are `public`.
+    Anyone,
+    /// Only holders of a viewer token: finished answers are `private`, never `public`.
+    TokenHolder,
+}
+
 /// How upstream answers are turned into client answers: how long each kind is kept
 /// (`TASKGATE_TTL_*`; zero means not cached) and whether bodies are scrubbed.
 #[derive(Debug, Clone, Copy)]
@@ -315,6 +324,17 @@ impl Answer {
         request_headers: &HeaderMap,
         cache: CacheStatus,
     ) -> (Head, Bytes) {
+        self.head_for(method, request_headers, cache, Audience::Anyone)
+    }
+
+    /// [`Answer::head`] for an audience: with viewer access on, a kept answer is `private`.
+    pub fn head_for(
+        &self,
+        method: &Method,
+        request_headers: &HeaderMap,
+        cache: CacheStatus,
+        audience: Audience,
+    ) -> (Head, Bytes) {
         let age = Instant::now().saturating_duration_since(self.stored_at);
         let not_modified = self.etag.as_ref().is_some_and(|etag| {
             request_headers
@@ -343,7 +363,11 @@ impl Answer {
         } = self.store
         {
             // Whole seconds, so `max-age` + `Age` always add up to the TTL.
-            head.cache_control = CacheControl::Public(ttl.as_secs().saturating_sub(age.as_secs()));
+            let left = ttl.as_secs().saturating_sub(age.as_secs());
+            head.cache_control = match audience {
+                Audience::Anyone => CacheControl::Public(left),
+                Audience::TokenHolder => CacheControl::Private(left),
+            };
         }
         if matches!(cache, CacheStatus::Hit | CacheStatus::Stale) {
             head.age = Some(age.as_secs());

@@ -38,7 +38,7 @@ const REVALIDATE: HeaderValue = HeaderValue::from_static("max-age=0, must-revali
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
 /// Lets page scripts read what taskgate adds (the SDK only needs the body).
 const EXPOSE: HeaderValue =
-    HeaderValue::from_static("etag, age, x-cache, x-request-id, retry-after");
+    HeaderValue::from_static("etag, age, x-cache, x-request-id, retry-after, www-authenticate");
 const VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
 const VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static(
     "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
@@ -54,6 +54,9 @@ pub enum CacheControl {
     NoStore,
     /// Any cache may keep it for this many more seconds.
     Public(u64),
+    /// Only the browser that asked may keep it, this many more seconds (viewer access is on:
+    /// a shared cache must not hand it to someone without a token).
+    Private(u64),
 }
 
 /// Everything that decides a response's status and headers.
@@ -74,6 +77,8 @@ pub struct Head {
     /// A `Retry-After` relayed from the API as it was written.
     pub retry_after_value: Option<HeaderValue>,
     pub allow: Option<Allow>,
+    /// `WWW-Authenticate`, on viewer-token 401s.
+    pub www_authenticate: Option<&'static str>,
     /// Close the connection after this answer.
     pub close: bool,
     /// An event stream: `text/event-stream`, not buffered by proxies in front.
@@ -96,6 +101,7 @@ impl Head {
             content_type: Some(JSON),
             retry_after: error.retry_after(),
             allow: error.allow(),
+            www_authenticate: error.www_authenticate(),
             close: error.closes(),
             ..Self::default()
         }
@@ -131,6 +137,9 @@ pub fn build(head: Head, body: Body, request_id: &HeaderValue) -> Response<Body>
         (false, CacheControl::Public(left)) => {
             HeaderValue::from_str(&format!("public, max-age={left}")).expect("ascii digits")
         }
+        (false, CacheControl::Private(left)) => {
+            HeaderValue::from_str(&format!("private, max-age={left}")).expect("ascii digits")
+        }
     };
     h.insert(header::CACHE_CONTROL, cache_control);
     if let Some(age) = head.age {
@@ -140,6 +149,12 @@ pub fn build(head: Head, body: Body, request_id: &HeaderValue) -> Response<Body>
         h.insert(X_CACHE.clone(), HeaderValue::from_static(x_cache.as_str()));
     }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(challenge) = head.www_authenticate {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
     if let Some(allow) = head.allow {
         h.insert(header::ALLOW, HeaderValue::from_static(allow.as_str()));
     }

@@ -42,6 +42,7 @@ use std::{
 
 pub use crate::secret::{ApiKey, Secret};
 pub use error::ConfigError;
+pub use parse::{parse_duration, read_key_file};
 pub use settings::{default_burst, flags, Builtin, Setting, SETTINGS};
 pub use sources::{Args, Env};
 
@@ -75,7 +76,8 @@ pub enum CorsOrigins {
     None,
     /// `*`: any origin is echoed back.
     Any,
-    /// Exact origins, lower-cased, as `scheme://host[:port]`.
+    /// Exact origins, lower-cased, as `scheme://host[:port]`, and patterns
+    /// `scheme://*.domain[:port]` (any subdomain of `domain`, not `domain` itself).
     List(Vec<String>),
 }
 
@@ -83,6 +85,8 @@ pub enum CorsOrigins {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub api_key: ApiKey,
+    /// Where the key was read from, when it was: re-read when it changes.
+    pub api_key_file: Option<PathBuf>,
     /// Base URL without a trailing slash, e.g. `https://livepeer.studio/api`.
     pub upstream_url: String,
     pub listen: SocketAddr,
@@ -122,6 +126,19 @@ pub struct Config {
     /// With a webhook secret, how long unfinished answers may be kept until a webhook names
     /// them; zero = not at all.
     pub webhook_trust_ttl: Duration,
+    /// Webhook secrets, one per line (instead of `webhook_secret`).
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Viewer access is on when this or one of the next two is set.
+    pub access_secret: Option<Secret>,
+    /// Access secrets, one per line.
+    pub access_secret_file: Option<PathBuf>,
+    /// PEM public keys (ES256, EdDSA).
+    pub access_public_key_file: Option<PathBuf>,
+    /// `None` (and no file) = purges only from loopback peers.
+    pub admin_token: Option<Secret>,
+    pub admin_token_file: Option<PathBuf>,
+    /// How often the `*_file` secrets are checked for changes.
+    pub secret_reload_interval: Duration,
     pub watch_interval: Duration,
     pub watch_max: usize,
     pub watch_max_per_client: usize,
@@ -151,6 +168,7 @@ impl Config {
         let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
         Self {
             api_key,
+            api_key_file: None,
             upstream_url: String::new(),
             listen: nowhere,
             admin_listen: nowhere,
@@ -180,6 +198,13 @@ impl Config {
             redis_namespace: None,
             webhook_secret: None,
             webhook_trust_ttl: zero,
+            webhook_secret_file: None,
+            access_secret: None,
+            access_secret_file: None,
+            access_public_key_file: None,
+            admin_token: None,
+            admin_token_file: None,
+            secret_reload_interval: zero,
             watch_interval: zero,
             watch_max: 0,
             watch_max_per_client: 0,

@@ -18,7 +18,7 @@ const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 /// A key file larger than this is not a key file (and reading stops there: think `/dev/zero`).
 const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
 
-pub(super) fn read_key_file(path: &Path) -> Result<ApiKey, String> {
+pub fn read_key_file(path: &Path) -> Result<ApiKey, String> {
     let mut text = String::new();
     std::fs::File::open(path)
         .and_then(|file| file.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text))
@@ -43,7 +43,7 @@ pub(super) fn parse_api_key(value: &str) -> Result<ApiKey, &'static str> {
 }
 
 /// `250ms`, `30s`, `5m`, `24h`, `7d`, or a bare `0`.
-pub(super) fn parse_duration(value: &str) -> Result<Duration, String> {
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let bad = || format!("{value:?} is not a duration (write 250ms, 30s, 5m or 24h)");
     if value == "0" {
         return Ok(Duration::ZERO);
@@ -229,8 +229,12 @@ pub(super) fn parse_cors_origins(value: &str) -> Result<CorsOrigins, String> {
     }
 }
 
-/// `scheme://host[:port]`, lower-cased because browsers send the `Origin` header that way.
+/// `scheme://host[:port]`, lower-cased because browsers send the `Origin` header that way; or
+/// a pattern `scheme://*.domain[:port]` (see [`parse_origin_pattern`]).
 pub(super) fn parse_origin(entry: &str) -> Result<String, String> {
+    if entry.contains('*') && entry != "*" {
+        return parse_origin_pattern(entry);
+    }
     let bad = |why: &str| {
         format!("{entry:?} is not an origin ({why}; write scheme://host[:port], e.g. https://app.example.com)")
     };
@@ -249,6 +253,51 @@ pub(super) fn parse_origin(entry: &str) -> Result<String, String> {
         return Err(bad("no path, query or trailing slash"));
     }
     Ok(origin)
+}
+
+/// `scheme://*.domain[:port]`: any subdomain of `domain` (at any depth, never `domain`
+/// itself) with that scheme and port (none = the scheme's default, as browsers write it).
+/// `domain` has at least two labels, so `https://*.com` is refused.
+fn parse_origin_pattern(entry: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!(
+            "{entry:?} is not an origin pattern ({why}; write scheme://*.domain[:port], e.g. \
+             https://*.example.com)"
+        )
+    };
+    let lower = entry.to_ascii_lowercase();
+    let (scheme, rest) = lower.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    if !matches!(scheme, "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    let rest = rest
+        .strip_prefix("*.")
+        .ok_or_else(|| bad("the * must be the whole first label"))?;
+    let (domain, port) = match rest.split_once(':') {
+        Some((domain, port)) => (domain, Some(port)),
+        None => (rest, None),
+    };
+    if let Some(port) = port {
+        let ok = !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|p| p > 0);
+        if !ok {
+            return Err(bad("the port is not a number from 1 to 65535"));
+        }
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return Err(bad(
+            "after *. comes a domain of at least two labels, with no path, * or trailing dot",
+        ));
+    }
+    Ok(lower)
 }
 
 /// Empty = off. Syntax only (no connection, no client: start-up's Redis client has the last
@@ -355,6 +404,20 @@ fn check_userinfo(userinfo: &str) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// Empty = none. The path of a secret file; read (and re-read) by the secrets store, which
+/// names this setting when it cannot.
+pub(super) fn parse_secret_file(value: &str) -> Result<Option<PathBuf>, String> {
+    Ok((!value.is_empty()).then(|| PathBuf::from(value)))
+}
+
+/// Empty = unset. Taken byte for byte; never quoted.
+pub(super) fn parse_optional_secret(value: &str) -> Result<Option<Secret>, String> {
+    if value.trim().is_empty() != value.is_empty() {
+        return Err("is only whitespace".into());
+    }
+    Ok((!value.is_empty()).then(|| Secret::new(value)))
 }
 
 /// Empty = the webhook route is off (SPEC's default).

@@ -173,7 +173,7 @@ pub static SETTINGS: &[Setting] = &[
     field!(ttl_pending,          Value("0s"),                 parse_duration,
         "Micro-cache for unfinished tasks; 0s passes every request through"),
     field!(cors_origins,         Value(""),                   parse_cors_origins,
-        "Comma list of exact allowed origins, or *; empty sends no CORS headers")
+        "Comma list of allowed origins (exact, or scheme://*.domain[:port] for any subdomain), or *; empty sends no CORS headers")
         .flag("ORIGINS").list(),
     field!(rate_limit,           Value("0"),                  parse_rate,
         "Requests per second per client address (token bucket); 0 is off"),
@@ -208,6 +208,22 @@ pub static SETTINGS: &[Setting] = &[
         .secret(),
     field!(webhook_trust_ttl,    Value("0s"),                 parse_duration,
         "With a webhook secret: cache unfinished answers until a webhook names their id, at most this long; 0s is off"),
+    field!(webhook_secret_file,  Value(""),                   parse_secret_file,
+        "Webhook secrets, one per line, all accepted; re-read when the file changes"),
+    field!(access_secret,        Value(""),                   parse_optional_secret,
+        "HS256 secret of viewer tokens; setting it (or the next two) turns viewer access on")
+        .secret(),
+    field!(access_secret_file,   Value(""),                   parse_secret_file,
+        "HS256 secrets of viewer tokens, one per line, all accepted; re-read when the file changes"),
+    field!(access_public_key_file, Value(""),                 parse_secret_file,
+        "PEM public keys (ES256, EdDSA) of viewer tokens, all accepted; re-read when the file changes"),
+    field!(admin_token,          Value(""),                   parse_optional_secret,
+        "Bearer token of state-changing admin routes (purge); unset allows loopback peers only")
+        .secret(),
+    field!(admin_token_file,     Value(""),                   parse_secret_file,
+        "Read the admin token from this file; re-read when it changes"),
+    field!(secret_reload_interval, Value("10s"),              parse_positive_duration,
+        "How often *_file secrets are checked for changes (SIGHUP re-reads them at once)"),
     field!(watch_interval,       Value("2s"),                 parse_positive_duration,
         "How often a watched unfinished task is fetched"),
     field!(watch_max,            Value("1000"),               parse_count,
@@ -345,10 +361,36 @@ impl Draft {
     /// is used when no layer names a key (the binary's `--demo`), else that is an error.
     pub(super) fn finish(mut self, fallback_key: Option<&ApiKey>) -> Result<Config, ConfigError> {
         self.derive();
+        // A secret and its file: neither wins, the operator must choose.
+        let cfg = &self.cfg;
+        for (both, name) in [
+            (
+                cfg.webhook_secret.is_some() && cfg.webhook_secret_file.is_some(),
+                "TASKGATE_WEBHOOK_SECRET",
+            ),
+            (
+                cfg.access_secret.is_some() && cfg.access_secret_file.is_some(),
+                "TASKGATE_ACCESS_SECRET",
+            ),
+            (
+                cfg.admin_token.is_some() && cfg.admin_token_file.is_some(),
+                "TASKGATE_ADMIN_TOKEN",
+            ),
+        ] {
+            if both {
+                return Err(ConfigError::new(
+                    format!("{name}_FILE"),
+                    format!("set together with {name} (set only one of them)"),
+                ));
+            }
+        }
         self.cfg.api_key = match self.key {
             Some((KeySource::Inline(key), _)) => key,
             Some((KeySource::File(path), origin)) => {
-                read_key_file(&path).map_err(|problem| ConfigError::new(origin, problem))?
+                let key =
+                    read_key_file(&path).map_err(|problem| ConfigError::new(origin, problem))?;
+                self.cfg.api_key_file = Some(path);
+                key
             }
             None => match fallback_key {
                 Some(key) => key.clone(),
@@ -506,10 +548,9 @@ mod tests {
     }
 
     /// Each `Config` field (its `Debug` lists them) is a row of the table, so none keeps a
-    /// placeholder of `Config::blank` for its default; the one row without a field is the
-    /// key file, which stands in for the key.
+    /// placeholder of `Config::blank` for its default.
     #[test]
-    fn every_config_field_is_a_row_and_every_row_but_the_key_file_a_field() {
+    fn every_config_field_is_a_row_and_every_row_a_field() {
         let debug = format!("{:#?}", Config::new(ApiKey::new("k"), DEFAULT_UPSTREAM_URL));
         let fields: BTreeSet<&str> = debug
             .lines()
@@ -520,6 +561,10 @@ mod tests {
         let not_fields: Vec<&&str> = rows.difference(&fields).collect();
         let not_rows: Vec<&&str> = fields.difference(&rows).collect();
         assert_eq!(not_rows, Vec::<&&str>::new(), "Config fields without a row");
-        assert_eq!(not_fields, [&"api_key_file"], "rows without a Config field");
+        assert_eq!(
+            not_fields,
+            Vec::<&&str>::new(),
+            "rows without a Config field"
+        );
     }
 }

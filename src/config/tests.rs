@@ -244,13 +244,20 @@ fn every_spec_variable_is_a_known_setting() {
         "MAX_CONNECTIONS_PER_CLIENT",
         "REDIS_NAMESPACE",
         "WEBHOOK_TRUST_TTL",
+        "WEBHOOK_SECRET_FILE",
+        "ACCESS_SECRET",
+        "ACCESS_SECRET_FILE",
+        "ACCESS_PUBLIC_KEY_FILE",
+        "ADMIN_TOKEN",
+        "ADMIN_TOKEN_FILE",
+        "SECRET_RELOAD_INTERVAL",
     ] {
         assert!(
             settings::find(&name.to_ascii_lowercase()).is_some(),
             "{name}"
         );
     }
-    assert_eq!(SETTINGS.len(), 39);
+    assert_eq!(SETTINGS.len(), 46);
 }
 
 #[test]
@@ -874,4 +881,67 @@ fn derived_budgets_and_caps_follow_their_settings() {
         let e = with_env(&[("TASKGATE_REDIS_NAMESPACE", bad)]).unwrap_err();
         assert_eq!(e.setting(), "TASKGATE_REDIS_NAMESPACE");
     }
+}
+
+#[test]
+fn cors_origin_patterns_are_accepted_and_malformed_ones_refused() {
+    assert_eq!(
+        parse_cors_origins("https://*.Example.com, http://*.example.com:8080, https://a.example"),
+        Ok(CorsOrigins::List(vec![
+            "https://*.example.com".into(),
+            "http://*.example.com:8080".into(),
+            "https://a.example".into(),
+        ]))
+    );
+    for bad in [
+        "https://*.com",
+        "https://*example.com",
+        "https://a.*.example.com",
+        "https://*.example.*",
+        "*.example.com",
+        "ftp://*.example.com",
+        "https://*.example.com/",
+        "https://*.example.com:0",
+        "https://*.example.com:99999",
+        "https://*.example.com:",
+        "https://*.",
+        "https://**.example.com",
+        "https://*.exa mple.com",
+        "https://*.example.com.",
+    ] {
+        let e = parse_cors_origins(bad).expect_err(bad);
+        assert!(e.contains("not an origin pattern"), "{bad}: {e}");
+    }
+    let e = err(with_env(&[("TASKGATE_CORS_ORIGINS", "https://*.com")]));
+    assert!(e.starts_with("TASKGATE_CORS_ORIGINS: "), "{e}");
+}
+
+#[test]
+fn a_secret_and_its_file_together_are_refused() {
+    for name in [
+        "TASKGATE_WEBHOOK_SECRET",
+        "TASKGATE_ACCESS_SECRET",
+        "TASKGATE_ADMIN_TOKEN",
+    ] {
+        let file = format!("{name}_FILE");
+        let e = err(with_env(&[(name, "x"), (file.as_str(), "/run/secrets/x")]));
+        assert!(
+            e.starts_with(&format!("{file}: set together with {name}")),
+            "{e}"
+        );
+    }
+    let cfg = with_env(&[
+        ("TASKGATE_ACCESS_SECRET_FILE", "/run/secrets/access"),
+        ("TASKGATE_ACCESS_PUBLIC_KEY_FILE", "/run/secrets/keys.pem"),
+        ("TASKGATE_ADMIN_TOKEN", "adm"),
+        ("TASKGATE_SECRET_RELOAD_INTERVAL", "2s"),
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.access_secret_file.as_deref(),
+        Some(std::path::Path::new("/run/secrets/access"))
+    );
+    assert_eq!(cfg.admin_token.unwrap().expose(), "adm");
+    assert_eq!(cfg.secret_reload_interval, Duration::from_secs(2));
+    assert_eq!(format!("{:?}", cfg.access_secret), "None");
 }

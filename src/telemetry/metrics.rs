@@ -52,6 +52,13 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    /// The setting as a variable name, e.g. `TASKGATE_API_KEY_FILE`: never its value.
+    setting: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     status_class: &'static str,
     error: &'static str,
@@ -75,6 +82,8 @@ pub struct Metrics {
     l2: Family<L2Labels, Counter>,
     l2_seconds: Histogram,
     avoided: Family<ReasonLabel, Counter>,
+    access: Family<OutcomeLabel, Counter>,
+    secret_reloads: Family<ReloadLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -188,8 +197,22 @@ impl Metrics {
             "Public requests answered without an upstream call of their own, by what saved it (hit, stale, coalesced, not_modified, watch_shared, backoff, refused)",
             avoided.clone(),
         );
+        let access = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "access",
+            "Viewer access checks of task and asset reads by outcome (off, granted, missing, invalid, forbidden)",
+            access.clone(),
+        );
+        let secret_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "secret_reloads",
+            "Re-reads of *_FILE secrets by setting and outcome (changed, failed)",
+            secret_reloads.clone(),
+        );
         Self {
             avoided,
+            access,
+            secret_reloads,
             registry,
             requests,
             request_seconds,
@@ -280,6 +303,18 @@ impl Metrics {
 
     pub fn l2_latency(&self, elapsed: Duration) {
         self.l2_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// One viewer access check (`off` when viewer access is not configured).
+    pub fn access(&self, outcome: &'static str) {
+        self.access.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// One re-read of a secret file that changed something (`changed`) or failed (`failed`).
+    pub fn secret_reload(&self, setting: &'static str, outcome: &'static str) {
+        self.secret_reloads
+            .get_or_create(&ReloadLabels { setting, outcome })
+            .inc();
     }
 
     pub fn webhook(&self, outcome: &'static str) {
@@ -493,8 +528,11 @@ mod read_tests {
         });
         assert_eq!(r.sum("taskgate_requests_total", &[]), 3.0);
         assert_eq!(r.sum("taskgate_requests_total", &[("cache", "HIT")]), 2.0);
+        // Families render their series in hash-map order: compare as a set.
+        let mut by_cache = r.sum_by("taskgate_requests_total", "cache");
+        by_cache.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
-            r.sum_by("taskgate_requests_total", "cache"),
+            by_cache,
             vec![("HIT".to_owned(), 2.0), ("none".to_owned(), 1.0)]
         );
         assert_eq!(r.sum("taskgate_coalesced_waits_total", &[]), 1.0);

@@ -26,6 +26,8 @@ use taskgate::{
 };
 use tokio::net::TcpListener;
 
+pub mod jwt;
+
 /// The key taskgate injects in tests: distinctive, so a leak is easy to find.
 pub const KEY: &str = "sk_live_TOPSECRET_5f2b9c1e7a";
 
@@ -458,10 +460,12 @@ pub struct Binary {
 fn spawn_inner(upstream_url: &str, extra: &[(&str, &str)]) -> Binary {
     let dir = std::env::temp_dir();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskgate"));
-    cmd.env_clear()
-        .current_dir(dir)
-        .env("TASKGATE_API_KEY", KEY)
-        .env("TASKGATE_UPSTREAM_URL", upstream_url)
+    cmd.env_clear().current_dir(dir);
+    // A key file given instead stands alone (setting both is a configuration error).
+    if !extra.iter().any(|(k, _)| *k == "TASKGATE_API_KEY_FILE") {
+        cmd.env("TASKGATE_API_KEY", KEY);
+    }
+    cmd.env("TASKGATE_UPSTREAM_URL", upstream_url)
         .env("TASKGATE_LISTEN", "127.0.0.1:0")
         .env("TASKGATE_ADMIN_LISTEN", "127.0.0.1:0")
         .env("TASKGATE_LOG", "debug")
@@ -506,6 +510,15 @@ impl Binary {
     /// Starts the binary in front of `upstream_url` and waits until it listens.
     pub fn spawn(upstream_url: &str, extra: &[(&str, &str)]) -> Self {
         spawn_inner(upstream_url, extra)
+    }
+
+    /// Sends a signal (`HUP`, …) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// SIGTERM, then the exit code, every stdout line and stderr.
