@@ -172,11 +172,12 @@ impl Webhooks {
             .into_iter()
             .find(|kind| kind.changed_by(event))
             .and_then(|kind| {
-                // `payload.{kind}.id`.
-                let field = match kind {
-                    Kind::Task => "task",
-                };
-                let id = call.get("payload")?.get(field)?.get("id")?.as_str()?;
+                // `payload.{kind}.id`: `payload.task.id`, `payload.asset.id`.
+                let id = call
+                    .get("payload")?
+                    .get(kind.as_str())?
+                    .get("id")?
+                    .as_str()?;
                 Key::new(kind, id)
             });
         match changed {
