@@ -777,3 +777,71 @@ async fn the_access_event_of_an_asset_has_kind_and_id_and_no_task_id() {
         (&json!("task"), &json!("t1"), &json!("t1"))
     );
 }
+
+// ---- the demo --------------------------------------------------------------------------------
+
+#[cfg(feature = "demo")]
+#[tokio::test]
+async fn the_demo_assets_move_to_ready_fail_show_a_masked_key_and_a_404() {
+    use taskgate::demo::{
+        Simulator, Timeline, DELETED_ASSET_ID, DEMO_API_KEY, ENCRYPTED_ASSET_ID, FAILED_ASSET_ID,
+        UPLOAD_ASSET_ID,
+    };
+    let sim = Simulator::start(([127, 0, 0, 1], 0).into(), Timeline::fast())
+        .await
+        .unwrap();
+    let mut cfg = common::config(&sim.base_url());
+    cfg.api_key = taskgate::config::ApiKey::new(DEMO_API_KEY);
+    cfg.watch_interval = Duration::from_millis(50);
+    let tg = taskgate::start(cfg).await.unwrap();
+    let c = HttpClient::default();
+    // Each demo asset's clock starts at its first request.
+    let first = c.get(tg.public_addr(), &path(FAILED_ASSET_ID)).await;
+    assert_eq!(first.json()["status"]["phase"], "waiting");
+    // The upload, followed by a watch from `uploading` to `ready`.
+    let mut s = SseReader::open(
+        tg.public_addr(),
+        &format!("/asset/{UPLOAD_ASSET_ID}/events"),
+        &[],
+    )
+    .await;
+    let mut phases: Vec<String> = Vec::new();
+    let mut playback_while_processing = false;
+    while let Some(e) = s.next(WAIT).await {
+        assert_eq!(e.event, "asset");
+        let body: Value = serde_json::from_str(&e.data).unwrap();
+        let phase = body["status"]["phase"].as_str().unwrap().to_owned();
+        playback_while_processing |= phase == "processing" && body.get("playbackUrl").is_some();
+        if phases.last() != Some(&phase) {
+            phases.push(phase);
+        }
+    }
+    assert_eq!(phases, ["uploading", "waiting", "processing", "ready"]);
+    assert!(playback_while_processing);
+    let ready = c.get(tg.public_addr(), &path(UPLOAD_ASSET_ID)).await;
+    assert_eq!(ready.header("x-cache"), Some("HIT"));
+    assert!(ready.json()["downloadUrl"].is_string());
+    let failed = c.get(tg.public_addr(), &path(FAILED_ASSET_ID)).await.json();
+    assert_eq!(failed["status"]["phase"], "failed");
+    assert_eq!(
+        failed["source"]["url"],
+        "https://my-bucket.s3.amazonaws.com/in/broken.mkv"
+    );
+    let encrypted = c
+        .get(tg.public_addr(), &path(ENCRYPTED_ASSET_ID))
+        .await
+        .json();
+    assert_eq!(
+        encrypted["source"]["encryption"],
+        json!({"key": "***", "encryptedKey": "***"})
+    );
+    assert_eq!(
+        encrypted["playbackPolicy"]["webhookContext"],
+        json!({"customer": "***", "plan": "***", "seats": 0})
+    );
+    for id in [DELETED_ASSET_ID, "00000000-0000-4000-8000-000000000000"] {
+        let gone = c.get(tg.public_addr(), &path(id)).await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND);
+        assert_eq!(gone.text(), r#"{"errors":["not found"]}"#);
+    }
+}
