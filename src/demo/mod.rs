@@ -423,13 +423,16 @@ async fn serve(listener: TcpListener, api: Arc<Api>, stop: watch::Receiver<bool>
     let _ = task.await;
 }
 
+/// A clock's key: the kind (`task`, `asset`) and the id.
+type ClockKey = (&'static str, &'static str);
+
 #[derive(Debug)]
 struct Api {
     timeline: Timeline,
     calls: AtomicU64,
     /// When each task or asset (kind, id) was first asked for: `Instant` for phases, Unix ms
     /// for timestamps.
-    clocks: Mutex<HashMap<(&'static str, &'static str), (Instant, u64)>>,
+    clocks: Mutex<HashMap<ClockKey, (Instant, u64)>>,
 }
 
 impl Api {
