@@ -839,6 +839,10 @@ async fn the_demo_assets_move_to_ready_fail_show_a_masked_key_and_a_404() {
         encrypted["playbackPolicy"]["webhookContext"],
         json!({"customer": "***", "plan": "***", "seats": 0})
     );
+    assert_eq!(
+        encrypted["storage"]["ipfs"]["spec"]["nftMetadata"]["image"],
+        "https://img.example/private.png"
+    );
     for id in [DELETED_ASSET_ID, "00000000-0000-4000-8000-000000000000"] {
         let gone = c.get(tg.public_addr(), &path(id)).await;
         assert_eq!(gone.status, StatusCode::NOT_FOUND);

@@ -7,8 +7,8 @@
 //! - a url import that fails: `waiting` → `processing` → `failed` with an `errorMessage`; its
 //!   `source.url` is presigned (taskgate drops the query);
 //! - an encrypted, webhook-gated upload: `source.encryption` carries the real `encryptedKey`
-//!   beside Studio's decoy `key: "***"`, and `playbackPolicy.webhookContext` developer data
-//!   (taskgate masks both);
+//!   beside Studio's decoy `key: "***"`, `playbackPolicy.webhookContext` developer data and
+//!   `storage.ipfs.spec.nftMetadata` a presigned image URL (taskgate masks all three);
 //! - a deleted asset: 404 `Asset not found`. Any other id answers 404 `not found`, as Studio
 //!   does for an asset of another project; taskgate answers both with one generic body.
 
@@ -89,7 +89,12 @@ static ASSETS: [DemoAsset; 3] = [
                    "playbackPolicy": {"type": "webhook",
                        "webhookId": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
                        "webhookContext": {"customer": "acme-corp", "plan": "gold",
-                                          "seats": 25}}})
+                                          "seats": 25}},
+                   // Requested at creation (`storage.ipfs.spec`): developer-supplied metadata.
+                   "storage": {"ipfs": {"spec": {"nftMetadataTemplate": "file",
+                       "nftMetadata": {"name": "Private video", "image": concat!(
+                           "https://img.example/private.png",
+                           "?X-Amz-Expires=600&X-Amz-Signature=d3m0516na7e")}}}}})
         },
     },
 ];
