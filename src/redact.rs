@@ -57,13 +57,14 @@
 //!   webhook. Every value is masked and its keys kept: strings become `"***"`, numbers `0`,
 //!   booleans `false`, arrays and objects keep their shape with their leaves masked, `null`
 //!   stays `null`. The SDKs type it as a map of anything, so it still validates.
-//! - **`storage.ipfs.spec.nftMetadata`**: developer-supplied; every URL in it, at any depth,
-//!   loses its query and fragment and its userinfo.
+//! - **`storage.ipfs.spec.nftMetadata`**: developer-supplied; every URL in it, at any depth
+//!   and also inside text, loses its query and fragment and its userinfo.
 //!
 //! Guarantees: the body stays valid for the official SDKs' schemas. Only string values are
 //! changed (and the leaves of an asset's `webhookContext`, which keep their types), and strings
-//! stay strings: no field is removed or becomes `null`, numbers and booleans are untouched. Values already masked (`***`, `s3+https://***:***@host`) are left as they
-//! are, so scrubbing twice changes nothing. A JSON body that is not an object (no task) has
+//! stay strings: no field is removed or becomes `null`, numbers and booleans are untouched.
+//! Values already masked (`***`, `s3+https://***:***@host`) are left as they are, so
+//! scrubbing twice changes nothing. A JSON body that is not an object (no task) has
 //! the rules that hold outside `params` applied to all its strings. Object keys are never
 //! rewritten (only searched for the API key).
 
@@ -168,7 +169,8 @@ fn scrub_asset(asset: &mut Map<String, Value>) -> bool {
             }
             "storage" => {
                 let metadata = value.pointer_mut("/ipfs/spec/nftMetadata");
-                metadata.is_some_and(|m| walk_strings(m, &mut clean_param_url))
+                let mut clean = |s: &mut String| strip_url_queries(s) | scrub_text(s);
+                metadata.is_some_and(|m| walk_strings(m, &mut clean))
                     | walk_strings(value, &mut scrub_text)
             }
             _ => walk_strings(value, &mut scrub_text),
@@ -359,6 +361,39 @@ fn clean_param_url(s: &mut String) -> bool {
         }
     }
     changed | scrub_text(s)
+}
+
+/// Every URL in the string, whether the string is one or text that quotes one (`scheme://` up
+/// to whitespace, a quote, `<` or `>`), loses its query and fragment. True if changed.
+fn strip_url_queries(s: &mut String) -> bool {
+    let mut out = String::new();
+    let mut copied = 0; // bytes of `s` already copied to `out`
+    let mut from = 0;
+    while let Some(found) = s[from..].find("://") {
+        let sep = from + found;
+        let start = sep + 3;
+        let end = start
+            + s[start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>'))
+                .unwrap_or(s.len() - start);
+        let has_scheme = s[..sep]
+            .bytes()
+            .rev()
+            .take_while(|b| is_scheme_byte(*b))
+            .any(|b| b.is_ascii_alphabetic());
+        if let Some(cut) = s[start..end].find(['?', '#']).filter(|_| has_scheme) {
+            out.push_str(&s[copied..start + cut]);
+            copied = end;
+        }
+        // A `://` inside the dropped query went with it.
+        from = end;
+    }
+    if copied == 0 {
+        return false;
+    }
+    out.push_str(&s[copied..]);
+    *s = out;
+    true
 }
 
 /// If the whole string starts like a URL (`scheme://`, scheme `[a-zA-Z][a-zA-Z0-9+.-]*`),
@@ -924,6 +959,7 @@ mod tests {
                 mask_secret_params,
                 mask_encoded_userinfo,
                 scrub_text,
+                strip_url_queries,
             ] {
                 let mut once = s.clone();
                 edit(&mut once);
@@ -1310,6 +1346,27 @@ mod tests {
             .value;
         assert_eq!(at(&task, "/source/encryption/encryptedKey"), "K");
         assert_eq!(at(&task, "/params/upload/url"), "https://h/kept");
+    }
+
+    #[test]
+    fn urls_in_nft_metadata_text_lose_their_queries_too() {
+        let cases = [
+            (
+                "see https://a.example/x?y=1#f and http://b/?c",
+                "see https://a.example/x and http://b/",
+            ),
+            ("<https://a/?q>\"ipfs://Qm?x\"", "<https://a/>\"ipfs://Qm\""),
+            ("https://gw/?u=https://in/?sig=1 next", "https://gw/ next"),
+            ("no url ?q=1", "no url ?q=1"),
+            ("://x?y", "://x?y"),
+            ("https://a/b", "https://a/b"),
+        ];
+        for (input, want) in cases {
+            let mut s = input.to_owned();
+            let changed = strip_url_queries(&mut s);
+            assert_eq!((s.as_str(), changed), (want, input != want), "{input}");
+            assert!(!strip_url_queries(&mut s), "idempotent: {s}");
+        }
     }
 
     #[test]

@@ -371,6 +371,7 @@ fn leaky_asset(id: &str) -> Value {
             "ipfs": {
                 "spec": {"nftMetadataTemplate": "file", "nftMetadata": {
                     "name": "My NFT",
+                    "description": "Preview at https://preview.example/v?expires=9&id=PREVIEWID (24 h)",
                     "image": "https://img.example/a.png?Signature=IMGSECRET&Expires=1",
                     "properties": {"external_url": "https://owner:NFTPASS@site.example/x?session=NFTSESSION"}
                 }},
@@ -410,6 +411,7 @@ async fn each_leaking_asset_field_is_scrubbed_and_the_body_keeps_its_shape() {
         "acme-corp",
         "NESTEDSECRET",
         "IMGSECRET",
+        "PREVIEWID",
         "NFTPASS",
         "NFTSESSION",
     ] {
@@ -440,6 +442,7 @@ async fn each_leaking_asset_field_is_scrubbed_and_the_body_keeps_its_shape() {
     assert_eq!(
         at("/storage/ipfs/spec/nftMetadata"),
         json!({"name": "My NFT", "image": "https://img.example/a.png",
+               "description": "Preview at https://preview.example/v (24 h)",
                "properties": {"external_url": "https://***:***@site.example/x"}})
     );
     // What is public by design is untouched.
