@@ -3,7 +3,8 @@
 //!
 //! One watcher task per key, shared by all its subscribers, fetches it through the same
 //! cache and coalesced fetch as `GET` once per `TASKGATE_WATCH_INTERVAL` (or at once when a
-//! webhook asks), and publishes an event only when the task's `status` changed. Each
+//! webhook asks), and publishes an event only when what its kind watches changed (the `status`;
+//! for an asset also `playbackUrl` and `downloadUrl`). Each
 //! subscriber streams from a `tokio::sync::watch` channel that holds only the latest event,
 //! through a small bounded queue: a slow reader skips to the newest event instead of growing
 //! memory. The watcher stops after a finished phase or an error, when its last subscriber

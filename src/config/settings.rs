@@ -209,9 +209,9 @@ pub static SETTINGS: &[Setting] = &[
         "Shared secret of the Studio webhook at /webhooks/livepeer; empty turns the route off")
         .secret(),
     field!(watch_interval,       Value("2s"),                 parse_positive_duration,
-        "How often a watched unfinished task is fetched"),
+        "How often a watched unfinished task or asset is fetched"),
     field!(watch_max,            Value("1000"),               parse_count,
-        "Most task ids watched at once"),
+        "Most task and asset ids watched at once"),
     field!(watch_max_per_client, Value("32"),                 parse_count,
         "Most watch streams one client may hold open at once"),
     field!(stale_if_error,       Value("24h"),                parse_duration,
