@@ -7,13 +7,23 @@
 #   taskgate-pending  taskgate, TTL_PENDING = the tabs' polling period
 #   taskgate-watch    taskgate, each tab holds one SSE stream per task instead of polling
 #   (optional, with --only: taskgate-pending-1s, TTL_PENDING = 1 s like nginx-1s's cache)
+# and the asset polling pattern of Studio's dashboard (GET /asset/{id}?details=1 every
+# --asset-period s until `ready`, then stop), with the same clock (waiting -> processing ->
+# ready), behind
+#   asset-naive           nginx proxy_pass, no cache (the baseline of the asset table)
+#   asset-taskgate        taskgate, plain polling (unfinished assets pass through, coalesced)
+#   asset-watch-webhooks  taskgate, each tab holds one SSE stream per asset; the simulated API
+#                         announces every change with a signed Studio webhook, so taskgate's
+#                         watchers fetch on each change instead of on an interval
+#   (optional, with --only: asset-watch, watches refreshed every --asset-period s, no webhooks)
 # The API is simulated (bench/quota/upstream.py): tasks go waiting -> running (progress
 # updates) -> completed on a clock; each body carries its version, so the tabs
 # (bench/quota/tabs.py) know how late every answer was. Loopback only; stops by itself.
 #
 #   bash bench/quota.sh [--tabs 50] [--tasks 20] [--period 2] [--wait 2] [--run 16]
-#                       [--stagger 4] [--progress-every 4] [--linger 15]
-#                       [--only naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch]
+#                       [--stagger 4] [--progress-every 4] [--linger 15] [--asset-period 5]
+#                       [--only naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch,
+#                               asset-naive,asset-taskgate,asset-watch-webhooks]
 # Needs python3 (3.11), curl, nginx (Debian: apt-get install -y nginx). TASKGATE_BIN skips
 # the cargo build. Writes per-scenario JSON to a temp dir (kept with --keep).
 set -euo pipefail
@@ -21,8 +31,9 @@ cd "$(dirname "$0")/.."
 root=$PWD
 . bench/lib.sh
 
-tabs=50 tasks=20 period=2 wait=2 run=16 stagger=4 progress_every=4 linger=15
-only="naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch" keep=0
+tabs=50 tasks=20 period=2 wait=2 run=16 stagger=4 progress_every=4 linger=15 asset_period=5
+only="naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch,asset-naive,asset-taskgate,asset-watch-webhooks"
+keep=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --tabs) tabs="$2"; shift 2 ;;
@@ -35,14 +46,17 @@ while [ $# -gt 0 ]; do
         --linger) linger="$2"; shift 2 ;;
         --only) only="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
-        *) sed -n '2,20p' "$0" >&2; exit 64 ;;
+        --asset-period) asset_period="$2"; shift 2 ;;
+        *) sed -n '2,30p' "$0" >&2; exit 64 ;;
     esac
 done
 
-command -v nginx >/dev/null || case ",$only," in *,naive,*|*,nginx-1s,*)
+command -v nginx >/dev/null || case ",$only," in *,naive,*|*,nginx-1s,*|*,asset-naive,*)
     echo "quota: nginx is missing (Debian: apt-get install -y nginx)" >&2; exit 69 ;; esac
 
 period_ms=$(python3 -c "print(round(float('$period') * 1000))")
+asset_period_ms=$(python3 -c "print(round(float('$asset_period') * 1000))")
+webhook_secret=quota-webhook-secret
 
 bin=$(taskgate_bin)
 
@@ -54,11 +68,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 
-start_upstream() {  # tag -> sets up_port
+start_upstream() {  # tag kind [upstream.py args...] -> sets up_port
     up_port=$(free_port)
     python3 bench/quota/upstream.py --port "$up_port" --mode lifecycle --tasks "$tasks" \
         --wait "$wait" --run "$run" --stagger "$stagger" --progress-every "$progress_every" \
-        --seed 1 --tag "$1" & pids+=($!)
+        --seed 1 --tag "$1" --kind "$2" "${@:3}" & pids+=($!)
     wait_http "http://127.0.0.1:$up_port/ctl/stats"
 }
 
@@ -68,7 +82,7 @@ start_nginx() {  # name cache(0|1) -> sets px_port
     local cache_http="" cache_loc=""
     if [ "$2" = 1 ]; then
         cache_http="proxy_cache_path $d/cache levels=1:2 keys_zone=tasks:10m max_size=100m inactive=60s use_temp_path=off;"
-        cache_loc="proxy_cache tasks; proxy_cache_key \$1; proxy_cache_valid 200 1s; proxy_cache_lock on;
+        cache_loc="proxy_cache tasks; proxy_cache_key \$1/\$2; proxy_cache_valid 200 1s; proxy_cache_lock on;
             add_header x-cache \$upstream_cache_status always;"
     fi
     { nginx_head "$d" 2; cat <<EOF
@@ -77,8 +91,8 @@ start_nginx() {  # name cache(0|1) -> sets px_port
     $cache_http
     server {
         listen 127.0.0.1:$px_port;
-        location ~ "^/task/([A-Za-z0-9-]{1,64})\$" {
-            proxy_pass http://studio/api/task/\$1;
+        location ~ "^/(task|asset)/([A-Za-z0-9-]{1,64})\$" {
+            proxy_pass http://studio/api/\$1/\$2;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Authorization "Bearer quota-key";
@@ -93,8 +107,8 @@ EOF
     wait_http "http://127.0.0.1:$px_port/"
 }
 
-start_taskgate() {  # extra env... -> sets px_port, adm_port
-    px_port=$(free_port); adm_port=$(free_port)
+start_taskgate() {  # extra env... -> sets px_port (unless preset), adm_port
+    px_port=${px_port:-$(free_port)}; adm_port=$(free_port)
     # From $tmp: no config/taskgate.toml is picked up; the environment says everything.
     (cd "$tmp" && exec env -i PATH="$PATH" \
         TASKGATE_API_KEY=quota-key TASKGATE_UPSTREAM_URL="http://127.0.0.1:$up_port/api" \
@@ -106,11 +120,24 @@ start_taskgate() {  # extra env... -> sets px_port, adm_port
 
 results=()
 scenario() {  # name
-    local name=$1 mode=poll
+    local name=$1 mode=poll kind=task every=$period stay=$linger query=""
     cur=$name
     echo "quota: $name ..." >&2
-    start_upstream "${name//[^a-z0-9]/}"
-    adm_port=""
+    px_port="" adm_port=""
+    case "$name" in
+        asset-*)
+            # Studio's dashboard: GET /asset/{id}?details=1 every 5 s, stopping at ready.
+            kind=asset every=$asset_period stay=0 query="?details=1"
+            if [ "$name" = asset-watch-webhooks ]; then
+                px_port=$(free_port)   # the simulated API posts its webhooks there
+                start_upstream "${name//[^a-z0-9]/}" asset \
+                    --webhook-url "http://127.0.0.1:$px_port/webhooks/livepeer" \
+                    --webhook-secret "$webhook_secret"
+            else
+                start_upstream "${name//[^a-z0-9]/}" asset
+            fi ;;
+        *) start_upstream "${name//[^a-z0-9]/}" task ;;
+    esac
     case "$name" in
         naive) start_nginx "$name" 0 ;;
         nginx-1s) start_nginx "$name" 1 ;;
@@ -118,11 +145,17 @@ scenario() {  # name
         taskgate-pending) start_taskgate TASKGATE_TTL_PENDING="${period_ms}ms" ;;
         taskgate-pending-1s) start_taskgate TASKGATE_TTL_PENDING=1s ;;  # optional: nginx-1s's TTL
         taskgate-watch) start_taskgate TASKGATE_WATCH_INTERVAL="${period_ms}ms"; mode=watch ;;
+        asset-naive) start_nginx "$name" 0 ;;
+        asset-taskgate) start_taskgate ;;
+        asset-watch) start_taskgate TASKGATE_WATCH_INTERVAL="${asset_period_ms}ms"; mode=watch ;;
+        # Webhooks refresh the watchers at once; the interval is only a safety net.
+        asset-watch-webhooks) start_taskgate TASKGATE_WEBHOOK_SECRET="$webhook_secret" \
+            TASKGATE_WATCH_INTERVAL=60s; mode=watch ;;
         *) echo "quota: unknown scenario $name" >&2; exit 64 ;;
     esac
     python3 bench/quota/tabs.py --base "http://127.0.0.1:$px_port" \
         --upstream "http://127.0.0.1:$up_port" --mode "$mode" --tabs "$tabs" \
-        --period "$period" --linger "$linger" >"$tmp/$name.json"
+        --period "$every" --linger "$stay" --kind "$kind" --query "$query" >"$tmp/$name.json"
     if [ -n "$adm_port" ]; then   # cross-check: taskgate's own count of upstream calls
         local n
         n=$(curl -s "http://127.0.0.1:$adm_port/metrics" |
@@ -139,7 +172,8 @@ PY
 
 start=$(date +%s)
 echo "quota: $tabs tabs x $tasks tasks, poll every ${period}s, tasks waiting ${wait}s+0..${stagger}s," \
-     "running ${run}s x0.75..1.25 (progress every ${progress_every}s), tabs go on ${linger}s after completion" >&2
+     "running ${run}s x0.75..1.25 (progress every ${progress_every}s), tabs go on ${linger}s after completion;" \
+     "assets: polled every ${asset_period}s until ready" >&2
 IFS=, read -ra names <<<"$only"
 for n in "${names[@]}"; do scenario "$n"; done
 python3 bench/quota/report.py "${results[@]}"

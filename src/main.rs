@@ -41,7 +41,7 @@ struct Cli {
     /// or 1: a health check for container images without a shell or curl
     #[arg(long)]
     healthcheck: bool,
-    /// Run in front of a built-in simulated task API on loopback (no key, no network)
+    /// Run in front of a built-in simulated Studio API (tasks and assets) on loopback (no key, no network)
     #[arg(long)]
     demo: bool,
     #[command(subcommand)]

@@ -163,6 +163,7 @@ impl Proxy {
             policy: Policy {
                 completed: cfg.ttl_completed,
                 failed: cfg.ttl_failed,
+                asset_ready: cfg.ttl_asset_ready,
                 not_found: cfg.ttl_not_found,
                 pending: cfg.ttl_pending,
                 trusted_unfinished: trusted_webhooks(cfg),
@@ -291,7 +292,9 @@ impl Proxy {
             method = %parts.method,
             route = route.as_str(),
             kind = route.kind().map(Kind::as_str),
-            task_id = route.id().unwrap_or_default(),
+            id = route.id().unwrap_or_default(),
+            // Kept for tasks, for dashboards and queries written before assets.
+            task_id = route.id().filter(|_| route.kind() == Some(Kind::Task)),
             status = field::Empty,
             cache = field::Empty,
             phase = field::Empty,

@@ -1,4 +1,9 @@
-//! Scrubbing of secrets that Studio returns inside task bodies (LIVEPEER-API §1.7, §6).
+//! Scrubbing of secrets that Studio returns inside task bodies (LIVEPEER-API §1.7, §6) and
+//! asset bodies (LIVEPEER-ASSETS §4).
+//!
+//! The rules are chosen by [`Kind`] ([`scrub`]`(kind, …)`): the walker, the URL rules that hold
+//! everywhere and the failing-closed parse are common; each kind adds the fields that are its
+//! user's input (a task's `params`, an asset's `source`) and the named secrets it carries.
 //!
 //! Studio cleans only a few fields for non-admin callers, and browsers poll through taskgate,
 //! so [`scrub`] runs once per upstream fetch, before the body is cached or hashed. It is on by
@@ -43,10 +48,23 @@
 //! - **`params.upload.encryption`**: `key` and `encryptedKey` become `"***"` (Studio already
 //!   masks `key` and drops `encryptedKey`; this guards against that changing).
 //!
-//! Guarantees: the body stays valid for the official SDKs' schemas. Only string values are ever
-//! changed, and they stay strings: no field is removed or becomes `null`, numbers and booleans
-//! are untouched. Values already masked (`***`, `s3+https://***:***@host`) are left as they
-//! are, so scrubbing twice changes nothing. A JSON body that is not an object (no task) has
+//! What is scrubbed in assets, beside the rules that hold everywhere:
+//! - **`source`** (the user's input, like a task's `params`): `url` and `gatewayUrl` lose their
+//!   query and fragment (presigned signatures, `?token=`) and their userinfo is masked;
+//!   `source.encryption.encryptedKey` (the content key, returned beside a decoy `key: "***"`)
+//!   becomes `"***"`.
+//! - **`playbackPolicy.webhookContext`**: arbitrary developer data sent to an access-control
+//!   webhook. Every value is masked and its keys kept: strings become `"***"`, numbers `0`,
+//!   booleans `false`, arrays and objects keep their shape with their leaves masked, `null`
+//!   stays `null`. The SDKs type it as a map of anything, so it still validates.
+//! - **`storage.ipfs.spec.nftMetadata`**: developer-supplied; every URL in it, at any depth
+//!   and also inside text, loses its query and fragment and its userinfo.
+//!
+//! Guarantees: the body stays valid for the official SDKs' schemas. Only string values are
+//! changed (and the leaves of an asset's `webhookContext`, which keep their types), and strings
+//! stay strings: no field is removed or becomes `null`, numbers and booleans are untouched.
+//! Values already masked (`***`, `s3+https://***:***@host`) are left as they are, so
+//! scrubbing twice changes nothing. A JSON body that is not an object (no task) has
 //! the rules that hold outside `params` applied to all its strings. Object keys are never
 //! rewritten (only searched for the API key).
 
@@ -54,6 +72,8 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
+
+use crate::resource::Kind;
 
 /// What a masked value or userinfo is replaced with.
 const MASK: &str = "***";
@@ -85,33 +105,99 @@ impl Scrubbed {
 }
 
 /// Parses `body` once, refuses it if it holds `secret` (the API key; empty: not looked for),
-/// and scrubs it. Never panics; recursion is bounded by serde_json's nesting limit (128).
-pub fn scrub(body: &[u8], secret: &[u8]) -> Result<Scrubbed, Refusal> {
+/// and scrubs it by the rules of `kind`. Never panics; recursion is bounded by serde_json's
+/// nesting limit (128).
+pub fn scrub(kind: Kind, body: &[u8], secret: &[u8]) -> Result<Scrubbed, Refusal> {
     // No byte-level pre-check: JSON may spell a key or `://` with escapes (`:\/\/`,
-    // `pin\u0061ta`), which a substring search would miss. Parsing a task body is cheap and
+    // `pin\u0061ta`), which a substring search would miss. Parsing a body is cheap and
     // happens once per upstream fetch, not per hit.
     let mut value: Value = serde_json::from_slice(body).map_err(|_| Refusal::Unreadable)?;
     if holds_key(&value, secret) {
         return Err(Refusal::HoldsKey);
     }
-    let changed = scrub_value(&mut value);
+    let changed = scrub_value(kind, &mut value);
     Ok(Scrubbed { value, changed })
 }
 
-/// Scrubs a parsed body in place: the task rules when it is an object, the rules that hold
-/// outside `params` otherwise. True if any string changed.
-pub fn scrub_value(body: &mut Value) -> bool {
-    let Some(task_fields) = body.as_object_mut() else {
+/// Scrubs a parsed body in place: the rules of `kind` when it is an object, the rules that
+/// hold everywhere (userinfo, signature-like parameters) otherwise. True if anything changed.
+pub fn scrub_value(kind: Kind, body: &mut Value) -> bool {
+    let Some(fields) = body.as_object_mut() else {
         return walk_strings(body, &mut scrub_text);
     };
+    match kind {
+        Kind::Task => scrub_task(fields),
+        Kind::Asset => scrub_asset(fields),
+    }
+}
+
+/// A task: `params` is the user's input; everything else gets the rules that hold everywhere.
+fn scrub_task(task: &mut Map<String, Value>) -> bool {
     let mut changed = false;
-    for (name, value) in task_fields.iter_mut() {
+    for (name, value) in task.iter_mut() {
         changed |= match name.as_str() {
             "params" => scrub_params(value),
             _ => walk_strings(value, &mut scrub_text),
         };
     }
     changed
+}
+
+/// An asset (LIVEPEER-ASSETS §4). `source` is the user's input, like a task's `params`: its
+/// URLs lose their query and fragment, and `encryption.encryptedKey` (returned beside a decoy
+/// `key: "***"`) is masked. Every value of `playbackPolicy.webhookContext` is masked
+/// ([`mask_all`]). URLs anywhere in `storage.ipfs.spec.nftMetadata` lose their query and
+/// fragment. Everything else gets the rules that hold everywhere.
+fn scrub_asset(asset: &mut Map<String, Value>) -> bool {
+    let mut changed = false;
+    for (name, value) in asset.iter_mut() {
+        changed |= match name.as_str() {
+            "source" => {
+                let encryption = value.pointer_mut("/encryption");
+                mask_fields(encryption, &["encryptedKey", "key"])
+                    | walk_strings(value, &mut clean_param_url)
+            }
+            "playbackPolicy" => {
+                let context = value.pointer_mut("/webhookContext");
+                let masked = context.is_some_and(|context| match context {
+                    Value::Object(entries) => {
+                        entries.values_mut().fold(false, |c, v| mask_all(v) | c)
+                    }
+                    _ => false,
+                });
+                masked | walk_strings(value, &mut scrub_text)
+            }
+            "storage" => {
+                let metadata = value.pointer_mut("/ipfs/spec/nftMetadata");
+                let mut clean = |s: &mut String| strip_url_queries(s) | scrub_text(s);
+                metadata.is_some_and(|m| walk_strings(m, &mut clean))
+                    | walk_strings(value, &mut scrub_text)
+            }
+            _ => walk_strings(value, &mut scrub_text),
+        };
+    }
+    changed
+}
+
+/// Masks every leaf of a developer's free-form value and keeps its shape, so a schema that
+/// accepts it (the SDKs take `webhookContext` as a map of anything) still does: a string
+/// becomes `"***"`, a number `0`, a boolean `false`; arrays and objects keep their keys and
+/// length and have their leaves masked; `null` stays `null` (nothing becomes `null`).
+fn mask_all(value: &mut Value) -> bool {
+    match value {
+        Value::String(_) => mask(value),
+        Value::Number(n) => {
+            let zero = n.as_u64() == Some(0) && !n.is_f64();
+            if !zero {
+                *value = Value::from(0);
+            }
+            !zero
+        }
+        Value::Bool(b) => std::mem::replace(b, false),
+        Value::Array(items) => items.iter_mut().fold(false, |c, v| mask_all(v) | c),
+        Value::Object(fields) => fields.values_mut().fold(false, |c, v| mask_all(v) | c),
+        Value::Null => false,
+    }
 }
 
 /// Whether `secret` (the API key) occurs in any string or object key of `value`, as it is
@@ -275,6 +361,39 @@ fn clean_param_url(s: &mut String) -> bool {
         }
     }
     changed | scrub_text(s)
+}
+
+/// Every URL in the string, whether the string is one or text that quotes one (`scheme://` up
+/// to whitespace, a quote, `<` or `>`), loses its query and fragment. True if changed.
+fn strip_url_queries(s: &mut String) -> bool {
+    let mut out = String::new();
+    let mut copied = 0; // bytes of `s` already copied to `out`
+    let mut from = 0;
+    while let Some(found) = s[from..].find("://") {
+        let sep = from + found;
+        let start = sep + 3;
+        let end = start
+            + s[start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>'))
+                .unwrap_or(s.len() - start);
+        let has_scheme = s[..sep]
+            .bytes()
+            .rev()
+            .take_while(|b| is_scheme_byte(*b))
+            .any(|b| b.is_ascii_alphabetic());
+        if let Some(cut) = s[start..end].find(['?', '#']).filter(|_| has_scheme) {
+            out.push_str(&s[copied..start + cut]);
+            copied = end;
+        }
+        // A `://` inside the dropped query went with it.
+        from = end;
+    }
+    if copied == 0 {
+        return false;
+    }
+    out.push_str(&s[copied..]);
+    *s = out;
+    true
 }
 
 /// If the whole string starts like a URL (`scheme://`, scheme `[a-zA-Z][a-zA-Z0-9+.-]*`),
@@ -564,13 +683,16 @@ mod tests {
 
     /// The scrubbed body, as served: the serialised tree, parsed again.
     fn redacted(body: &Value) -> Value {
-        let out = scrub(body.to_string().as_bytes(), b"").expect("a JSON body is scrubbed");
+        let out =
+            scrub(Kind::Task, body.to_string().as_bytes(), b"").expect("a JSON body is scrubbed");
         serde_json::from_slice(&out.to_bytes()).expect("scrub serialises JSON")
     }
 
     /// Whether scrubbing `body` changed anything.
     fn changes(body: &[u8]) -> bool {
-        scrub(body, b"").expect("a JSON body is scrubbed").changed
+        scrub(Kind::Task, body, b"")
+            .expect("a JSON body is scrubbed")
+            .changed
     }
 
     /// The string at a JSON pointer, for short assertions.
@@ -746,7 +868,7 @@ mod tests {
     #[test]
     fn redacting_twice_changes_nothing() {
         for body in all_secret_bodies() {
-            let once = scrub(body.to_string().as_bytes(), b"").expect("JSON");
+            let once = scrub(Kind::Task, body.to_string().as_bytes(), b"").expect("JSON");
             assert!(once.changed, "has secrets");
             let once = once.to_bytes();
             assert!(!changes(&once), "{}", String::from_utf8_lossy(&once));
@@ -772,7 +894,7 @@ mod tests {
             br#"{"a":1}{"b":2}"#,
         ];
         for body in unreadable {
-            let got = scrub(body, b"").map(|s| s.to_bytes());
+            let got = scrub(Kind::Task, body, b"").map(|s| s.to_bytes());
             assert_eq!(
                 got,
                 Err(Refusal::Unreadable),
@@ -788,7 +910,7 @@ mod tests {
             (b"null", b"null"),
         ];
         for (body, want) in cases {
-            let got = scrub(body, b"").expect("JSON").to_bytes();
+            let got = scrub(Kind::Task, body, b"").expect("JSON").to_bytes();
             assert_eq!(&got[..], want, "{}", String::from_utf8_lossy(body));
         }
     }
@@ -796,7 +918,8 @@ mod tests {
     #[test]
     fn escaped_json_is_still_scrubbed() {
         let body = br#"{"params":{"export":{"ipfs":{"pin\u0061ta":{"jwt":"j"}}},"upload":{"url":"https:\/\/u:p@h\/x"}}}"#;
-        let out: Value = serde_json::from_slice(&scrub(body, b"").unwrap().to_bytes()).unwrap();
+        let out: Value =
+            serde_json::from_slice(&scrub(Kind::Task, body, b"").unwrap().to_bytes()).unwrap();
         assert_eq!(at(&out, "/params/export/ipfs/pinata/jwt"), "***");
         assert_eq!(at(&out, "/params/upload/url"), "https://***:***@h/x");
     }
@@ -836,6 +959,7 @@ mod tests {
                 mask_secret_params,
                 mask_encoded_userinfo,
                 scrub_text,
+                strip_url_queries,
             ] {
                 let mut once = s.clone();
                 edit(&mut once);
@@ -960,20 +1084,20 @@ mod tests {
             "]".repeat(200)
         );
         assert_eq!(
-            scrub(deep.as_bytes(), b"").map(|s| s.changed),
+            scrub(Kind::Task, deep.as_bytes(), b"").map(|s| s.changed),
             Err(Refusal::Unreadable)
         );
         // Within the limit, the same shape is scrubbed.
         let shallow = deep.replace(&"[".repeat(200), &"[".repeat(100));
         let shallow = shallow.replace(&"]".repeat(200), &"]".repeat(100));
-        let out = scrub(shallow.as_bytes(), b"").expect("within the limit");
+        let out = scrub(Kind::Task, shallow.as_bytes(), b"").expect("within the limit");
         assert_eq!(at(&out.value, "/params/upload/url"), "https://***:***@h/");
     }
 
     #[test]
     fn a_duplicate_key_cannot_hide_a_secret_from_the_served_bytes() {
         let body = br#"{"params":{"export":{"ipfs":{"pinata":{"jwt":"PINATASECRET"}}},"upload":{"url":"https://u:PASSSECRET@h/"}},"params":{},"status":{"phase":"completed","updatedAt":1}}"#;
-        let out = scrub(body, b"").expect("JSON").to_bytes();
+        let out = scrub(Kind::Task, body, b"").expect("JSON").to_bytes();
         let text = String::from_utf8_lossy(&out);
         assert!(!text.contains("SECRET"), "{text}");
         assert_eq!(
@@ -995,14 +1119,14 @@ mod tests {
             r#"[[{"deep":["sk_live_TOPSECRET"]}]]"#,
         ] {
             assert_eq!(
-                scrub(body.as_bytes(), KEY).map(|s| s.changed),
+                scrub(Kind::Task, body.as_bytes(), KEY).map(|s| s.changed),
                 Err(Refusal::HoldsKey),
                 "{body}"
             );
         }
-        assert!(scrub(br#"{"a":"sk_live_TOPSECRE"}"#, KEY).is_ok());
+        assert!(scrub(Kind::Task, br#"{"a":"sk_live_TOPSECRE"}"#, KEY).is_ok());
         assert!(
-            scrub(br#"{"a":"sk_live_TOPSECRET"}"#, b"").is_ok(),
+            scrub(Kind::Task, br#"{"a":"sk_live_TOPSECRET"}"#, b"").is_ok(),
             "no key configured"
         );
     }
@@ -1130,7 +1254,7 @@ mod tests {
             let quoted = s.replace('\\', "").replace('"', "\\\"");
             let body = format!(r#"{{"params":{{"upload":{{"url":"{quoted}"}}}},"x":"{quoted}"}}"#);
             for input in [&s, &body] {
-                let Ok(out) = scrub(input.as_bytes(), KEY) else {
+                let Ok(out) = scrub(Kind::Task, input.as_bytes(), KEY) else {
                     continue;
                 };
                 scrubbed += 1;
@@ -1141,7 +1265,10 @@ mod tests {
                     let rest = &served_text(&value)[at + 16..];
                     assert!(rest.starts_with(MASK), "{input}");
                 }
-                assert!(!scrub(&served, KEY).expect("JSON").changed, "{input}");
+                assert!(
+                    !scrub(Kind::Task, &served, KEY).expect("JSON").changed,
+                    "{input}"
+                );
             }
         }
         assert!(scrubbed > 10_000, "the generator makes JSON: {scrubbed}");
@@ -1172,6 +1299,124 @@ mod tests {
             let mut s = input.to_owned();
             mask_encoded_userinfo(&mut s);
             assert_eq!(s, want);
+        }
+    }
+
+    #[test]
+    fn asset_rules_mask_their_fields_and_scrub_for_good() {
+        let body = json!({"id": "a", "name": "n",
+            "source": {"type": "url", "url": "https://u:p@h/v.mp4?X-Amz-Signature=s&a=1#f",
+                       "gatewayUrl": "https://gw/ipfs/x?filename=v.mp4",
+                       "encryption": {"key": "***", "encryptedKey": "K"}},
+            "playbackPolicy": {"type": "webhook", "webhookContext": {
+                "s": "v", "n": -2.5, "z": 0, "b": true, "f": false, "o": {"a": [1, "x", null]}}},
+            "storage": {"ipfs": {"spec": {"nftMetadata": {"image": "https://h/i.png?x=1"}},
+                                 "gatewayUrl": "https://ipfs.example/ipfs/Qm?filename=a"}},
+            "params": {"upload": {"url": "https://h/kept?filename=a"}},
+            "status": {"phase": "ready", "updatedAt": 1}});
+        let once = scrub(Kind::Asset, body.to_string().as_bytes(), b"").unwrap();
+        let out = &once.value;
+        assert!(once.changed);
+        assert_eq!(at(out, "/source/url"), "https://***:***@h/v.mp4");
+        assert_eq!(at(out, "/source/gatewayUrl"), "https://gw/ipfs/x");
+        assert_eq!(
+            out["source"]["encryption"],
+            json!({"key": "***", "encryptedKey": "***"})
+        );
+        assert_eq!(
+            out["playbackPolicy"]["webhookContext"],
+            json!({"s": "***", "n": 0, "z": 0, "b": false, "f": false, "o": {"a": [0, "***", null]}})
+        );
+        assert_eq!(
+            at(out, "/storage/ipfs/spec/nftMetadata/image"),
+            "https://h/i.png"
+        );
+        // Outside the asset's input fields, public URLs keep their (harmless) queries; an
+        // asset has no `params`, so the task rules for it do not apply.
+        assert_eq!(
+            at(out, "/storage/ipfs/gatewayUrl"),
+            "https://ipfs.example/ipfs/Qm?filename=a"
+        );
+        assert_eq!(at(out, "/params/upload/url"), "https://h/kept?filename=a");
+        let twice = scrub(Kind::Asset, &once.to_bytes(), b"").unwrap();
+        assert!(!twice.changed, "{}", twice.value);
+        // A task body is scrubbed by the task rules only.
+        let task = scrub(Kind::Task, body.to_string().as_bytes(), b"")
+            .unwrap()
+            .value;
+        assert_eq!(at(&task, "/source/encryption/encryptedKey"), "K");
+        assert_eq!(at(&task, "/params/upload/url"), "https://h/kept");
+    }
+
+    #[test]
+    fn urls_in_nft_metadata_text_lose_their_queries_too() {
+        let cases = [
+            (
+                "see https://a.example/x?y=1#f and http://b/?c",
+                "see https://a.example/x and http://b/",
+            ),
+            ("<https://a/?q>\"ipfs://Qm?x\"", "<https://a/>\"ipfs://Qm\""),
+            ("https://gw/?u=https://in/?sig=1 next", "https://gw/ next"),
+            ("no url ?q=1", "no url ?q=1"),
+            ("://x?y", "://x?y"),
+            ("https://a/b", "https://a/b"),
+        ];
+        for (input, want) in cases {
+            let mut s = input.to_owned();
+            let changed = strip_url_queries(&mut s);
+            assert_eq!((s.as_str(), changed), (want, input != want), "{input}");
+            assert!(!strip_url_queries(&mut s), "idempotent: {s}");
+        }
+    }
+
+    #[test]
+    fn generated_asset_bodies_are_served_scrubbed_for_good() {
+        const KEY: &[u8] = b"sk_test_KEY";
+        let tokens = [
+            "https://",
+            "u:p@h",
+            "?",
+            "X-Amz-Signature=",
+            "abc",
+            "&",
+            "#",
+            "%3D",
+            " ",
+            "sk_test_KEY",
+            "\\u0073",
+            "@",
+            "/",
+            "***",
+            "1",
+        ];
+        let mut state = 0x0bad_5eed_1234_5678_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5_000 {
+            let mut pick = || -> String {
+                let len = next() % 8;
+                (0..len)
+                    .map(|_| tokens[(next() % tokens.len() as u64) as usize])
+                    .collect()
+            };
+            let (a, b, c) = (pick(), pick(), pick());
+            let body = json!({"source": {"url": a, "encryption": {"encryptedKey": b}},
+                "playbackPolicy": {"webhookContext": {"k": c, "n": 1.5, "l": [a, true]}},
+                "storage": {"ipfs": {"spec": {"nftMetadata": {"x": [b, {"y": c}]}}}},
+                "note": a});
+            let Ok(out) = scrub(Kind::Asset, body.to_string().as_bytes(), KEY) else {
+                continue;
+            };
+            let served = out.to_bytes();
+            let value: Value = serde_json::from_slice(&served).unwrap();
+            assert!(!holds_key(&value, KEY));
+            assert_eq!(at(&value, "/source/encryption/encryptedKey"), MASK);
+            assert_eq!(at(&value, "/playbackPolicy/webhookContext/k"), MASK);
+            assert!(!scrub(Kind::Asset, &served, KEY).unwrap().changed, "{body}");
         }
     }
 }

@@ -28,9 +28,11 @@ impl Route {
         match self {
             Route::Read(key) => match key.kind() {
                 Kind::Task => "task",
+                Kind::Asset => "asset",
             },
             Route::Events(key) => match key.kind() {
                 Kind::Task => "task_events",
+                Kind::Asset => "asset_events",
             },
             Route::Webhook => "webhook",
             Route::BadId(_) => "bad_id",
@@ -104,6 +106,23 @@ mod tests {
         assert_eq!(parse("/task/abc/events"), Route::Events(task("abc")));
         assert_eq!(parse("/api/task/abc/events"), Route::Events(task("abc")));
         assert_eq!(parse("/webhooks/livepeer"), Route::Webhook);
+    }
+
+    #[test]
+    fn asset_paths_have_the_same_shape_and_their_own_labels() {
+        let asset = |id| Key::new(Kind::Asset, id).unwrap();
+        assert_eq!(parse("/asset/abc-123"), Route::Read(asset("abc-123")));
+        assert_eq!(parse("/api/asset/abc-123"), Route::Read(asset("abc-123")));
+        assert_eq!(parse("/asset/abc/events"), Route::Events(asset("abc")));
+        assert_eq!(parse("/api/asset/abc/events"), Route::Events(asset("abc")));
+        assert_eq!(parse("/asset/abc").as_str(), "asset");
+        assert_eq!(parse("/asset/abc/events").as_str(), "asset_events");
+        for path in ["/asset/", "/asset/a.b", "/api/asset/%2e%2e", "/asset/../x"] {
+            assert_eq!(parse(path), Route::BadId(Kind::Asset), "{path}");
+        }
+        for path in ["/assets/abc", "/asset", "/asset/abc/other"] {
+            assert_eq!(parse(path), Route::NotFound, "{path}");
+        }
     }
 
     #[test]

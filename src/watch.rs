@@ -3,7 +3,8 @@
 //!
 //! One watcher task per key, shared by all its subscribers, fetches it through the same
 //! cache and coalesced fetch as `GET` once per `TASKGATE_WATCH_INTERVAL` (or at once when a
-//! webhook asks), and publishes an event only when the task's `status` changed. Each
+//! webhook asks), and publishes an event only when what its kind watches changed (the `status`;
+//! for an asset also `playbackUrl` and `downloadUrl`). Each
 //! subscriber streams from a `tokio::sync::watch` channel that holds only the latest event,
 //! through a small bounded queue: a slow reader skips to the newest event instead of growing
 //! memory. The watcher stops after a finished phase or an error, when its last subscriber
@@ -23,7 +24,6 @@ use std::{
 use bytes::{BufMut, Bytes, BytesMut};
 use http::StatusCode;
 use prometheus_client::metrics::counter::Counter;
-use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::{
@@ -48,31 +48,40 @@ pub struct Event {
 }
 
 impl Event {
-    /// The event for a task answer, or `None` when its `status` is the one already sent.
-    fn from_answer(answer: &Answer, last_status: &mut Option<serde_json::Value>) -> Option<Self> {
-        #[derive(Deserialize)]
-        struct View {
-            status: Option<serde_json::Value>,
-        }
+    /// The event for an answer, or `None` when what a watch compares (its kind's
+    /// [`Kind::watched_fields`](resource::Kind::watched_fields): the `status`, and for an
+    /// asset also its playback and download URLs) is what was already sent.
+    fn from_answer(answer: &Answer, last_seen: &mut Option<serde_json::Value>) -> Option<Self> {
         if answer.status != StatusCode::OK {
             return Some(Self::new("error", None, &answer.body, true));
         }
         let Some(phase) = answer.phase else {
-            let body = br#"{"errors":["the upstream answer is not a task"]}"#;
+            let body = br#"{"errors":["the upstream answer is not a task or an asset"]}"#;
             return Some(Self::new("error", None, body, true));
         };
-        let status = serde_json::from_slice::<View>(&answer.body)
-            .ok()
-            .and_then(|v| v.status);
-        if status.is_some() && *last_status == status {
+        let kind = phase.kind();
+        let seen =
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&answer.body)
+                .ok()
+                .map(|mut body| {
+                    let fields = kind
+                        .watched_fields()
+                        .iter()
+                        .filter_map(|name| Some((name.to_string(), body.remove(*name)?)));
+                    serde_json::Value::Object(fields.collect())
+                });
+        if seen.is_some() && *last_seen == seen {
             return None;
         }
         let id = resource::updated_at(&answer.body);
-        *last_status = status;
-        let kind = match phase {
-            resource::Phase::Task(_) => "task",
-        };
-        Some(Self::new(kind, id, &answer.body, phase.is_finished()))
+        *last_seen = seen;
+        // `event: task`, `event: asset`.
+        Some(Self::new(
+            kind.as_str(),
+            id,
+            &answer.body,
+            phase.is_finished(),
+        ))
     }
 
     /// The last frame of a retired watcher: no data, a reconnection delay and a comment.

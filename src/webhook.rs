@@ -196,11 +196,8 @@ impl Webhooks {
             .into_iter()
             .find(|kind| kind.changed_by(event))
             .and_then(|kind| {
-                // `payload.{kind}.id`.
-                let field = match kind {
-                    Kind::Task => "task",
-                };
-                let named = call.get("payload")?.get(field)?;
+                // `payload.{kind}`: `payload.task`, `payload.asset`.
+                let named = call.get("payload")?.get(kind.as_str())?;
                 let key = Key::new(kind, named.get("id")?.as_str()?)?;
                 // The version the event announces: the snapshot's `status.updatedAt`, else
                 // the event's own time (never `timestamp`, the send time of this delivery)

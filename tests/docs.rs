@@ -516,7 +516,7 @@ fn every_public_route_in_the_route_table_is_recognised() {
         }
     }
     // Every route the parser knows is in the table.
-    for name in ["task", "task_events", "webhook"] {
+    for name in ["task", "task_events", "asset", "asset_events", "webhook"] {
         assert!(
             covered.contains(name),
             "{page}: the route table has no {name} route"

@@ -399,3 +399,97 @@ async fn with_trusted_webhooks_unfinished_answers_are_shared_and_a_webhook_to_on
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn assets_are_shared_under_their_own_key_and_an_asset_webhook_reaches_every_replica() {
+    use hmac::{Hmac, Mac};
+    const SECRET: &str = "whsec_redis_assets";
+    let redis = Redis::start();
+    let mock = MockUpstream::start().await;
+    mock.set_asset(ID, Reply::asset(ID, "ready"));
+    mock.set_asset("broke", Reply::asset("broke", "failed"));
+    let replica = || {
+        taskgate(&mock, |c| {
+            c.redis_url = Some(Secret::new(redis.url()));
+            c.redis_namespace = Some("test".into());
+            c.webhook_secret = Some(Secret::new(SECRET));
+        })
+    };
+    let (a, b) = (replica().await, replica().await);
+    let c = HttpClient::default();
+    let asset = |id: &str| format!("/asset/{id}");
+    assert_eq!(
+        c.get(a.public_addr(), &asset(ID)).await.header("x-cache"),
+        Some("MISS")
+    );
+    c.get(a.public_addr(), &asset("broke")).await;
+    let key = |kind: &str, id: &str| format!("taskgate:v2:test:{kind}:{id}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cli(&["EXISTS", &key("asset", "broke")]) != "1" {
+        assert!(Instant::now() < deadline, "the answers never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pttl = |k: String| redis.cli(&["PTTL", &k]).parse::<i64>().unwrap();
+    assert!(
+        (58_000..=60_000).contains(&pttl(key("asset", ID))),
+        "TTL_ASSET_READY"
+    );
+    assert!(
+        (28_000..=30_000).contains(&pttl(key("asset", "broke"))),
+        "TTL_FAILED"
+    );
+    assert_eq!(
+        redis.cli(&["EXISTS", &key("task", ID)]),
+        "0",
+        "not under the task key"
+    );
+    // The other replica is served from Redis.
+    assert_eq!(
+        c.get(b.public_addr(), &asset(ID)).await.header("x-cache"),
+        Some("HIT")
+    );
+    assert_eq!(mock.calls(), 2);
+    // A signed asset.updated on the second replica: gone from Redis and from the first's memory.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let body = format!(
+        r#"{{"id":"ev-redis-1","webhookId":"wh","createdAt":{t},"timestamp":{t},"event":"asset.updated","payload":{{"asset":{{"id":"{ID}","snapshot":{{}}}}}}}}"#
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let req = http::Request::post(format!("http://{}/webhooks/livepeer", b.public_addr()))
+        .header("livepeer-signature", format!("t={t},v1={hex}"))
+        .body(http_body_util::Full::from(body))
+        .unwrap();
+    assert_eq!(
+        client.request(req).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(redis.cli(&["EXISTS", &key("asset", ID)]), "0");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.get(a.public_addr(), &asset(ID)).await.header("x-cache") != Some("MISS") {
+        assert!(
+            Instant::now() < deadline,
+            "the first replica kept the asset"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The failed asset of the same namespace was left alone.
+    assert_eq!(
+        c.get(b.public_addr(), &asset("broke"))
+            .await
+            .header("x-cache"),
+        Some("HIT")
+    );
+}

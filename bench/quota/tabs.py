@@ -1,4 +1,5 @@
-"""Browser tabs following tasks through a proxy, for bench/quota.sh (Python 3.11 stdlib, asyncio).
+"""Browser tabs following tasks (or assets, --kind asset) through a proxy, for bench/quota.sh
+(Python 3.11 stdlib, asyncio).
 
 Every tab follows every task of the simulated API (bench/quota/upstream.py), on its own
 keep-alive connection per task, starting at a random moment within the first period:
@@ -8,6 +9,9 @@ keep-alive connection per task, starting at a random moment within the first per
   --mode watch  one GET /task/{id}/events (Server-Sent Events) per task, read until the
                 stream closes after the finished phase (reconnects with Last-Event-ID, like
                 EventSource, if it closes early: counted)
+  --kind asset  /asset/{id} instead (finished: `ready`, `failed`); --query is appended to each
+                poll (Studio's dashboard asks `?details=1`), and --linger 0 stops polling at
+                `ready`, as the dashboard does
 
 The upstream's /ctl/schedule is the truth: each body carries its version `v`, so for every
 status change of every task we know when each tab first saw it (staleness), and for every
@@ -21,7 +25,7 @@ import time
 import urllib.parse
 
 mono = time.monotonic
-FINISHED = ("completed", "failed", "cancelled")
+FINISHED = ("completed", "failed", "cancelled", "ready")
 
 
 class Conn:
@@ -167,14 +171,15 @@ class Follow:
 
 async def poll(host, port, tab, tid, changes, t0, a, st, rng):
     f = Follow(tab, changes, t0, st)
-    end = f.done_at + a.linger
+    # --linger 0: poll until the finished phase is seen, however late (a safety stop at 60 s).
+    end = f.done_at + (a.linger if a.linger > 0 else 60)
     nxt = t0 + rng.uniform(0, a.period)
     conn = Conn(host, port)
     while nxt < end:
         await asyncio.sleep(max(0.0, nxt - mono()))
         asked = mono()
         try:
-            status, hdrs, body = await conn.get(f"/task/{tid}")
+            status, hdrs, body = await conn.get(f"/{a.kind}/{tid}{a.query}")
         except Exception as e:  # noqa: BLE001 - a failed poll is counted, the tab goes on
             st.errors.append((tab, tid, repr(e)))
             conn.close()
@@ -186,8 +191,8 @@ async def poll(host, port, tab, tid, changes, t0, a, st, rng):
         st.xcache[x] = st.xcache.get(x, 0) + 1
         if status != 200:
             st.errors.append((tab, tid, f"status {status}"))
-        else:
-            f.saw(body, asked, got, 0)
+        elif f.saw(body, asked, got, 0) and a.linger <= 0:
+            break  # the dashboard's loop: stop at the finished phase
         nxt += a.period
         if nxt < got:
             nxt = got
@@ -208,7 +213,7 @@ async def watch(host, port, tab, tid, changes, t0, a, st, rng):
             hdrs_extra = [("accept", "text/event-stream")]
             if last_id:
                 hdrs_extra.append(("last-event-id", last_id))
-            status, hdrs = await asyncio.wait_for(conn.send(f"/task/{tid}/events", hdrs_extra),
+            status, hdrs = await asyncio.wait_for(conn.send(f"/{a.kind}/{tid}/events", hdrs_extra),
                                                   deadline - mono())
             if status == 204:
                 finished = True  # a finished task whose last event we have: stop
@@ -246,7 +251,7 @@ async def watch(host, port, tab, tid, changes, t0, a, st, rng):
                             datas.append(line[5:].lstrip(b" "))
                     if not datas:
                         continue  # a keep-alive comment
-                    if kind == "task":
+                    if kind == a.kind:
                         st.events += 1
                         last_id = eid or last_id
                         finished = f.saw(b"\n".join(datas), None, mono(), 0.5)
@@ -281,6 +286,8 @@ async def main():
     ap.add_argument("--period", type=float, default=2.0)
     ap.add_argument("--linger", type=float, default=15.0)
     ap.add_argument("--seed", default="1")
+    ap.add_argument("--kind", choices=["task", "asset"], default="task")
+    ap.add_argument("--query", default="", help="appended to each poll, e.g. ?details=1")
     a = ap.parse_args()
     b, u = urllib.parse.urlsplit(a.base), urllib.parse.urlsplit(a.upstream)
     sched = (await fetch_json(u.hostname, u.port, "/ctl/schedule"))["tasks"]
@@ -299,11 +306,12 @@ async def main():
     up = await fetch_json(u.hostname, u.port, "/ctl/stats")
     r3 = lambda x: None if x is None else round(x, 3)
     print(json.dumps({
-        "mode": a.mode, "tabs": a.tabs, "tasks": len(sched), "period_s": a.period,
+        "kind": a.kind, "mode": a.mode, "tabs": a.tabs, "tasks": len(sched), "period_s": a.period,
         "linger_s": a.linger, "seconds": round(elapsed, 1),
         "last_completion_s": round(max(c[-1][0] for c in sched.values()), 1),
         "status_changes_per_task": round(sum(len(c) - 1 for c in sched.values()) / len(sched), 1),
         "upstream_calls": up["calls"], "upstream_calls_unfinished": up["calls_unfinished"],
+        "webhooks_sent": up.get("webhooks_sent", 0), "webhook_failures": up.get("webhook_failures", 0),
         "upstream_calls_finished": up["calls_finished"],
         "tab_requests": st.requests, "sse_events": st.events, "reconnects": st.reconnects,
         "errors": len(st.errors), "error_samples": st.errors[:5], "x_cache": st.xcache,

@@ -1,20 +1,29 @@
-// Follows one Livepeer Studio task through taskgate until it finishes.
+// Follows one Livepeer Studio asset (by default) or task through taskgate until it finishes.
 //
 // The page talks to taskgate only; taskgate adds the API key upstream, so there is no key here.
-// First choice: an EventSource on GET {taskgate}/task/{id}/events. Its first `task` event is
-// the current answer, a new one comes each time the status changes, and the stream closes after
-// a finished phase; a 404 or an upstream failure comes as `event: error` with {"errors": [...]}.
-// Fallback: plain fetch() polling of GET {taskgate}/task/{id}, when the browser has no
+// First choice: an EventSource on GET {taskgate}/{kind}/{id}/events (kind: asset or task). Its
+// first `asset` (or `task`) event is the current answer, a new one comes each time the status
+// (or an asset's playbackUrl) changes, and the stream closes after a finished phase (asset:
+// ready or failed; task: completed, failed or cancelled); a 404 or an upstream failure comes as
+// `event: error` with {"errors": [...]}.
+// Fallback: plain fetch() polling of GET {taskgate}/{kind}/{id}, when the browser has no
 // EventSource, when ?mode=poll asks for it, or when the stream fails. Polling honours
 // Retry-After on 429 and backs off on 5xx and network errors.
 //
-// Query string: taskgate (base URL), task (id), mode=poll, interval (poll period, seconds),
-// token (a viewer token, when taskgate has viewer access on: sent as ?access_token= on the
-// EventSource, which cannot set headers, and as Authorization: Bearer on fetch).
+// Query string: taskgate (base URL), asset (id) or task (id; follows a task instead),
+// mode=poll, interval (poll period, seconds), token (a viewer token, when taskgate has viewer
+// access on: sent as ?access_token= on the EventSource, which cannot set headers, and as
+// Authorization: Bearer on fetch). Without asset or task: the demo's direct upload asset (an
+// empty task= follows the demo's upload task).
 
+const DEMO_UPLOAD_ASSET = "0d4e5f6a-7b8c-4d9e-a0f1-b2c3d4e5f607";
 const DEMO_UPLOAD_TASK = "6f1c0c2e-3d5a-4b8e-9a0f-1e2d3c4b5a69";
-const FINISHED = new Set(["completed", "failed", "cancelled"]);
-const TASK_ID = /^[A-Za-z0-9-]{1,64}$/;
+/** Per kind: the phases after which nothing changes by itself, and the one that is success. */
+const KINDS = {
+  asset: { finished: new Set(["ready", "failed"]), done: "ready" },
+  task: { finished: new Set(["completed", "failed", "cancelled"]), done: "completed" },
+};
+const RESOURCE_ID = /^[A-Za-z0-9-]{1,64}$/;
 /** Consecutive failed polls (network errors, 5xx) before the page gives up. */
 const MAX_FAILURES = 5;
 /** Longest pause between polls after failures, seconds. */
@@ -24,7 +33,10 @@ const MAX_RECONNECTS = 3;
 
 const query = new URLSearchParams(location.search);
 const base = (query.get("taskgate") || "http://127.0.0.1:8080").replace(/\/+$/, "");
-const taskId = query.get("task") || DEMO_UPLOAD_TASK;
+const kind = query.has("task") ? "task" : "asset";
+const resourceId = query.get(kind) || (kind === "task" ? DEMO_UPLOAD_TASK : DEMO_UPLOAD_ASSET);
+const { finished: FINISHED, done: DONE } = KINDS[kind];
+const resourcePath = `${base}/${kind}/${encodeURIComponent(resourceId)}`;
 const forcePoll = query.get("mode") === "poll";
 const interval = clamp(Number(query.get("interval")), 0.5, 60, 3);
 /** A viewer token minted by the app's server (`taskgate token --id ID` for a try). */
@@ -41,9 +53,11 @@ start();
 
 function start() {
   $("base").textContent = base;
-  $("task").textContent = taskId;
-  if (!TASK_ID.test(taskId)) {
-    return fail(`"${taskId}" is not a task id`);
+  root.dataset.kind = kind;
+  $("kind").textContent = kind;
+  $("task").textContent = resourceId;
+  if (!RESOURCE_ID.test(resourceId)) {
+    return fail(`"${resourceId}" is not ${kind === "task" ? "a task" : "an asset"} id`);
   }
   let url;
   try {
@@ -71,15 +85,15 @@ function watch() {
   setMode("events", "EventSource on /events");
   setState("watching");
   const access = token ? `?access_token=${encodeURIComponent(token)}` : "";
-  const source = new EventSource(`${base}/task/${encodeURIComponent(taskId)}/events${access}`);
+  const source = new EventSource(`${resourcePath}/events${access}`);
   let reconnects = 0;
 
-  source.addEventListener("task", (event) => {
+  source.addEventListener(kind, (event) => {
     reconnects = 0;
-    const phase = showTask(event.data, "events");
+    const phase = show(event.data, "events");
     if (phase === null) {
       source.close();
-      log("error", "the stream sent something that is not a task: polling instead", "events");
+      log("error", `the stream sent something that is not ${article()}: polling instead`, "events");
       startPolling();
     } else if (FINISHED.has(phase)) {
       // taskgate closes the stream after a finished phase; closing first stops a reconnect.
@@ -122,7 +136,7 @@ function startPolling() {
 }
 
 async function poll() {
-  const url = `${base}/task/${encodeURIComponent(taskId)}`;
+  const url = resourcePath;
   let failures = 0;
   const failed = async (message) => {
     failures += 1;
@@ -152,9 +166,9 @@ async function poll() {
     }
     const text = await response.text().catch(() => "");
     if (response.ok) {
-      const phase = showTask(text, "poll");
+      const phase = show(text, "poll");
       if (phase === null) {
-        if (await failed(`${response.status}: the answer is not a task`)) continue;
+        if (await failed(`${response.status}: the answer is not ${article()}`)) continue;
         return;
       }
       failures = 0;
@@ -171,26 +185,26 @@ async function poll() {
       if (await failed(`${response.status}: ${errorText(text)}`)) continue;
       return;
     } else {
-      // 404: no such task. 400: a bad id. 401: no valid viewer token. 403: the token (or the
-      // key) may not see it. Asking again won't help.
+      // 404: no such task or asset. 400: a bad id. 401: no valid viewer token. 403: the token
+      // (or the key) may not see it. Asking again won't help.
       log("error", `${response.status}: ${errorText(text)}`, "poll");
-      return fail(response.status === 404 ? "task not found" : `${response.status}: ${errorText(text)}`);
+      return fail(response.status === 404 ? `${kind} not found` : `${response.status}: ${errorText(text)}`);
     }
   }
 }
 
 // ---- showing it ----------------------------------------------------------------------------
 
-/** Shows a task body; returns its phase, or null when the text is not a task. */
-function showTask(text, source) {
+/** Shows a task or asset body; returns its phase, or null when the text is not one. */
+function show(text, source) {
   $("body").textContent = text;
-  let task = null;
+  let resource = null;
   try {
-    task = JSON.parse(text);
+    resource = JSON.parse(text);
   } catch {
-    // Not JSON: not a task.
+    // Not JSON: not a task or an asset.
   }
-  const status = task && typeof task === "object" ? task.status : null;
+  const status = resource && typeof resource === "object" ? resource.status : null;
   const phase = status && typeof status.phase === "string" ? status.phase : null;
   if (phase === null) return null;
 
@@ -199,23 +213,32 @@ function showTask(text, source) {
   root.dataset.progress = progress ?? "";
   $("phase").textContent = phase;
   $("error").hidden = true;
-  // No progress: full when completed, empty when failed, indeterminate while queued.
-  const shown = phase === "completed" ? 1 : (progress ?? (FINISHED.has(phase) ? 0 : null));
+  // No progress: full when done, empty when failed, indeterminate while queued.
+  const shown = phase === DONE ? 1 : (progress ?? (FINISHED.has(phase) ? 0 : null));
   const bar = $("progress");
   if (shown === null) bar.removeAttribute("value");
   else bar.value = shown;
   $("percent").textContent = shown === null ? "" : `${Math.round(shown * 100)}%`;
 
-  const key = JSON.stringify(status);
+  // An asset can be played before it is ready (source playback), and downloaded once ready.
+  const playback = typeof resource.playbackUrl === "string" ? resource.playbackUrl : "";
+  const download = typeof resource.downloadUrl === "string" ? resource.downloadUrl : "";
+  root.dataset.playback = playback;
+  showLink("playback", playback);
+  showLink("download", download);
+
+  const key = JSON.stringify([status, playback, download]);
   if (key !== lastStatus) {
     lastStatus = key;
     let line = phase;
     if (progress !== null) line += ` ${Math.round(progress * 100)}%`;
     if (typeof status.errorMessage === "string") line += `: ${status.errorMessage}`;
-    log("task", line, source, {
+    if (playback) line += " (playable)";
+    log(kind, line, source, {
       phase,
       progress: progress ?? "",
       updatedAt: status.updatedAt ?? "",
+      playback: playback ? "yes" : "",
     });
   }
   return phase;
@@ -229,6 +252,22 @@ function log(kind, text, source = "", fields = {}) {
   const time = new Date().toISOString().slice(11, 23);
   item.textContent = `${time} ${source ? `[${source}] ` : ""}${text}`;
   $("log").append(item);
+}
+
+/** Shows an asset's URL as a link (https only), or nothing. */
+function showLink(id, url) {
+  const cell = $(id);
+  cell.textContent = "";
+  if (!/^https:\/\//.test(url)) return;
+  const link = document.createElement("a");
+  link.href = url;
+  link.rel = "noopener noreferrer";
+  link.textContent = url;
+  cell.append(link);
+}
+
+function article() {
+  return kind === "task" ? "a task" : "an asset";
 }
 
 function setMode(mode, label) {

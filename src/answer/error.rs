@@ -160,6 +160,7 @@ impl Error {
                 StatusCode::BAD_REQUEST,
                 match kind {
                     Kind::Task => "invalid task id",
+                    Kind::Asset => "invalid asset id",
                 },
                 "bad_id",
             ),
@@ -493,6 +494,10 @@ mod tests {
         assert_eq!(
             &Error::BadId(Kind::Task).body()[..],
             br#"{"errors":["invalid task id"]}"#
+        );
+        assert_eq!(
+            &Error::BadId(Kind::Asset).body()[..],
+            br#"{"errors":["invalid asset id"]}"#
         );
         assert!(Error::UpstreamClientError(StatusCode::CONFLICT)
             .body()

@@ -106,6 +106,8 @@ pub enum Audience {
 pub struct Policy {
     pub completed: Duration,
     pub failed: Duration,
+    /// A `ready` asset (`TASKGATE_TTL_ASSET_READY`).
+    pub asset_ready: Duration,
     pub not_found: Duration,
     pub pending: Duration,
     /// `TASKGATE_WEBHOOK_TRUST_TTL` when webhooks are trusted (else zero): unfinished work is
@@ -119,6 +121,7 @@ impl Policy {
         match lifetime {
             Lifetime::Completed => self.completed,
             Lifetime::Failed => self.failed,
+            Lifetime::AssetReady => self.asset_ready,
             Lifetime::Unfinished => self.pending,
         }
     }
@@ -191,14 +194,16 @@ impl Answer {
                 a.retry_after = reply.retry_after.filter(is_retry_after);
                 a
             }
-            s if s.is_client_error() => match relayable_body(&reply.body, policy.redact, secret) {
-                Some(body) => {
-                    let mut a = Self::error(Error::UpstreamClientError(s));
-                    a.body = body;
-                    a
+            s if s.is_client_error() => {
+                match relayable_body(kind, &reply.body, policy.redact, secret) {
+                    Some(body) => {
+                        let mut a = Self::error(Error::UpstreamClientError(s));
+                        a.body = body;
+                        a
+                    }
+                    None => Self::error(Error::UpstreamRefused(s)),
                 }
-                None => Self::error(Error::UpstreamRefused(s)),
-            },
+            }
             s if s.is_server_error() => Self::error(Error::UpstreamError),
             // 1xx, other 2xx, and 3xx: redirects are not followed, nothing else is expected.
             _ => Self::error(Error::UpstreamUnexpected),
@@ -211,7 +216,7 @@ impl Answer {
             // stored and served (the scrubbed tree, serialised), so nothing the parser did
             // not see (a duplicate key, a body nested past its limit) reaches a client.
             // Scrubbed once here, before the body is stored or hashed: hits cost nothing more.
-            match redact::scrub(&reply.body, secret) {
+            match redact::scrub(kind, &reply.body, secret) {
                 Ok(scrubbed) => (
                     scrubbed.to_bytes(),
                     kind.phase_of_value(&scrubbed.value),
@@ -426,7 +431,7 @@ fn is_retry_after(v: &HeaderValue) -> bool {
 /// replaces it: when it is not JSON (nested past the parser's limit included), or holds the
 /// API key — as sent, after JSON unescaping, or percent-encoded — whatever `TASKGATE_REDACT`
 /// says. With redaction on, the relayed bytes are the parsed body scrubbed and serialised.
-fn relayable_body(body: &Bytes, redact: bool, secret: &[u8]) -> Option<Bytes> {
+fn relayable_body(kind: Kind, body: &Bytes, redact: bool, secret: &[u8]) -> Option<Bytes> {
     let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
     if contains(body, secret) || redact::holds_key(&value, secret) {
         return None;
@@ -434,7 +439,7 @@ fn relayable_body(body: &Bytes, redact: bool, secret: &[u8]) -> Option<Bytes> {
     if !redact {
         return Some(body.clone());
     }
-    redact::scrub_value(&mut value);
+    redact::scrub_value(kind, &mut value);
     serde_json::to_vec(&value).ok().map(Bytes::from)
 }
 
@@ -449,6 +454,7 @@ mod tests {
     const TTLS: Policy = Policy {
         completed: Duration::from_secs(86_400),
         failed: Duration::from_secs(30),
+        asset_ready: Duration::from_secs(60),
         not_found: Duration::from_secs(5),
         pending: Duration::ZERO,
         trusted_unfinished: Duration::ZERO,

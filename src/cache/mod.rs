@@ -351,6 +351,7 @@ mod tests {
         let policy = Policy {
             completed: Duration::from_secs(60),
             failed: Duration::from_secs(30),
+            asset_ready: Duration::from_secs(60),
             not_found: Duration::from_secs(5),
             pending: Duration::ZERO,
             trusted_unfinished: Duration::ZERO,

@@ -100,6 +100,8 @@ pub struct Config {
     pub cache_max_bytes: u64,
     pub ttl_completed: Duration,
     pub ttl_failed: Duration,
+    /// A `ready` asset (it can still change: a webhook drops it at once).
+    pub ttl_asset_ready: Duration,
     pub ttl_not_found: Duration,
     pub ttl_pending: Duration,
     pub cors_origins: CorsOrigins,
@@ -180,6 +182,7 @@ impl Config {
             cache_max_bytes: 0,
             ttl_completed: zero,
             ttl_failed: zero,
+            ttl_asset_ready: zero,
             ttl_not_found: zero,
             ttl_pending: zero,
             cors_origins: CorsOrigins::None,

@@ -83,6 +83,7 @@ fn defaults_match_the_spec() {
     assert_eq!(cfg.cache_max_bytes, 64 * 1024 * 1024);
     assert_eq!(cfg.ttl_completed, Duration::from_secs(86_400));
     assert_eq!(cfg.ttl_failed, Duration::from_secs(30));
+    assert_eq!(cfg.ttl_asset_ready, Duration::from_secs(60));
     assert_eq!(cfg.ttl_not_found, Duration::from_secs(5));
     assert_eq!(cfg.ttl_pending, Duration::ZERO);
     assert_eq!(cfg.cors_origins, CorsOrigins::None);
@@ -251,13 +252,14 @@ fn every_spec_variable_is_a_known_setting() {
         "ADMIN_TOKEN",
         "ADMIN_TOKEN_FILE",
         "SECRET_RELOAD_INTERVAL",
+        "TTL_ASSET_READY",
     ] {
         assert!(
             settings::find(&name.to_ascii_lowercase()).is_some(),
             "{name}"
         );
     }
-    assert_eq!(SETTINGS.len(), 46);
+    assert_eq!(SETTINGS.len(), 47);
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! Built-in simulated Livepeer Studio task API, for `taskgate --demo` and for tests.
+//! Built-in simulated Livepeer Studio task and asset API, for `taskgate --demo` and for tests.
 //!
-//! A [`Simulator`] answers `GET` and `HEAD /api/task/{id}` on a listener of its own the way
+//! A [`Simulator`] answers `GET` and `HEAD /api/task/{id}` and `/api/asset/{id}` on a listener of its own the way
 //! Studio's Express app does (LIVEPEER-API §3): bearer auth with [`DEMO_API_KEY`], errors as
 //! `{"errors": ["..."]}` (a 401 echoes the token it was given, as Studio's does), and Express's
 //! headers: `content-type: application/json; charset=utf-8`, a weak `ETag` (same shape as
@@ -9,7 +9,8 @@
 //!
 //! It holds a fixed set of [`tasks`] whose bodies have the shapes of LIVEPEER-API §5, including
 //! the secrets Studio really returns to non-admins (§6), so taskgate's redaction and its hiding of
-//! 401 bodies can be seen.
+//! 401 bodies can be seen; and a fixed set of [`assets`] (see the `assets` module), which move
+//! with the same [`Timeline`].
 //!
 //! Guarantees:
 //! - A task's clock starts the first time this simulator answers an authenticated request for
@@ -41,6 +42,12 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ApiKey, Config};
 use crate::listener::{self, Limits};
+
+mod assets;
+
+pub use assets::{
+    assets, DemoAsset, DELETED_ASSET_ID, ENCRYPTED_ASSET_ID, FAILED_ASSET_ID, UPLOAD_ASSET_ID,
+};
 
 /// The placeholder key `--demo` injects; the simulator accepts only this one.
 pub const DEMO_API_KEY: &str = "demo-key-not-a-secret";
@@ -381,7 +388,7 @@ impl Simulator {
         format!("http://{}/api", self.addr)
     }
 
-    /// How many `GET`/`HEAD /api/task/{id}` requests were answered, whatever the answer
+    /// How many `GET`/`HEAD /api/task/{id}` and `/api/asset/{id}` requests were answered, whatever the answer
     /// (401 and 404 included): what taskgate spent of the API's quota.
     pub fn upstream_calls(&self) -> u64 {
         self.api.calls.load(Ordering::Relaxed)
@@ -416,21 +423,26 @@ async fn serve(listener: TcpListener, api: Arc<Api>, stop: watch::Receiver<bool>
     let _ = task.await;
 }
 
+/// A clock's key: the kind (`task`, `asset`) and the id.
+type ClockKey = (&'static str, &'static str);
+
 #[derive(Debug)]
 struct Api {
     timeline: Timeline,
     calls: AtomicU64,
-    /// When each task was first asked for: `Instant` for phases, Unix ms for timestamps.
-    clocks: Mutex<HashMap<&'static str, (Instant, u64)>>,
+    /// When each task or asset (kind, id) was first asked for: `Instant` for phases, Unix ms
+    /// for timestamps.
+    clocks: Mutex<HashMap<ClockKey, (Instant, u64)>>,
 }
 
 impl Api {
     fn answer(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response<Full<Bytes>> {
         let is_read = method == Method::GET || method == Method::HEAD;
-        let id = path
-            .strip_prefix("/api/task/")
-            .filter(|id| is_read && !id.is_empty() && !id.contains('/'));
-        let Some(id) = id else {
+        let routed = [("task", "/api/task/"), ("asset", "/api/asset/")]
+            .into_iter()
+            .find_map(|(kind, prefix)| Some((kind, path.strip_prefix(prefix)?)))
+            .filter(|(_, id)| is_read && !id.is_empty() && !id.contains('/'));
+        let Some((kind, id)) = routed else {
             // Express answers routes it does not have with the API's 404.
             return respond(StatusCode::NOT_FOUND, &errors("not found"), headers);
         };
@@ -438,19 +450,37 @@ impl Api {
         if let Err(message) = authenticate(headers) {
             return respond(StatusCode::UNAUTHORIZED, &errors(&message), headers);
         }
+        if kind == "asset" {
+            return self.asset(id, headers);
+        }
         let Some(task) = TASKS.iter().find(|task| task.id == id) else {
             return respond(StatusCode::NOT_FOUND, &errors("not found"), headers);
         };
-        let (started, origin_ms) = self.clock(task.id);
+        let (started, origin_ms) = self.clock("task", task.id);
         let body = task.body_at(&self.timeline, started.elapsed(), origin_ms);
         respond(StatusCode::OK, &body, headers)
     }
 
-    /// The task's clock, started now if this is its first request.
-    fn clock(&self, id: &'static str) -> (Instant, u64) {
+    /// An authenticated asset read: the deleted asset is `Asset not found` (Studio's text for a
+    /// missing or deleted asset); any other unknown id is `not found`, Studio's text for an
+    /// asset of another project.
+    fn asset(&self, id: &str, headers: &HeaderMap) -> Response<Full<Bytes>> {
+        if id == DELETED_ASSET_ID {
+            return respond(StatusCode::NOT_FOUND, &errors("Asset not found"), headers);
+        }
+        let Some(asset) = assets().iter().find(|asset| asset.id == id) else {
+            return respond(StatusCode::NOT_FOUND, &errors("not found"), headers);
+        };
+        let (started, origin_ms) = self.clock("asset", asset.id);
+        let body = asset.body_at(&self.timeline, started.elapsed(), origin_ms);
+        respond(StatusCode::OK, &body, headers)
+    }
+
+    /// The clock of a task or asset, started now if this is its first request.
+    fn clock(&self, kind: &'static str, id: &'static str) -> (Instant, u64) {
         // A poisoned map still holds valid instants; keep serving.
         let mut clocks = self.clocks.lock().unwrap_or_else(PoisonError::into_inner);
-        *clocks.entry(id).or_insert_with(|| {
+        *clocks.entry((kind, id)).or_insert_with(|| {
             let unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();
@@ -535,7 +565,10 @@ pub async fn start_for_cli(cfg: &mut Config) -> io::Result<Simulator> {
     cfg.upstream_url = sim.base_url();
     // An address curl can use, also when the listener is a wildcard.
     let public = crate::listener::local_address(cfg.listen);
-    println!("taskgate demo: simulated task API at {}\n", sim.base_url());
+    println!(
+        "taskgate demo: simulated Studio API (tasks and assets) at {}\n",
+        sim.base_url()
+    );
     println!("{}", curl_lines(&format!("http://{public}")));
     Ok(sim)
 }
@@ -564,6 +597,20 @@ pub fn curl_lines(public_base: &str) -> String {
         ),
         "# An id the API does not know: 404, cached for a few seconds".into(),
         format!("curl -si {}", url(UNKNOWN_TASK_ID)),
+        "# Assets, the same way: each starts the first time it is asked for.".into(),
+    ]);
+    let asset_url = |id: &str| format!("{base}/asset/{id}");
+    for asset in assets() {
+        lines.push(format!("# asset: {}", asset.about));
+        lines.push(format!("curl -si {}", asset_url(asset.id)));
+    }
+    lines.extend([
+        "# Follow the upload as Server-Sent Events (event: asset) until it is ready:".into(),
+        format!("curl -sN {}/events", asset_url(UPLOAD_ASSET_ID)),
+        "# A deleted asset: 404. Studio says `Asset not found` (and `not found` for another \
+         project's asset); taskgate answers both with one generic body"
+            .into(),
+        format!("curl -si {}", asset_url(DELETED_ASSET_ID)),
     ]);
     lines.join("\n") + "\n"
 }
@@ -827,6 +874,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn assets_are_served_and_a_deleted_one_is_asset_not_found() {
+        let sim = start(Timeline::new(Duration::ZERO, Duration::ZERO)).await;
+        let key = [bearer(DEMO_API_KEY)];
+        let read = |id: &str| format!("/api/asset/{id}");
+        let (status, _, body) = call(&sim, Method::GET, &read(UPLOAD_ASSET_ID), &key).await;
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, &body["status"]["phase"]),
+            (StatusCode::OK, &json!("ready"))
+        );
+        let (_, _, failed) = call(&sim, Method::GET, &read(FAILED_ASSET_ID), &key).await;
+        assert!(String::from_utf8_lossy(&failed).contains(r#""phase":"failed""#));
+        let (status, _, body) = call(&sim, Method::GET, &read(DELETED_ASSET_ID), &key).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, r#"{"errors":["Asset not found"]}"#);
+        let (status, _, _) = call(&sim, Method::GET, &read(UPLOAD_ASSET_ID), &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(sim.upstream_calls(), 4);
+    }
+
+    #[tokio::test]
     async fn wrong_key_is_401_echoing_the_token_like_studio() {
         let sim = start(Timeline::fast()).await;
         let (status, body) = get_as(&sim, UPLOAD_TASK_ID, Some(bearer("sk-live-123"))).await;
@@ -915,6 +983,13 @@ mod tests {
             )));
         }
         assert!(lines.contains("If-None-Match") && lines.contains(UNKNOWN_TASK_ID));
+        for asset in assets() {
+            assert!(lines.contains(&format!(
+                "curl -si http://127.0.0.1:8080/asset/{}\n",
+                asset.id
+            )));
+        }
+        assert!(lines.contains(DELETED_ASSET_ID) && lines.contains("/events"));
         assert!(
             !lines.contains("/api/"),
             "the user talks to taskgate, not to the API"

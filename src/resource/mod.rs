@@ -1,7 +1,7 @@
 //! The resources taskgate serves, and everything that differs between them.
 //!
-//! A [`Kind`] names one resource of the Studio API (today tasks; assets are one more variant
-//! and one more module). Everything the rest of the crate needs to know about a kind comes
+//! A [`Kind`] names one resource of the Studio API: tasks (`task.rs`) and assets (`asset.rs`),
+//! one module and one variant each. Everything the rest of the crate needs to know about a kind comes
 //! from here: its name (route segment, upstream path segment, Redis key segment, metric and
 //! log label, all one string), the webhook events that name it, and how its answers are read:
 //! which phase a body is in and which lifetime that phase earns ([`Lifetime`]).
@@ -9,10 +9,14 @@
 //! A [`Key`] is a kind and a valid id, stored inline: looking one up in the cache allocates
 //! nothing.
 
+mod asset;
 mod task;
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
+use serde::Deserialize;
+
+pub use asset::AssetPhase;
 pub use task::TaskPhase;
 
 /// Longest id accepted (Studio ids are 36-character UUIDs).
@@ -28,16 +32,18 @@ pub fn is_valid_id(id: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Task,
+    Asset,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 1] = [Kind::Task];
+    pub const ALL: [Kind; 2] = [Kind::Task, Kind::Asset];
 
     /// The kind's one name: `/task/{id}`, `{base}/task/{id}`, `…:task:{id}` in Redis, and the
     /// `kind` label of metrics and log events.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Task => "task",
+            Kind::Asset => "asset",
         }
     }
 
@@ -49,6 +55,7 @@ impl Kind {
     pub fn changed_by(self, event: &str) -> bool {
         match self {
             Kind::Task => task::CHANGE_EVENTS.contains(&event),
+            Kind::Asset => asset::CHANGE_EVENTS.contains(&event),
         }
     }
 
@@ -56,7 +63,8 @@ impl Kind {
     /// known `status.phase` (such an answer is passed through, never cached).
     pub fn phase(self, body: &[u8]) -> Option<Phase> {
         match self {
-            Kind::Task => task::extract(body).map(Phase::Task),
+            Kind::Task => read_phase(body, TaskPhase::from_str).map(Phase::Task),
+            Kind::Asset => read_phase(body, AssetPhase::from_str).map(Phase::Asset),
         }
     }
 
@@ -65,9 +73,45 @@ impl Kind {
     /// `status.phase`.
     pub fn phase_of_value(self, body: &serde_json::Value) -> Option<Phase> {
         match self {
-            Kind::Task => task::from_value(body).map(Phase::Task),
+            Kind::Task => value_phase(body, TaskPhase::from_str).map(Phase::Task),
+            Kind::Asset => value_phase(body, AssetPhase::from_str).map(Phase::Asset),
         }
     }
+
+    /// What a watch compares to decide whether a body changed: the `status` object, and for
+    /// assets also `playbackUrl` and `downloadUrl` (source playback becomes ready while the
+    /// asset is `processing`).
+    pub fn watched_fields(self) -> &'static [&'static str] {
+        match self {
+            Kind::Task => &["status"],
+            Kind::Asset => &["status", "playbackUrl", "downloadUrl"],
+        }
+    }
+}
+
+// Deserialising only the path we need skips the rest of the body without building a tree.
+#[derive(Deserialize)]
+struct PhaseView<'a> {
+    #[serde(borrow)]
+    status: Option<StatusView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StatusView<'a> {
+    #[serde(borrow)]
+    phase: Option<Cow<'a, str>>,
+}
+
+/// `status.phase` of a body, read by `parse`: `None` when the body is not a JSON object with
+/// a string there that `parse` knows.
+fn read_phase<P>(body: &[u8], parse: fn(&str) -> Option<P>) -> Option<P> {
+    let view: PhaseView<'_> = serde_json::from_slice(body).ok()?;
+    parse(&view.status?.phase?)
+}
+
+/// [`read_phase`] on a parsed body.
+fn value_phase<P>(body: &serde_json::Value, parse: fn(&str) -> Option<P>) -> Option<P> {
+    parse(body.get("status")?.get("phase")?.as_str()?)
 }
 
 impl fmt::Display for Kind {
@@ -100,12 +144,22 @@ pub fn updated_at(body: &[u8]) -> Option<String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Task(TaskPhase),
+    Asset(AssetPhase),
 }
 
 impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Task(p) => p.as_str(),
+            Phase::Asset(p) => p.as_str(),
+        }
+    }
+
+    /// The kind of resource this is a phase of.
+    pub fn kind(self) -> Kind {
+        match self {
+            Phase::Task(_) => Kind::Task,
+            Phase::Asset(_) => Kind::Asset,
         }
     }
 
@@ -113,6 +167,7 @@ impl Phase {
     pub fn lifetime(self) -> Lifetime {
         match self {
             Phase::Task(p) => p.lifetime(),
+            Phase::Asset(p) => p.lifetime(),
         }
     }
 
@@ -129,6 +184,9 @@ pub enum Lifetime {
     Completed,
     /// Finished, but a retry can change it: `TTL_FAILED`.
     Failed,
+    /// A `ready` asset: finished, but a `PATCH`, an IPFS export or a deletion changes it:
+    /// `TTL_ASSET_READY`.
+    AssetReady,
     /// Still moving: not kept, or `TTL_PENDING`.
     Unfinished,
 }
@@ -185,6 +243,7 @@ mod tests {
             assert!(Key::new(Kind::Task, bad).is_none(), "{bad:?}");
         }
         assert_ne!(Key::new(Kind::Task, "ab"), Key::new(Kind::Task, "abc"));
+        assert_ne!(Key::new(Kind::Task, "ab"), Key::new(Kind::Asset, "ab"));
     }
 
     #[test]
@@ -193,5 +252,6 @@ mod tests {
             assert_eq!(Kind::from_segment(kind.as_str()), Some(kind));
         }
         assert_eq!(Kind::from_segment("tasks"), None);
+        assert_eq!(Kind::from_segment("asset"), Some(Kind::Asset));
     }
 }

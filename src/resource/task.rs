@@ -4,8 +4,6 @@
 //! (Studio's `POST /task/{id}/retry` works on both), so they are kept for a shorter time.
 //! Everything else is unfinished.
 
-use serde::Deserialize;
-
 use super::Lifetime;
 
 /// Webhook events that say a task changed; the id is at `payload.task.id`.
@@ -48,7 +46,7 @@ impl TaskPhase {
         }
     }
 
-    fn from_str(s: &str) -> Option<Self> {
+    pub(super) fn from_str(s: &str) -> Option<Self> {
         Some(match s {
             "pending" => TaskPhase::Pending,
             "waiting" => TaskPhase::Waiting,
@@ -69,29 +67,17 @@ impl TaskPhase {
     }
 }
 
-// Deserialising only the path we need skips the rest of the body without building a tree.
-#[derive(Deserialize)]
-struct TaskView<'a> {
-    #[serde(borrow)]
-    status: Option<StatusView<'a>>,
-}
-
-#[derive(Deserialize)]
-struct StatusView<'a> {
-    #[serde(borrow)]
-    phase: Option<std::borrow::Cow<'a, str>>,
-}
-
 /// The phase of a task body, or `None` when the body is not a JSON object with a known
 /// `status.phase` (such an answer is passed through, never cached).
-pub(super) fn extract(body: &[u8]) -> Option<TaskPhase> {
-    let view: TaskView<'_> = serde_json::from_slice(body).ok()?;
-    TaskPhase::from_str(&view.status?.phase?)
+#[cfg(test)]
+fn extract(body: &[u8]) -> Option<TaskPhase> {
+    super::read_phase(body, TaskPhase::from_str)
 }
 
 /// [`extract`] on a parsed body.
-pub(super) fn from_value(body: &serde_json::Value) -> Option<TaskPhase> {
-    TaskPhase::from_str(body.get("status")?.get("phase")?.as_str()?)
+#[cfg(test)]
+fn from_value(body: &serde_json::Value) -> Option<TaskPhase> {
+    super::value_phase(body, TaskPhase::from_str)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Prometheus metrics, every name prefixed `taskgate_`, served on the admin listener.
 //!
 //! Label values come from the same `as_str()` as the log fields, and no label is unbounded:
-//! never the task id, only routes, status codes, cache outcomes and error kinds.
+//! never a task or asset id, only routes, status codes, cache outcomes and error kinds.
 
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ struct RequestLabels {
     route: &'static str,
     status: u16,
     cache: &'static str,
-    /// `task` (later `asset`), or `none` for routes that name no resource.
+    /// `task` or `asset`, or `none` for routes that name no resource.
     kind: &'static str,
     /// Why the request was refused or failed (`answer::Error::reason`), or `none`.
     reason: &'static str,

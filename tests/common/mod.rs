@@ -89,6 +89,39 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// An asset body in the given phase (a url import, so `source.url` is there), with
+    /// Express-like headers.
+    pub fn asset(id: &str, phase: &str) -> Self {
+        Self::json(200, asset_body(id, phase))
+            .header("vary", "Authorization")
+            .header("x-powered-by", "Express")
+            .header("etag", "W/\"2b-upstream\"")
+    }
+}
+
+/// A non-admin asset body as Studio returns it (LIVEPEER-ASSETS §7): `downloadUrl` only when
+/// `ready`, `progress` only while `processing`.
+pub fn asset_body(id: &str, phase: &str) -> String {
+    let mut body = serde_json::json!({
+        "id": id, "name": "v.mp4",
+        "source": {"type": "url", "url": "https://example.com/v.mp4"},
+        "status": {"phase": phase, "updatedAt": 1717000060000u64},
+        "userId": "u1", "createdAt": 1717000000000u64, "projectId": "p1",
+        "playbackId": "abcd1234", "createdByTokenName": "web-backend",
+    });
+    match phase {
+        "processing" => body["status"]["progress"] = 0.5.into(),
+        "ready" => {
+            body["downloadUrl"] = "https://cdn.example/abcd1234/video/download.mp4".into();
+            body["playbackUrl"] = "https://cdn.example/abcd1234/index.m3u8".into();
+        }
+        "failed" => body["status"]["errorMessage"] = "invalid video file codec".into(),
+        _ => {}
+    }
+    body.to_string()
+}
+
 pub fn task_body(id: &str, phase: &str) -> String {
     format!(
         r#"{{"id":"{id}","type":"upload","userId":"u1","createdAt":1717000000000,"params":{{"upload":{{"url":"https://example.com/v.mp4"}}}},"status":{{"phase":"{phase}","updatedAt":1717000060000}}}}"#
@@ -102,7 +135,8 @@ struct MockState {
     replies: Mutex<HashMap<String, Reply>>,
 }
 
-/// A mock Studio API serving `GET /api/task/{id}` from a script (404 for unknown ids).
+/// A mock Studio API serving `GET /api/task/{id}` and `GET /api/asset/{id}` from a script
+/// (404 for unknown ids: `not found` for tasks, `Asset not found` for assets, as Studio says).
 pub struct MockUpstream {
     addr: SocketAddr,
     state: Arc<MockState>,
@@ -188,6 +222,11 @@ impl MockUpstream {
         format!("http://{}/api", self.addr)
     }
 
+    /// Scripts `GET /api/asset/{id}`.
+    pub fn set_asset(&self, id: &str, reply: Reply) {
+        self.set(&format!("asset:{id}"), reply);
+    }
+
     pub fn set(&self, id: &str, reply: Reply) {
         self.state
             .replies
@@ -232,19 +271,23 @@ async fn answer(
         version: req.version(),
         headers: req.headers().clone(),
     });
-    let id = req
-        .uri()
-        .path()
-        .strip_prefix("/api/task/")
-        .unwrap_or_default()
-        .to_owned();
+    let path = req.uri().path();
+    let (id, not_found) = match path.strip_prefix("/api/asset/") {
+        Some(id) => (format!("asset:{id}"), r#"{"errors":["Asset not found"]}"#),
+        None => (
+            path.strip_prefix("/api/task/")
+                .unwrap_or_default()
+                .to_owned(),
+            r#"{"errors":["not found"]}"#,
+        ),
+    };
     let reply = st
         .replies
         .lock()
         .unwrap()
         .get(&id)
         .cloned()
-        .unwrap_or_else(|| Reply::json(404, r#"{"errors":["not found"]}"#));
+        .unwrap_or_else(|| Reply::json(404, not_found));
     tokio::time::sleep(reply.delay).await;
     if reply.reset {
         return Err(std::io::Error::other("scripted reset"));
@@ -541,6 +584,12 @@ impl Binary {
         lines.extend(self.lines.iter());
         (code, lines, stderr)
     }
+}
+
+/// The cache key of asset `id`.
+#[allow(dead_code)]
+pub fn asset_key(id: &str) -> taskgate::Key {
+    taskgate::Key::new(taskgate::Kind::Asset, id).expect("a valid id")
 }
 
 /// The cache key of task `id`.

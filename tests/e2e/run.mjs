@@ -13,6 +13,10 @@
 //   (d) the demo key never reaches the page: DOM, every response header and body, every SSE
 //       message (read through the DevTools protocol), the console;
 //   (e) the tasks carrying secrets show them masked, as src/redact.rs writes them.
+//   (f) by default the page follows the demo's direct upload asset to `ready` over EventSource
+//       (`event: asset`): uploading, waiting, processing with rising progress and a playbackUrl,
+//       then ready; (g) the same by polling; (h) assets carrying secrets show them masked and a
+//       deleted asset ends in "asset not found". (a) to (e) follow tasks (?task=).
 // Scenarios run in parallel pages, one browser context each. Prints one line per check and
 // "N passed, M failed"; exits 1 on any failure, 2 on a setup error or the overall time-out.
 // taskgate and Chromium are stopped on every exit path.
@@ -60,6 +64,14 @@ const TASK = {
   transcode: "5b6c7d8e-9f0a-4b1c-8d2e-3f4a5b6c7d8e",
 };
 const PHASE_ORDER = ["waiting", "running", "completed"];
+/** Asset ids of src/demo/assets.rs. */
+const ASSET = {
+  upload: "0d4e5f6a-7b8c-4d9e-a0f1-b2c3d4e5f607",
+  failed: "5c6d7e8f-9a0b-4c1d-8e2f-3a4b5c6d7e8f",
+  encrypted: "3e4f5a6b-7c8d-4e9f-a0b1-c2d3e4f5a6b7",
+  deleted: "9f0a1b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c",
+};
+const ASSET_PHASE_ORDER = ["uploading", "waiting", "processing", "ready"];
 
 // ---- bookkeeping: results, clean-up on every path --------------------------------------------
 
@@ -343,6 +355,8 @@ function readPage(page) {
       mode: root.dataset.mode,
       phase: root.dataset.phase,
       progress: root.dataset.progress,
+      kind: root.dataset.kind,
+      playback: root.dataset.playback,
       error: error.hidden ? null : error.textContent,
       body: document.getElementById("body").textContent,
       log: [...document.querySelectorAll("#log li")].map((li) => ({ ...li.dataset, text: li.textContent })),
@@ -360,6 +374,8 @@ function waitForEnd(page) {
 
 const isTaskGet = (url, id) => new URL(url).pathname === `/task/${id}`;
 const isTaskEvents = (url, id) => new URL(url).pathname === `/task/${id}/events`;
+const isAssetGet = (url, id) => new URL(url).pathname === `/asset/${id}`;
+const isAssetEvents = (url, id) => new URL(url).pathname === `/asset/${id}/events`;
 
 /** Everything a scenario's page received, as text, for the leak checks. */
 function received(s) {
@@ -425,6 +441,63 @@ function checkFollowed(label, s, source, allowedOrigin) {
       `${streams.length} /events requests, ${gets.length} GETs, ${tasks.length} status changes`);
   }
   const fromTaskgate = seen.responses.filter((r) => isTaskGet(r.url, TASK.upload) || isTaskEvents(r.url, TASK.upload));
+  check(`${label}: taskgate's answers carried Access-Control-Allow-Origin: ${allowedOrigin}`,
+    fromTaskgate.length > 0 && fromTaskgate.every((r) => r.headers?.["access-control-allow-origin"] === allowedOrigin),
+    fromTaskgate.map((r) => `${r.status} ${r.headers?.["access-control-allow-origin"]}`).join(", ") || "no answers");
+  check(`${label}: no script error on the page`, seen.pageErrors.length === 0, seen.pageErrors.join("; "));
+}
+
+/** (f) and (g): the page followed the demo's upload asset (its default) to ready through `source`. */
+function checkAssetFollowed(label, s, source, allowedOrigin) {
+  const { state, seen } = s;
+  const assets = state.log.filter((e) => e.kind === "asset");
+  const phases = assets.map((e) => e.phase);
+  const summary = `log: ${state.log.map((e) => e.text).join(" | ") || "(empty)"}`;
+
+  check(`${label}: page followed an asset by default and ended at ready (data-kind=asset, data-state=done)`,
+    state.kind === "asset" && state.state === "done" && state.phase === "ready",
+    `kind=${state.kind} state=${state.state} phase=${state.phase}; ${summary}`);
+  check(`${label}: used ${source} only`,
+    state.mode === source && assets.length > 0 && state.log.every((e) => e.source === source || e.kind === "info"),
+    `mode=${state.mode}; ${summary}`);
+  const ranks = phases.map((p) => ASSET_PHASE_ORDER.indexOf(p));
+  check(`${label}: phases arrived in order uploading -> waiting -> processing -> ready, ready once and last`,
+    ranks.every((r, i) => r >= 0 && (i === 0 || r >= ranks[i - 1])) && phases[0] === "uploading" &&
+      phases.includes("waiting") && phases.includes("processing") &&
+      phases.at(-1) === "ready" && phases.filter((p) => p === "ready").length === 1,
+    `phases: ${phases.join(", ")}`);
+  const progress = assets.filter((e) => e.phase === "processing").map((e) => Number(e.progress));
+  check(`${label}: progress rose while processing`,
+    progress.length >= 2 && progress.every((p, i) => i === 0 || p >= progress[i - 1]) && progress.at(-1) > progress[0],
+    `processing progress: ${progress.join(", ") || "(none)"}`);
+  check(`${label}: the asset became playable while processing (playbackUrl before ready)`,
+    assets.some((e) => e.phase === "processing" && e.playback === "yes") && state.playback.startsWith("https://"),
+    summary);
+  let body = null;
+  try {
+    body = JSON.parse(state.body);
+  } catch {
+    // Checked below.
+  }
+  check(`${label}: the last raw body is the ready upload asset with its downloadUrl`,
+    body?.id === ASSET.upload && body?.status?.phase === "ready" && typeof body?.downloadUrl === "string",
+    `body: ${state.body.slice(0, 200)}`);
+  const gets = seen.requests.filter((r) => isAssetGet(r.url, ASSET.upload));
+  const streams = seen.requests.filter((r) => isAssetEvents(r.url, ASSET.upload));
+  const sseAssets = seen.sse.filter((m) => m.event === "asset");
+  if (source === "events") {
+    check(`${label}: one EventSource request on /asset/{id}/events, no polling GET`,
+      streams.length === 1 && gets.length === 0, `${streams.length} /events requests, ${gets.length} GETs`);
+    check(`${label}: the page logged every SSE 'asset' message Chromium received, in the same order`,
+      sseAssets.length === assets.length &&
+        sseAssets.every((m, i) => JSON.parse(m.data).status.phase === assets[i].phase && m.id === assets[i].updatedAt),
+      `${sseAssets.length} SSE messages, ${assets.length} logged`);
+  } else {
+    check(`${label}: polled GET /asset/{id}, never opened /events`,
+      streams.length === 0 && sseAssets.length === 0 && gets.length >= assets.length && gets.length >= 3,
+      `${streams.length} /events requests, ${gets.length} GETs, ${assets.length} changes`);
+  }
+  const fromTaskgate = seen.responses.filter((r) => isAssetGet(r.url, ASSET.upload) || isAssetEvents(r.url, ASSET.upload));
   check(`${label}: taskgate's answers carried Access-Control-Allow-Origin: ${allowedOrigin}`,
     fromTaskgate.length > 0 && fromTaskgate.every((r) => r.headers?.["access-control-allow-origin"] === allowedOrigin),
     fromTaskgate.map((r) => `${r.status} ${r.headers?.["access-control-allow-origin"]}`).join(", ") || "no answers");
@@ -512,15 +585,20 @@ async function main() {
   console.log(`${CHROMIUM_BIN} ${browser.version()}, fresh profile ${profiles.map((p) => path.join(tmpDir, p)).join(", ")}`);
 
   const base = taskgate.base;
-  const [events, polling, refused, ipfs, custom, transcode] = await Promise.all([
+  const [events, polling, refused, ipfs, custom, transcode, assetEvents, assetPolling, encrypted, failedImport, deleted] = await Promise.all([
     openScenario(browser, "(a) EventSource", allowedOrigin, { taskgate: base, task: TASK.upload }),
     openScenario(browser, "(b) polling", allowedOrigin, { taskgate: base, task: TASK.upload, mode: "poll", interval: "1" }),
     openScenario(browser, "(c) disallowed origin", otherOrigin, { taskgate: base, task: TASK.upload }),
     openScenario(browser, "(e) IPFS export", allowedOrigin, { taskgate: base, task: TASK.ipfsExport }),
     openScenario(browser, "(e) presigned export", allowedOrigin, { taskgate: base, task: TASK.customExport }),
     openScenario(browser, "(e) transcode", allowedOrigin, { taskgate: base, task: TASK.transcode }),
+    openScenario(browser, "(f) asset, EventSource", allowedOrigin, { taskgate: base }),
+    openScenario(browser, "(g) asset, polling", allowedOrigin, { taskgate: base, mode: "poll", interval: "1" }),
+    openScenario(browser, "(h) encrypted asset", allowedOrigin, { taskgate: base, asset: ASSET.encrypted }),
+    openScenario(browser, "(h) failed import", allowedOrigin, { taskgate: base, asset: ASSET.failed }),
+    openScenario(browser, "(h) deleted asset", allowedOrigin, { taskgate: base, asset: ASSET.deleted }),
   ]);
-  const followers = [events, polling, ipfs, custom, transcode];
+  const followers = [events, polling, ipfs, custom, transcode, assetEvents, assetPolling, encrypted, failedImport, deleted];
   const all = [...followers, refused];
 
   // All pages start together: the demo starts a task's clock at its first request, and the
@@ -598,6 +676,32 @@ async function main() {
     ],
     secrets: ["EaJlcm9vdHOAZ3ZlcnNpb24BZGVtby11Y2Fu"],
   });
+
+  checkAssetFollowed("(f) asset, EventSource", assetEvents, "events", allowedOrigin);
+  checkAssetFollowed("(g) asset, polling fallback", assetPolling, "poll", allowedOrigin);
+  // (h) What src/redact.rs writes for the demo's secret-bearing assets (src/demo/assets.rs).
+  checkRedacted("(h) encrypted asset: encryptedKey, webhookContext, NFT metadata URL", encrypted, {
+    id: ASSET.encrypted,
+    phase: "ready",
+    fields: [
+      ["/source/encryption/encryptedKey", "***"],
+      ["/source/encryption/key", "***"],
+      ["/playbackPolicy/webhookContext/customer", "***"],
+      ["/playbackPolicy/webhookContext/seats", 0],
+      ["/playbackPolicy/type", "webhook"],
+      ["/storage/ipfs/spec/nftMetadata/image", "https://img.example/private.png"],
+    ],
+    secrets: ["ZGVtby1lbmNyeXB0ZWQtYWVzLWtleS1ub3QtYS1zZWNyZXQ=", "acme-corp", "d3m0516na7e"],
+  });
+  checkRedacted("(h) failed import: presigned source.url", failedImport, {
+    id: ASSET.failed,
+    phase: "failed",
+    fields: [["/source/url", "https://my-bucket.s3.amazonaws.com/in/broken.mkv"]],
+    secrets: ["AKIADEMO", "d3m0516na7e", "X-Amz-Signature"],
+  });
+  check("(h) deleted asset: the page says the asset was not found (taskgate's generic 404)",
+    deleted.state.state === "error" && deleted.state.error === "asset not found" && deleted.state.phase === "",
+    `state=${deleted.state.state} error=${JSON.stringify(deleted.state.error)}`);
 
   if (process.env.E2E_VERBOSE) {
     for (const s of all) console.log(`--- ${s.name}\n${s.state.log.map((e) => e.text).join("\n")}`);
