@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -109,6 +110,10 @@ def scrape(binary: Path) -> str:
         "TASKGATE_LOG": "warn",
     }
     with tempfile.TemporaryDirectory(prefix="taskgate-grafana-check-") as work:
+        # A secret from a file, re-read on SIGHUP below: the reload counter gets its sample.
+        admin_token = Path(work) / "admin-token"
+        admin_token.write_text("grafana-check-admin-token\n")
+        env["TASKGATE_ADMIN_TOKEN_FILE"] = str(admin_token)
         proc = subprocess.Popen(
             [str(binary), "--demo"],
             cwd=work,
@@ -133,6 +138,8 @@ def scrape(binary: Path) -> str:
                 request(public, "GET", path)
             open_events(public, f"/task/{DEMO_TASK}/events", 1.5)
             request(public, "POST", "/webhooks/livepeer", b"{}", {"Livepeer-Signature": "t=1,v1=00"})
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
             status, text = request(admin, "GET", "/metrics")
             if status != 200:
                 raise SetupError(f"/metrics answered {status}")
