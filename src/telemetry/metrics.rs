@@ -3,7 +3,10 @@
 //! Label values come from the same `as_str()` as the log fields, and no label is unbounded:
 //! never the task id, only routes, status codes, cache outcomes and error kinds.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -74,6 +77,10 @@ pub struct Metrics {
     l2: Family<L2Labels, Counter>,
     l2_seconds: Histogram,
     avoided: Family<ReasonLabel, Counter>,
+    /// `taskgate_log_events_dropped_total`, brought up to the log writer's own count at each
+    /// render; `log_dropped_seen` is the count it last reached.
+    log_dropped: Counter,
+    log_dropped_seen: AtomicU64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -181,7 +188,15 @@ impl Metrics {
             "Public requests answered without an upstream call of their own, by what saved it (hit, stale, coalesced, not_modified, watch_shared, backoff, refused)",
             avoided.clone(),
         );
+        let log_dropped = Counter::default();
+        registry.register(
+            "log_events_dropped",
+            "Log lines (access events included) dropped because the log writer could not keep up",
+            log_dropped.clone(),
+        );
         Self {
+            log_dropped,
+            log_dropped_seen: AtomicU64::new(0),
             avoided,
             registry,
             requests,
@@ -285,6 +300,13 @@ impl Metrics {
         set(&self.cache_bytes, now.cache_bytes);
         set(&self.watch_ids, now.watch_ids as u64);
         set(&self.watch_streams, now.watch_streams as u64);
+        // The writer counts its drops itself; the counter catches up with it here. `fetch_max`
+        // keeps concurrent renders from adding the same drops twice.
+        let dropped = super::log_events_dropped();
+        let seen = self.log_dropped_seen.fetch_max(dropped, Ordering::Relaxed);
+        if dropped > seen {
+            self.log_dropped.inc_by(dropped - seen);
+        }
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
