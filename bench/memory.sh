@@ -7,7 +7,7 @@
 # Also, with --entry-cost: 100 000 distinct entries into a 1 GiB cache (never full): RSS growth
 # per entry beside the body, the number ENTRY_OVERHEAD in src/cache/mod.rs is set from.
 #
-#   bash bench/memory.sh [--quick] [--entry-cost] [--keep] [ALLOCATOR...]
+#   bash bench/memory.sh [--quick] [--entry-cost | --entry-cost-only] [--keep] [ALLOCATOR...]
 #     ALLOCATOR: glibc, jemalloc, mimalloc (default: all three), run through LD_PRELOAD of
 #     Debian's libjemalloc2 / libmimalloc2.0 (installed when missing) on the same binary;
 #     NAME=PATH adds a binary of its own (e.g. built with a #[global_allocator]).
@@ -20,11 +20,12 @@ cd "$(dirname "$0")/.."
 root=$PWD
 . bench/lib.sh
 
-churn=5 entry_cost=0 keep=0 allocs=()
+churn=5 entry_cost=0 keep=0 allocs=() settings="64 256"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) churn=2; shift ;;
         --entry-cost) entry_cost=1; shift ;;
+        --entry-cost-only) entry_cost=1 settings=""; shift ;;
         --keep) keep=1; shift ;;
         -*) sed -n '2,20p' "$0" >&2; exit 64 ;;
         *) allocs+=("$1"); shift ;;
@@ -123,7 +124,7 @@ for alloc in "${allocs[@]}"; do
         echo -e "cost\t$name\t$idle\t$full\t$entries\t$bytes" >>"$results"
         stop
     fi
-    for setting in 64 256; do
+    for setting in $settings; do
         say "$name: ${setting} MiB, churned ${churn}x by distinct ids"
         start "$name-$setting" "$alloc" "${setting}MiB"
         sleep 1; idle=$(rss_kib "$pid")
