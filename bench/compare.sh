@@ -199,10 +199,14 @@ wait_http "http://127.0.0.1:$ngx_port/"
 start_taskgate() {  # name upstream_url extra-env... -> sets tg_port, tg_adm, tg_pid
     tg_port=$(free_port); tg_adm=$(free_port)
     # From $tmp: no config/taskgate.toml is picked up; the environment says everything.
+    # TASKGATE_TRUST_FORWARDED: warm-ups and fills send X-Forwarded-For over many addresses,
+    # or taskgate's per-client budget of upstream calls (20/s) would refuse most of their
+    # misses from the one load-generating address (and leave the cache cold).
     (cd "$tmp" && exec env -i PATH="$PATH" \
         TASKGATE_API_KEY=bench-key TASKGATE_UPSTREAM_URL="$2" \
         TASKGATE_LISTEN="127.0.0.1:$tg_port" TASKGATE_ADMIN_LISTEN="127.0.0.1:$tg_adm" \
         TASKGATE_RATE_LIMIT=0 TASKGATE_CACHE_MAX_BYTES=1GiB TASKGATE_LOG=warn \
+        TASKGATE_TRUST_FORWARDED=true \
         "${@:3}" "$bin") >"$tmp/$1.log" 2>&1 & tg_pid=$!
     pids+=($tg_pid)
     wait_ready "$tg_adm" "$tmp/$1.log"
@@ -234,7 +238,7 @@ ids_re="(0|[1-9][0-9]{0,2})"   # 0..999, as tasks.py numbered them
 # --- (a) cache hits -----------------------------------------------------------------------
 say "(a) cache hits: warm-up ${warm}s each, then ${rounds} x ${hit_d}s of wrk -t$threads -c$conns per proxy"
 for url in "http://127.0.0.1:$tg_port_main" "http://127.0.0.1:$ngx_port"; do
-    wrk -t"$threads" -c"$conns" -d"${warm}s" -s bench/compare/hits.lua "$url" -- /task/done- "$hot_ids" >/dev/null
+    wrk -t"$threads" -c"$conns" -d"${warm}s" -s bench/compare/hits.lua "$url" -- /task/done- "$hot_ids" xff >/dev/null
 done
 check_header "http://127.0.0.1:$tg_port_main/task/done-7" x-cache HIT
 check_header "http://127.0.0.1:$ngx_port/task/done-7" x-cache HIT
@@ -255,12 +259,12 @@ done
 # taskgate's default logging (TASKGATE_LOG=info: one JSON event per request on stdout, here
 # to a file on tmpfs) against nginx's default access_log (combined format, to a file on tmpfs).
 say "(a') as shipped (access logs on): ${rounds} x ${hit_d}s of hits, then of pass-through, per proxy"
-# TASKGATE_TRUST_FORWARDED: the pass-through rounds send X-Forwarded-For over 4096 addresses
-# (to nginx too), or taskgate's per-client budget of upstream calls (20/s) would refuse them.
-start_taskgate tg-log "http://127.0.0.1:$up_port/api" TASKGATE_LOG=info TASKGATE_TRUST_FORWARDED=true
+# The pass-through rounds send X-Forwarded-For over 4096 addresses (to nginx too, which
+# ignores it), for taskgate's per-client budget of upstream calls (see start_taskgate).
+start_taskgate tg-log "http://127.0.0.1:$up_port/api" TASKGATE_LOG=info
 tgl_pid=$tg_pid tgl_port=$tg_port tgl_adm=$tg_adm
 for url in "http://127.0.0.1:$tgl_port" "http://127.0.0.1:$ngx_log_port"; do
-    wrk -t"$threads" -c"$conns" -d"${warm}s" -s bench/compare/hits.lua "$url" -- /task/done- "$hot_ids" >/dev/null
+    wrk -t"$threads" -c"$conns" -d"${warm}s" -s bench/compare/hits.lua "$url" -- /task/done- "$hot_ids" xff >/dev/null
 done
 check_header "http://127.0.0.1:$ngx_log_port/task/done-7" x-cache HIT
 for r in $(seq "$rounds"); do
@@ -340,12 +344,26 @@ start_taskgate tg-mem "http://127.0.0.1:$up_port/api"
 sleep 1
 procstat "$tg_pid" >"$res/mem-taskgate-idle.json"
 procstat "$ngx_pid" >"$res/mem-nginx-before.json"
-# Random 16-character ids: distinct but for a chance in 10^19; the metrics count what is kept.
-for who in taskgate nginx; do
-    port=$tg_port; [ "$who" = nginx ] && port=$ngx_port
-    "$oha" --no-tui --output-format json -n "$fill_n" -c "$conns" \
-        --rand-regex-url "http://127.0.0.1:$port/task/gen-[a-z0-9]{16}" >"$res/fill-$who.oha.json"
-done
+# Distinct ids (bench/memory/churn.lua: gen-RUN-THREAD-N, each request from another
+# X-Forwarded-For address) until taskgate has fill_n entries (at most 2 min), then the same
+# number of requests through nginx; wrk runs 2 s at a time.
+fill_rps() {  # port min-requests -> total req/s of the wrk runs, until enough entries/requests
+    local port=$1 want=$2 n=0 got=0 t=0 k=0 out
+    while [ "$got" -lt "$want" ] && [ "$t" -lt 120 ]; do
+        k=$((k + 1))
+        out=$(wrk -t"$threads" -c"$conns" -d2s -s bench/memory/churn.lua "http://127.0.0.1:$port" -- "f$port-$k")
+        n=$((n + $(echo "$out" | awk '/requests in/ {print $1}')))
+        t=$((t + 2))
+        if [ "$port" = "$tg_port" ]; then
+            got=$(curl -s "http://127.0.0.1:$tg_adm/metrics" | awk '$1 == "taskgate_cache_entries" {print int($2)}')
+        else
+            got=$n
+        fi
+    done
+    echo "{\"summary\": {\"requestsPerSec\": $((n / t))}, \"latencyPercentiles\": {\"p50\": 0, \"p99\": 0, \"p99.9\": 0}, \"requests\": $n}"
+}
+fill_rps "$tg_port" "$fill_n" >"$res/fill-taskgate.oha.json"
+fill_rps "$ngx_port" "$fill_n" >"$res/fill-nginx.oha.json"
 sleep 2
 procstat "$tg_pid" >"$res/mem-taskgate-full.json"
 curl -s "http://127.0.0.1:$tg_adm/metrics" >"$res/mem-taskgate.metrics"

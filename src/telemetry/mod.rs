@@ -793,10 +793,13 @@ mod tests {
 
     use super::*;
 
+    /// Whether the gate is open, and what went through it.
+    type GateState = Mutex<(bool, Vec<u8>)>;
+
     /// A sink that holds every `write` until `open` is called, and keeps what it was given.
     #[derive(Clone, Default)]
     struct Gate {
-        state: Arc<(Mutex<(bool, Vec<u8>)>, Condvar)>,
+        state: Arc<(GateState, Condvar)>,
     }
 
     impl Gate {
