@@ -138,8 +138,8 @@ if "COPY --from=binary /taskgate /taskgate" not in final:
     bad("Dockerfile: the runtime stage must COPY --from=binary /taskgate /taskgate")
 # The image is built without the demo (SPEC): every cargo build leaves the default features out.
 for ln in lines:
-    if "cargo build" in ln and ("--no-default-features --features redis" not in ln or "demo" in ln):
-        bad(f"Dockerfile: `{ln[:80]}...` must build with --no-default-features --features redis (no demo)")
+    if "cargo build" in ln and ("--no-default-features --features redis,mimalloc" not in ln or "demo" in ln):
+        bad(f"Dockerfile: `{ln[:80]}...` must build with --no-default-features --features redis,mimalloc (no demo)")
 ok(
     f"Dockerfile: runtime {final_from}, user {user[-1] if user else '?'}, EXPOSE 8080 9090, "
     "exec ENTRYPOINT, HEALTHCHECK by taskgate --healthcheck, STOPSIGNAL SIGTERM, no RUN in the runtime stage, "

@@ -3,9 +3,14 @@
 # write (proxy_cache keyed on the task id, proxy_cache_lock, proxy_cache_valid 200 24h, cache
 # on tmpfs, worker_processes auto), on one machine in one run, and print a side-by-side
 # report with the targets of the issue, each PASS or MISS:
-#   (a) cache hits: wrk max throughput at 64 connections (3 interleaved rounds), then oha at
-#       a constant rate (half of nginx's max) with latency correction (no coordinated
-#       omission): p50/p99/p99.9 (5 rounds); medians reported
+#   (a) cache hits: wrk max throughput at 64 connections (3 interleaved rounds) against
+#       nginx and against a bare hyper server answering the same bytes (the ceiling,
+#       bench/compare/ceiling), then oha at a constant rate (half of nginx's max) with latency
+#       correction (no coordinated omission): p50/p99/p99.9 (5 rounds); medians reported
+#   (a') as shipped: the same hits with access logs on, taskgate's default (TASKGATE_LOG=info,
+#       JSON events on stdout) vs nginx's default access_log, both to a file on tmpfs; and
+#       pass-through of running tasks at max throughput, as shipped, vs nginx proxy_pass
+#       (3 interleaved rounds each; log lines written and dropped are counted)
 #   (b) pass-through of a running task: taskgate vs the upstream directly (and vs nginx
 #       without its cache), oha at a constant 1000 req/s
 #   (c) coalescing: 200 simultaneous requests for one cold id against a 200 ms upstream,
@@ -15,11 +20,12 @@
 # Everything on 127.0.0.1 at free ports, temp files in /dev/shm; all killed on exit.
 #
 #   bash bench/compare.sh [--quick] [--strict] [--keep]
-#     --quick   about 2 min instead of about 3.5: shorter runs, one round, 20 000 tasks in (d)
+#     --quick   about 2.5 min instead of about 5: shorter runs, one round, 20 000 tasks in (d)
 #     --strict  exit 1 when a target is missed
 #     --keep    keep the temp dir (configs, raw wrk/oha outputs, results/*.json)
 # Installs nginx, wrk, curl from Debian when missing, and oha into bench/.tools with cargo
-# (once: about 7 min on 2 cores, not counted above). TASKGATE_BIN skips the cargo build.
+# (once: about 7 min on 2 cores, not counted above). TASKGATE_BIN skips the cargo build; the
+# ceiling is built into target/ceiling (once: about 30 s).
 # Method, figures and limits: BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +68,10 @@ fi
 
 [ -n "${TASKGATE_BIN:-}" ] || say "cargo build --release --locked"
 bin=$(taskgate_bin)
+say "building the bare-hyper ceiling (bench/compare/ceiling)"
+cargo build --release --locked --quiet --manifest-path bench/compare/ceiling/Cargo.toml \
+    --target-dir "$root/target/ceiling"
+ceiling=$root/target/ceiling/release/bare-hyper
 
 # --- temp dir, processes, cleanup ---------------------------------------------------------
 tmp=$(mktemp -d -p /dev/shm taskgate-compare.XXXXXX 2>/dev/null ||
@@ -130,6 +140,7 @@ wait_http "http://127.0.0.1:$slow_port/stats"
 # What a user would write: cache keyed on the id, one fetch per cold key (proxy_cache_lock),
 # 200s kept 24 h. It cannot see the phase in the body, so it keeps running tasks too.
 ngx_port=$(free_port) ngx_slow_port=$(free_port) ngx_nocache_port=$(free_port) ngx_log_port=$(free_port)
+ngx_nocache_log_port=$(free_port)
 mkdir -p "$tmp/ngx/cache" "$tmp/ngx/cache-slow"
 chmod 777 "$tmp/ngx" "$tmp/ngx/cache" "$tmp/ngx/cache-slow"
 proxy_common='proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Authorization "Bearer bench-key";'
@@ -156,7 +167,7 @@ proxy_common='proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_
             add_header x-cache \$upstream_cache_status always;
         }
     }
-    server {   # the same cache, with an access log (for reference)
+    server {   # the same cache, as shipped: nginx's default access log (combined, to a file)
         listen 127.0.0.1:$ngx_log_port backlog=4096;
         access_log $tmp/ngx/access.log;
         location ~ "^/(?:api/)?task/([A-Za-z0-9-]{1,64})\$" {
@@ -171,6 +182,13 @@ proxy_common='proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_
             proxy_pass http://fast/api/task/\$1; $proxy_common
         }
     }
+    server {   # no cache, as shipped (access log on)
+        listen 127.0.0.1:$ngx_nocache_log_port backlog=4096;
+        access_log $tmp/ngx/access-pass.log;
+        location ~ "^/(?:api/)?task/([A-Za-z0-9-]{1,64})\$" {
+            proxy_pass http://fast/api/task/\$1; $proxy_common
+        }
+    }
 }
 EOF
 } >"$tmp/ngx/nginx.conf"
@@ -181,10 +199,14 @@ wait_http "http://127.0.0.1:$ngx_port/"
 start_taskgate() {  # name upstream_url extra-env... -> sets tg_port, tg_adm, tg_pid
     tg_port=$(free_port); tg_adm=$(free_port)
     # From $tmp: no config/taskgate.toml is picked up; the environment says everything.
+    # TASKGATE_TRUST_FORWARDED: warm-ups and fills send X-Forwarded-For over many addresses,
+    # or taskgate's per-client budget of upstream calls (20/s) would refuse most of their
+    # misses from the one load-generating address (and leave the cache cold).
     (cd "$tmp" && exec env -i PATH="$PATH" \
         TASKGATE_API_KEY=bench-key TASKGATE_UPSTREAM_URL="$2" \
         TASKGATE_LISTEN="127.0.0.1:$tg_port" TASKGATE_ADMIN_LISTEN="127.0.0.1:$tg_adm" \
         TASKGATE_RATE_LIMIT=0 TASKGATE_CACHE_MAX_BYTES=1GiB TASKGATE_LOG=warn \
+        TASKGATE_TRUST_FORWARDED=true \
         "${@:3}" "$bin") >"$tmp/$1.log" 2>&1 & tg_pid=$!
     pids+=($tg_pid)
     wait_ready "$tg_adm" "$tmp/$1.log"
@@ -216,25 +238,62 @@ ids_re="(0|[1-9][0-9]{0,2})"   # 0..999, as tasks.py numbered them
 # --- (a) cache hits -----------------------------------------------------------------------
 say "(a) cache hits: warm-up ${warm}s each, then ${rounds} x ${hit_d}s of wrk -t$threads -c$conns per proxy"
 for url in "http://127.0.0.1:$tg_port_main" "http://127.0.0.1:$ngx_port"; do
-    wrk -t"$threads" -c"$conns" -d"${warm}s" -s bench/compare/hits.lua "$url" -- /task/done- "$hot_ids" >/dev/null
+    wrk -t"$threads" -c"$conns" -d"${warm}s" -s bench/compare/hits.lua "$url" -- /task/done- "$hot_ids" xff >/dev/null
 done
 check_header "http://127.0.0.1:$tg_port_main/task/done-7" x-cache HIT
 check_header "http://127.0.0.1:$ngx_port/task/done-7" x-cache HIT
+# The ceiling: a bare hyper server replaying taskgate's hit answers byte for byte.
+python3 bench/compare/capture.py "$tg_port_main" /task/done- "$hot_ids" "$tmp/hits.json"
+hy_port=$(free_port)
+"$ceiling" "$hy_port" "$tmp/hits.json" & hy_pid=$!; pids+=($hy_pid)
+wait_http "http://127.0.0.1:$hy_port/task/done-0"
+check_header "http://127.0.0.1:$hy_port/task/done-7" x-cache HIT
+wrk -t"$threads" -c"$conns" -d"${warm}s" -s bench/compare/hits.lua "http://127.0.0.1:$hy_port" -- /task/done- "$hot_ids" >/dev/null
 for r in $(seq "$rounds"); do
     wrk_run "hit-taskgate-$r" "$tg_pid_main" "http://127.0.0.1:$tg_port_main" /task/done- "$hot_ids"
     wrk_run "hit-nginx-$r" "$ngx_pid" "http://127.0.0.1:$ngx_port" /task/done- "$hot_ids"
+    wrk_run "hit-hyper-$r" "$hy_pid" "http://127.0.0.1:$hy_port" /task/done- "$hot_ids"
 done
-if [ "$quick" = 0 ]; then
-    # For reference: access logs on, taskgate's default (JSON events, TASKGATE_LOG=info) and
-    # nginx's (combined format, to a file).
-    start_taskgate tg-log "http://127.0.0.1:$up_port/api" TASKGATE_LOG=info
-    wrk -t"$threads" -c"$conns" -d"${warm}s" -s bench/compare/hits.lua "http://127.0.0.1:$tg_port" -- /task/done- "$hot_ids" >/dev/null
-    : >"$tmp/tg-log.log"
-    wrk_run "hit-taskgate-log-1" "$tg_pid" "http://127.0.0.1:$tg_port" /task/done- "$hot_ids"
-    kill "$tg_pid"; wait "$tg_pid" 2>/dev/null || true
-    wrk_run "hit-nginx-log-1" "$ngx_pid" "http://127.0.0.1:$ngx_log_port" /task/done- "$hot_ids"
-    rm -f "$tmp/ngx/access.log"
-fi
+
+# --- (a') as shipped ------------------------------------------------------------------------
+# taskgate's default logging (TASKGATE_LOG=info: one JSON event per request on stdout, here
+# to a file on tmpfs) against nginx's default access_log (combined format, to a file on tmpfs).
+say "(a') as shipped (access logs on): ${rounds} x ${hit_d}s of hits, then of pass-through, per proxy"
+# The pass-through rounds send X-Forwarded-For over 4096 addresses (to nginx too, which
+# ignores it), for taskgate's per-client budget of upstream calls (see start_taskgate).
+start_taskgate tg-log "http://127.0.0.1:$up_port/api" TASKGATE_LOG=info
+tgl_pid=$tg_pid tgl_port=$tg_port tgl_adm=$tg_adm
+for url in "http://127.0.0.1:$tgl_port" "http://127.0.0.1:$ngx_log_port"; do
+    wrk -t"$threads" -c"$conns" -d"${warm}s" -s bench/compare/hits.lua "$url" -- /task/done- "$hot_ids" xff >/dev/null
+done
+check_header "http://127.0.0.1:$ngx_log_port/task/done-7" x-cache HIT
+for r in $(seq "$rounds"); do
+    wrk_run "ship-hit-taskgate-$r" "$tgl_pid" "http://127.0.0.1:$tgl_port" /task/done- "$hot_ids"
+    wrk_run "ship-hit-nginx-$r" "$ngx_pid" "http://127.0.0.1:$ngx_log_port" /task/done- "$hot_ids"
+done
+for url in "http://127.0.0.1:$tgl_port" "http://127.0.0.1:$ngx_nocache_log_port"; do
+    wrk -t"$threads" -c"$conns" -d1s -s bench/compare/hits.lua "$url" -- /task/run- "$hot_ids" xff >/dev/null
+done
+for r in $(seq "$rounds"); do
+    wrk_run "ship-pass-taskgate-$r" "$tgl_pid" "http://127.0.0.1:$tgl_port" /task/run- "$hot_ids" xff
+    wrk_run "ship-pass-nginx-$r" "$ngx_pid" "http://127.0.0.1:$ngx_nocache_log_port" /task/run- "$hot_ids" xff
+done
+curl -s "http://127.0.0.1:$tgl_adm/metrics" >"$res/ship-taskgate.metrics"
+kill "$tgl_pid"; wait "$tgl_pid" 2>/dev/null || true
+python3 - "$tmp/tg-log.log" "$tmp/ngx/access.log" "$tmp/ngx/access-pass.log" >"$res/ship-lines.json" <<'PY'
+import json, sys
+def lines(p):
+    try:
+        return sum(1 for _ in open(p, "rb"))
+    except OSError:
+        return 0
+tg = 0
+for l in open(sys.argv[1], "rb"):
+    tg += b'"target":"taskgate::access"' in l
+print(json.dumps({"taskgate_access_events": tg, "nginx_lines": lines(sys.argv[2]) + lines(sys.argv[3])}))
+PY
+rm -f "$tmp/ngx/access.log" "$tmp/ngx/access-pass.log" "$tmp/tg-log.log"
+
 rate=$(python3 - "$res" <<'PY'
 import glob, re, sys
 rps = sorted(float(re.search(r"Requests/sec:\s+([\d.]+)", open(f).read()).group(1))
@@ -285,12 +344,26 @@ start_taskgate tg-mem "http://127.0.0.1:$up_port/api"
 sleep 1
 procstat "$tg_pid" >"$res/mem-taskgate-idle.json"
 procstat "$ngx_pid" >"$res/mem-nginx-before.json"
-# Random 16-character ids: distinct but for a chance in 10^19; the metrics count what is kept.
-for who in taskgate nginx; do
-    port=$tg_port; [ "$who" = nginx ] && port=$ngx_port
-    "$oha" --no-tui --output-format json -n "$fill_n" -c "$conns" \
-        --rand-regex-url "http://127.0.0.1:$port/task/gen-[a-z0-9]{16}" >"$res/fill-$who.oha.json"
-done
+# Distinct ids (bench/memory/churn.lua: gen-RUN-THREAD-N, each request from another
+# X-Forwarded-For address) until taskgate has fill_n entries (at most 2 min), then the same
+# number of requests through nginx; wrk runs 2 s at a time.
+fill_rps() {  # port min-requests -> total req/s of the wrk runs, until enough entries/requests
+    local port=$1 want=$2 n=0 got=0 t=0 k=0 out
+    while [ "$got" -lt "$want" ] && [ "$t" -lt 120 ]; do
+        k=$((k + 1))
+        out=$(wrk -t"$threads" -c"$conns" -d2s -s bench/memory/churn.lua "http://127.0.0.1:$port" -- "f$port-$k")
+        n=$((n + $(echo "$out" | awk '/requests in/ {print $1}')))
+        t=$((t + 2))
+        if [ "$port" = "$tg_port" ]; then
+            got=$(curl -s "http://127.0.0.1:$tg_adm/metrics" | awk '$1 == "taskgate_cache_entries" {print int($2)}')
+        else
+            got=$n
+        fi
+    done
+    echo "{\"summary\": {\"requestsPerSec\": $((n / t))}, \"latencyPercentiles\": {\"p50\": 0, \"p99\": 0, \"p99.9\": 0}, \"requests\": $n}"
+}
+fill_rps "$tg_port" "$fill_n" >"$res/fill-taskgate.oha.json"
+fill_rps "$ngx_port" "$fill_n" >"$res/fill-nginx.oha.json"
 sleep 2
 procstat "$tg_pid" >"$res/mem-taskgate-full.json"
 curl -s "http://127.0.0.1:$tg_adm/metrics" >"$res/mem-taskgate.metrics"

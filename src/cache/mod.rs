@@ -39,8 +39,19 @@ use crate::{
     upstream::UpstreamReport,
 };
 
-/// Bytes an entry costs beyond its body: the key, the `Answer` fields and moka's bookkeeping.
-const ENTRY_OVERHEAD: usize = 256;
+/// Bytes an entry costs beyond its body: the key (inline in moka's entry), the `Arc<Answer>`
+/// and its stored header values (content type, ETag, Retry-After), moka's per-entry records
+/// (entry info, access- and write-order deque nodes, the timer-wheel node for the per-entry
+/// expiry, hash-table bucket) and the allocator's own headers and rounding.
+///
+/// Measured, not estimated: `bash bench/memory.sh --entry-cost-only` puts 100 000 distinct
+/// completed tasks (1247-byte bodies) into a 1 GiB cache (never full, so nothing is evicted)
+/// and divides the RSS growth by the entries: 2197 B per entry with glibc's malloc, 2145 B
+/// with jemalloc, 2139 B with mimalloc (2026-12-03, BENCHMARKS.md "Memory bound"), i.e. 950,
+/// 898 and 892 B beside the body. The largest, rounded up, so that
+/// `TASKGATE_CACHE_MAX_BYTES` bounds what the entries really hold whichever allocator runs.
+/// (It was 256 until then: the cache held 2.2× its setting.)
+const ENTRY_OVERHEAD: usize = 960;
 
 /// One completed fetch, as every waiter sees it.
 #[derive(Debug, Clone)]

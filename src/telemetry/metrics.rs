@@ -3,7 +3,10 @@
 //! Label values come from the same `as_str()` as the log fields, and no label is unbounded:
 //! never a task or asset id, only routes, status codes, cache outcomes and error kinds.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -84,6 +87,10 @@ pub struct Metrics {
     avoided: Family<ReasonLabel, Counter>,
     access: Family<OutcomeLabel, Counter>,
     secret_reloads: Family<ReloadLabels, Counter>,
+    /// `taskgate_log_events_dropped_total`, brought up to the log writer's own count at each
+    /// render; `log_dropped_seen` is the count it last reached.
+    log_dropped: Counter,
+    log_dropped_seen: AtomicU64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -209,7 +216,15 @@ impl Metrics {
             "Re-reads of *_FILE secrets by setting and outcome (changed, failed)",
             secret_reloads.clone(),
         );
+        let log_dropped = Counter::default();
+        registry.register(
+            "log_events_dropped",
+            "Log lines (access events included) dropped because the log writer could not keep up",
+            log_dropped.clone(),
+        );
         Self {
+            log_dropped,
+            log_dropped_seen: AtomicU64::new(0),
             avoided,
             access,
             secret_reloads,
@@ -330,6 +345,13 @@ impl Metrics {
         set(&self.watch_streams, now.watch_streams as u64);
         self.webhook_age
             .set(now.webhook_age.map_or(f64::NAN, |d| d.as_secs_f64()));
+        // The writer counts its drops itself; the counter catches up with it here. `fetch_max`
+        // keeps concurrent renders from adding the same drops twice.
+        let dropped = super::log_events_dropped();
+        let seen = self.log_dropped_seen.fetch_max(dropped, Ordering::Relaxed);
+        if dropped > seen {
+            self.log_dropped.inc_by(dropped - seen);
+        }
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
