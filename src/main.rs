@@ -205,8 +205,19 @@ async fn serve(cfg: Config, demo: bool) -> ExitCode {
         }
     });
     shutdown_signal().await;
+    let proxy = std::sync::Arc::clone(running.proxy());
     running.shutdown();
     running.wait().await;
+    #[cfg(feature = "demo")]
+    if let Some(demo) = _demo {
+        let readout = proxy.metrics().read(Default::default());
+        println!(
+            "{}",
+            taskgate::demo::exit_summary(&readout, demo.upstream_calls())
+        );
+    }
+    #[cfg(not(feature = "demo"))]
+    let _ = proxy;
     ExitCode::SUCCESS
 }
 

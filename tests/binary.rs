@@ -368,3 +368,58 @@ fn the_token_subcommand_mints_an_hs256_token_or_exits_64_without_a_secret() {
     );
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// `taskgate --demo` ends with the quota report: requests answered, the API calls they cost,
+/// and the requests that cost none, by reason. Two reads of the unknown id: one API call (the
+/// 404 is cached briefly), one hit.
+#[cfg(feature = "demo")]
+#[test]
+fn the_demo_prints_the_quota_report_at_exit() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskgate"))
+        .arg("--demo")
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .env("TASKGATE_LISTEN", "127.0.0.1:0")
+        .env("TASKGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let public: std::net::SocketAddr = loop {
+        let line = stdout.next().expect("listens before stdout ends").unwrap();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue; // the demo's own lines: the simulated API's address, curl lines
+        };
+        if v["message"] == "listening" {
+            break v["public"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    let path = format!("/task/{}", taskgate::demo::UNKNOWN_TASK_ID);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let c = HttpClient::default();
+        for cache in ["MISS", "HIT"] {
+            let got = c.get(public, &path).await;
+            assert_eq!(got.status, StatusCode::NOT_FOUND);
+            assert_eq!(got.header("x-cache"), Some(cache));
+        }
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let report: Vec<String> = stdout
+        .map_while(Result::ok)
+        .filter(|l| l.starts_with("taskgate demo: requests answered"))
+        .collect();
+    assert_eq!(
+        report,
+        ["taskgate demo: requests answered 2, API calls 1, requests that cost no API call 1 (hit 1)"]
+    );
+}

@@ -573,6 +573,27 @@ pub async fn start_for_cli(cfg: &mut Config) -> io::Result<Simulator> {
     Ok(sim)
 }
 
+/// What `taskgate --demo` prints at exit: the requests answered, the API calls they cost, and
+/// the requests that cost none, by what saved them (`taskgate_upstream_calls_avoided_total`).
+pub fn exit_summary(metrics: &crate::telemetry::Readout, upstream_calls: u64) -> String {
+    let requests = metrics.sum("taskgate_requests_total", &[]);
+    let avoided = metrics.sum_by("taskgate_upstream_calls_avoided_total", "reason");
+    let total: f64 = avoided.iter().map(|(_, n)| n).sum();
+    let by_reason: Vec<String> = avoided
+        .iter()
+        .filter(|(_, n)| *n > 0.0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    let mut line = format!(
+        "taskgate demo: requests answered {requests}, API calls {upstream_calls}, \
+         requests that cost no API call {total}"
+    );
+    if !by_reason.is_empty() {
+        line += &format!(" ({})", by_reason.join(", "));
+    }
+    line
+}
+
 /// What `taskgate --demo` prints for the user to try, against taskgate at `public_base`
 /// (e.g. `http://127.0.0.1:8080`).
 pub fn curl_lines(public_base: &str) -> String {
@@ -971,6 +992,26 @@ mod tests {
         );
         sim.shutdown().await;
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[test]
+    fn exit_summary_counts_requests_calls_and_what_saved_them() {
+        let metrics = crate::telemetry::Readout::parse(
+            "taskgate_requests_total{route=\"task\",status=\"200\"} 7\n\
+             taskgate_requests_total{route=\"asset\",status=\"304\"} 3\n\
+             taskgate_upstream_calls_avoided_total{reason=\"hit\"} 5\n\
+             taskgate_upstream_calls_avoided_total{reason=\"coalesced\"} 0\n\
+             taskgate_upstream_calls_avoided_total{reason=\"not_modified\"} 2\n",
+        );
+        assert_eq!(
+            exit_summary(&metrics, 3),
+            "taskgate demo: requests answered 10, API calls 3, requests that cost no API call 7 \
+             (hit 5, not_modified 2)"
+        );
+        assert_eq!(
+            exit_summary(&crate::telemetry::Readout::default(), 0),
+            "taskgate demo: requests answered 0, API calls 0, requests that cost no API call 0"
+        );
     }
 
     #[test]
