@@ -1,4 +1,4 @@
-//! CORS for the browser-facing routes (SPEC "CORS and abuse limits"): decisions only; the
+//! CORS for the browser-facing routes (docs/security.md, "CORS"): decisions only; the
 //! headers are written by `answer::respond`.
 //!
 //! An allowed `Origin` gets `Access-Control-Allow-Origin: <that origin>`; a disallowed one gets

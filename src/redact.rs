@@ -1,5 +1,5 @@
-//! Scrubbing of secrets that Studio returns inside task bodies (LIVEPEER-API §1.7, §6) and
-//! asset bodies (LIVEPEER-ASSETS §4).
+//! Scrubbing of secrets that Studio returns to non-admin keys inside task bodies and asset
+//! bodies (the list below; docs/behaviour.md, "Redaction").
 //!
 //! The rules are chosen by [`Kind`] ([`scrub`]`(kind, …)`): the walker, the URL rules that hold
 //! everywhere and the failing-closed parse are common; each kind adds the fields that are its
@@ -44,7 +44,7 @@
 //! - **`params.export.custom.headers`**: every value becomes `"***"` (names are kept); these are
 //!   headers such as `Authorization` that taskgate's caller sends to the export destination.
 //! - **`params.export.ipfs.pinata` and `params.exportData.ipfs.pinata`**: `jwt`, `apiSecret` and
-//!   `apiKey` become `"***"` (writeOnly in Studio's schema, but returned, §1.7).
+//!   `apiKey` become `"***"` (writeOnly in Studio's schema, but returned).
 //! - **`params.upload.encryption`**: `key` and `encryptedKey` become `"***"` (Studio already
 //!   masks `key` and drops `encryptedKey`; this guards against that changing).
 //!
@@ -143,7 +143,7 @@ fn scrub_task(task: &mut Map<String, Value>) -> bool {
     changed
 }
 
-/// An asset (LIVEPEER-ASSETS §4). `source` is the user's input, like a task's `params`: its
+/// An asset. `source` is the user's input, like a task's `params`: its
 /// URLs lose their query and fragment, and `encryption.encryptedKey` (returned beside a decoy
 /// `key: "***"`) is masked. Every value of `playbackPolicy.webhookContext` is masked
 /// ([`mask_all`]). URLs anywhere in `storage.ipfs.spec.nftMetadata` lose their query and
@@ -718,7 +718,7 @@ mod tests {
         }
     }
 
-    // Bodies from LIVEPEER-API §5, trimmed to the fields that matter here.
+    // Bodies of the shapes Studio returns, trimmed to the fields that matter here.
     fn custom_export() -> Value {
         json!({
           "id": "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f", "type": "export",
@@ -825,7 +825,7 @@ mod tests {
         let out = redacted(&body);
         let message = "error downloading https://***@h.example/a.mp4: 403";
         assert_eq!(at(&out, "/status/errorMessage"), message);
-        // The query is kept outside `params`; its signature-like parameter is not (SPEC).
+        // The query is kept outside `params`; its signature-like parameter is not.
         let clip = "https://***:***@cdn.example/c.m3u8?sig=***";
         assert_eq!(at(&out, "/output/clip/url"), clip);
         assert_eq!(at(&out, "/output/clip/odd"), "https://x://***:***@h/");
@@ -884,7 +884,7 @@ mod tests {
 
     #[test]
     fn non_json_is_refused_and_other_json_is_scrubbed_too() {
-        // Failing closed (SPEC "Redaction"): what cannot be parsed cannot be scrubbed, so it
+        // Failing closed: what cannot be parsed cannot be scrubbed, so it
         // is refused rather than relayed untouched.
         let unreadable: [&[u8]; 5] = [
             b"",

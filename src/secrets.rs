@@ -1,4 +1,4 @@
-//! The secrets in force, and their live rotation (SPEC "Secrets").
+//! The secrets in force, and their live rotation (docs/security.md, "Rotating secrets").
 //!
 //! [`Secrets`] holds the current values behind one `RwLock<Arc<Current>>`: the upstream client
 //! (the `Authorization` header), the webhook verifier, the viewer-token verifier and the admin

@@ -1,5 +1,5 @@
-//! Watching a resource: `GET /{kind}/{id}/events` as Server-Sent Events (SPEC "Watching a
-//! task").
+//! Watching a resource: `GET /{kind}/{id}/events` as Server-Sent Events (docs/push.md, "Push
+//! updates to browsers").
 //!
 //! One watcher task per key, shared by all its subscribers, fetches it through the same
 //! cache and coalesced fetch as `GET` once per `TASKGATE_WATCH_INTERVAL` (or at once when a

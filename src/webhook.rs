@@ -1,4 +1,4 @@
-//! Studio webhooks (`POST /webhooks/livepeer`), as LIVEPEER-API.md §8 describes them.
+//! Studio webhooks (`POST /webhooks/livepeer`); docs/push.md describes the route.
 //!
 //! Studio signs each call with `Livepeer-Signature: t=<ms>,v1=<hex HMAC-SHA256 of the raw
 //! body>`; the body is `{id, webhookId, createdAt, timestamp, event, payload}`, where

@@ -1,5 +1,5 @@
-//! What a client gets for a resource: the classification of an upstream reply (SPEC
-//! "Answers"), and what an answer says in its headers when it is served.
+//! What a client gets for a resource: the classification of an upstream reply (the table in
+//! docs/behaviour.md, "Answers"), and what an answer says in its headers when it is served.
 //!
 //! An [`Answer`] holds nothing that depends on the request, so one cached answer can serve
 //! every client; request-specific headers (`x-request-id`, CORS) are added when it is served.
@@ -158,7 +158,7 @@ impl Answer {
         }
     }
 
-    /// Classifies what the API said about a resource of `kind`, as SPEC's answers table does,
+    /// Classifies what the API said about a resource of `kind`, as docs/behaviour.md's answers table does,
     /// row by row. `secret` is the API key: a relayed 4xx body that contains it (escaped or
     /// encoded included) is replaced, and with redaction on a 200 holding it is a 502.
     pub fn from_upstream(
@@ -497,7 +497,7 @@ mod tests {
             "<html>".into(),
             "{}".into(),
         ] {
-            // With redaction on, what cannot be parsed is a 502 (SPEC "Answers").
+            // With redaction on, what cannot be parsed is a 502: it cannot be scrubbed.
             let policies: &[&Policy] = match body.starts_with('{') {
                 true => &[&TTLS, &redact_off],
                 false => &[&redact_off],

@@ -420,7 +420,7 @@ pub(super) fn parse_optional_secret(value: &str) -> Result<Option<Secret>, Strin
     Ok((!value.is_empty()).then(|| Secret::new(value)))
 }
 
-/// Empty = the webhook route is off (SPEC's default).
+/// Empty = the webhook route is off (the default).
 pub(super) fn parse_webhook_secret(value: &str) -> Result<Option<Secret>, String> {
     Ok((!value.is_empty()).then(|| Secret::new(value)))
 }

@@ -138,8 +138,8 @@ macro_rules! field {
     };
 }
 
-/// Every setting, in SPEC order: the key, the built-in value, the parser, the doc line, and
-/// whether it is also a flag (`.flag(VALUE_NAME)`), a secret, or refused in a file.
+/// Every setting: the key, the built-in value, the parser, the doc line, and whether it is
+/// also a flag (`.flag(VALUE_NAME)`), a secret, or refused in a file.
 #[rustfmt::skip]
 pub static SETTINGS: &[Setting] = &[
     Setting::row("api_key",      Unset,                       set_api_key,

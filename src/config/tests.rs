@@ -266,7 +266,7 @@ fn every_spec_variable_is_a_known_setting() {
 fn unknown_env_setting_is_an_error() {
     let e = err(with_env(&[("TASKGATE_TTL_COMPLETD", "1h")]));
     assert_eq!(e, "TASKGATE_TTL_COMPLETD: unknown setting");
-    // Names are upper case, as SPEC writes them.
+    // Names are upper case, as the docs write them.
     let e = err(with_env(&[("TASKGATE_ttl_completed", "1h")]));
     assert_eq!(e, "TASKGATE_ttl_completed: unknown setting");
 }

@@ -1,4 +1,4 @@
-//! The simulated assets of `taskgate --demo` (LIVEPEER-ASSETS §2, §7): bodies with the shapes a
+//! The simulated assets of `taskgate --demo`: bodies with the shapes a
 //! non-admin `GET /api/asset/{id}` returns, moving with the same [`Timeline`] as the tasks.
 //!
 //! - a direct upload: `uploading` (the browser sends the file) → `waiting` → `processing` with

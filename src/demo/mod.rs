@@ -1,14 +1,15 @@
 //! Built-in simulated Livepeer Studio task and asset API, for `taskgate --demo` and for tests.
 //!
 //! A [`Simulator`] answers `GET` and `HEAD /api/task/{id}` and `/api/asset/{id}` on a listener of its own the way
-//! Studio's Express app does (LIVEPEER-API §3): bearer auth with [`DEMO_API_KEY`], errors as
+//! Studio's Express app does: bearer auth with [`DEMO_API_KEY`], errors as
 //! `{"errors": ["..."]}` (a 401 echoes the token it was given, as Studio's does), and Express's
 //! headers: `content-type: application/json; charset=utf-8`, a weak `ETag` (same shape as
 //! Express's, not the same hash), `X-Powered-By: Express`, `Vary: Authorization`, and a bodiless
 //! 304 when `If-None-Match` matches a 200. Every other request is a 404 in the same shape.
 //!
-//! It holds a fixed set of [`tasks`] whose bodies have the shapes of LIVEPEER-API §5, including
-//! the secrets Studio really returns to non-admins (§6), so taskgate's redaction and its hiding of
+//! It holds a fixed set of [`tasks`] whose bodies have the shapes Studio returns (upload, IPFS
+//! export, custom export, transcode-file, clip), including the secrets Studio really returns to
+//! non-admins (export headers, Pinata keys, presigned URLs), so taskgate's redaction and its hiding of
 //! 401 bodies can be seen; and a fixed set of [`assets`] (see the `assets` module), which move
 //! with the same [`Timeline`].
 //!
@@ -26,7 +27,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -87,23 +88,23 @@ impl Timeline {
 }
 
 /// Progress moves in tenths: each tenth is one status update by the runner, with its own
-/// `updatedAt`, like the frequent `POST /task/:id/status` calls of the real one (§1.3).
+/// `updatedAt`, like the frequent `POST /task/:id/status` calls of the real one.
 const PROGRESS_STEPS: u32 = 10;
 
 /// An unfinished stretch of a task's life.
 #[derive(Debug, Clone, Copy)]
 enum Step {
     /// Queued for `timeline.waiting`. An automatic retry carries its attempt count and, during
-    /// the backoff, the error that caused it (Studio's `retryTask`, §1.4).
+    /// the backoff, the error that caused it (Studio's `retryTask`).
     Waiting {
         retries: u32,
         error: Option<&'static str>,
     },
-    /// Working for `percent`% of `timeline.running`; `retries` stays on the status (§1.3).
+    /// Working for `percent`% of `timeline.running`; `retries` stays on the status.
     Running { retries: u32, percent: u32 },
 }
 
-/// How a task ends. Studio replaces the whole status object, so progress disappears (§1.3).
+/// How a task ends. Studio replaces the whole status object, so progress disappears.
 #[derive(Debug, Clone, Copy)]
 enum End {
     /// Completed with this `output`.
@@ -215,7 +216,7 @@ static TASKS: [DemoTask; 5] = [
         fixed: |_| {
             json!({"userId": USER_ID, "projectId": PROJECT_ID,
                    "params": {"transcode-file": {
-                       // Studio scrubs an s3+https key pair, but not a web3.storage proof (§1.7).
+                       // Studio scrubs an s3+https key pair, but not a web3.storage proof.
                        "input": {"url": "s3+https://***:***@in.example.com/inbucket/video.mp4"},
                        "storage": {"url": "w3s://EaJlcm9vdHOAZ3ZlcnNpb24BZGVtby11Y2Fu@/"},
                        "outputs": {"hls": {"path": "/output/hls"}}}}})
@@ -479,7 +480,7 @@ impl Api {
     /// The clock of a task or asset, started now if this is its first request.
     fn clock(&self, kind: &'static str, id: &'static str) -> (Instant, u64) {
         // A poisoned map still holds valid instants; keep serving.
-        let mut clocks = self.clocks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut clocks = crate::sync::lock(&self.clocks);
         *clocks.entry((kind, id)).or_insert_with(|| {
             let unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -576,12 +577,14 @@ pub async fn start_for_cli(cfg: &mut Config) -> io::Result<Simulator> {
 /// What `taskgate --demo` prints at exit: the requests answered, the API calls they cost, and
 /// the requests that cost none, by what saved them (`taskgate_upstream_calls_avoided_total`).
 pub fn exit_summary(metrics: &crate::telemetry::Readout, upstream_calls: u64) -> String {
-    let requests = metrics.sum("taskgate_requests_total", &[]);
+    // Counters, so whole numbers (and an empty sum is 0, not `-0`).
+    let requests = metrics.sum("taskgate_requests_total", &[]) as u64;
     let avoided = metrics.sum_by("taskgate_upstream_calls_avoided_total", "reason");
-    let total: f64 = avoided.iter().map(|(_, n)| n).sum();
+    let avoided: Vec<(String, u64)> = avoided.into_iter().map(|(r, n)| (r, n as u64)).collect();
+    let total: u64 = avoided.iter().map(|(_, n)| n).sum();
     let by_reason: Vec<String> = avoided
         .iter()
-        .filter(|(_, n)| *n > 0.0)
+        .filter(|(_, n)| *n > 0)
         .map(|(reason, n)| format!("{reason} {n}"))
         .collect();
     let mut line = format!(

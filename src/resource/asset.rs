@@ -1,5 +1,5 @@
-//! Assets: `status.phase` of an asset body, and what each phase means for caching
-//! (LIVEPEER-ASSETS §2).
+//! Assets: `status.phase` of an asset body (`uploading`, `waiting`, `processing`, `ready`,
+//! `failed`, `deleting`, `deleted`), and what each phase means for caching.
 //!
 //! No asset phase is final. `ready` changes through `PATCH /asset/{id}`, an IPFS export (its
 //! progress is in `storage.status`) and deletion (the asset then answers 404), so it is kept

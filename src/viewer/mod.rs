@@ -1,4 +1,4 @@
-//! Viewer access (SPEC "Viewer access"): which request may read which id.
+//! Viewer access (docs/security.md, "Viewer access"): which request may read which id.
 //!
 //! A viewer token is a JWT: `HS256` under one of the access secrets, or `ES256` / `EdDSA` under
 //! one of the configured public keys. `jsonwebtoken` parses and validates it; the signature is
