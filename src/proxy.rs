@@ -681,10 +681,21 @@ impl Proxy {
             Err(_) => return Err(Error::IncompleteBody),
         };
         let signature = req.headers.get(&SIGNATURE).map(HeaderValue::as_bytes);
-        let (outcome, changed) = webhooks.receive(signature, &raw, unix_ms_now());
+        let (mut outcome, mut changed) = webhooks.receive(signature, &raw, unix_ms_now());
+        if let Some(first) = &changed {
+            // New to this replica; Studio's retry may have reached another one first.
+            if !self
+                .cache
+                .shared()
+                .claim_event(&first.event_id, webhook::SEEN_TTL)
+                .await
+            {
+                (outcome, changed) = (webhook::Outcome::Duplicate, None);
+            }
+        }
         self.metrics.webhook(outcome.as_str());
         out.webhook = Some(outcome);
-        if let Some(Changed { key, version }) = changed {
+        if let Some(Changed { key, version, .. }) = changed {
             // With trusted webhooks, announced first, so a fetch that lands after the
             // invalidation with an answer older than the event is not stored.
             if let Some(version) = version.filter(|_| !self.policy.trusted_unfinished.is_zero()) {

@@ -13,7 +13,9 @@
 //! 3. freshness from what is signed: the body's `timestamp` must equal `t` (so a body signed
 //!    long ago cannot be replayed under a rewritten `t`);
 //! 4. the event id: a non-empty string of at most [`MAX_EVENT_ID`] bytes, else refused;
-//! 5. deduplication: an id seen in the last [`SEEN_TTL`] is acknowledged and ignored.
+//! 5. deduplication: an id seen in the last [`SEEN_TTL`] is acknowledged and ignored. This
+//!    table is the replica's own; with Redis, the caller also claims the id there
+//!    ([`Changed::event_id`]), so a retry that lands on another replica is a duplicate too.
 //!
 //! Events about a resource name the key whose cached answer must be dropped.
 
@@ -57,10 +59,12 @@ pub const EVENT_AFTER_WRITE: Duration = Duration::from_secs(5);
 
 /// A resource a webhook says changed, and the version (`status.updatedAt`, unix ms) it
 /// announces when the event carries one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changed {
     pub key: Key,
     pub version: Option<u64>,
+    /// The event's id, first seen by this replica: to be claimed fleet-wide as well.
+    pub event_id: Box<str>,
 }
 
 /// What became of one call: the metric label and the log field.
@@ -209,7 +213,11 @@ impl Webhooks {
                         let created = call.get("createdAt").and_then(Value::as_u64)?;
                         Some(created.saturating_sub(EVENT_AFTER_WRITE.as_millis() as u64))
                     });
-                Some(Changed { key, version })
+                Some(Changed {
+                    key,
+                    version,
+                    event_id: event_id.into(),
+                })
             });
         match changed {
             Some(changed) => {

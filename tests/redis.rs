@@ -493,3 +493,62 @@ async fn assets_are_shared_under_their_own_key_and_an_asset_webhook_reaches_ever
         Some("HIT")
     );
 }
+
+/// Issue 16 finding 3: Studio's retry of an event can reach another replica. With Redis the
+/// first replica claims the event id (`SET NX`), so the retry is a duplicate everywhere: the
+/// second replica acknowledges it without dropping its answer again (no refetch).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_retry_that_reaches_another_replica_is_a_duplicate_there() {
+    const SECRET: &str = "whsec_dedupe";
+    let redis = Redis::start();
+    let mock = MockUpstream::start().await;
+    mock.set("t7", Reply::task("t7", "completed"));
+    let cfg = |c: &mut taskgate::config::Config| {
+        c.redis_url = Some(Secret::new(redis.url()));
+        c.redis_namespace = Some("dedupe".into());
+        c.webhook_secret = Some(Secret::new(SECRET));
+    };
+    let one = taskgate(&mock, cfg).await;
+    let two = taskgate(&mock, cfg).await;
+    assert_eq!(
+        get(two.public_addr(), "t7").await.header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(mock.calls(), 1);
+
+    // Delivered to replica one: every replica drops t7; replica two fetches it again.
+    let status = common::task_updated(one.public_addr(), SECRET, "evt-dup", "t7", 2).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(two.public_addr(), "t7").await.header("x-cache") != Some("MISS") {
+        assert!(Instant::now() < deadline, "replica two never dropped t7");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mock.calls(), 2);
+    assert_eq!(
+        redis.cli(&["EXISTS", "taskgate:v2:dedupe:webhook-seen:evt-dup"]),
+        "1"
+    );
+
+    // Studio's retry of the same event, sent to replica two: acknowledged, nothing dropped.
+    let status = common::task_updated(two.public_addr(), SECRET, "evt-dup", "t7", 2).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(two.public_addr(), "t7").await.header("x-cache"),
+        Some("HIT")
+    );
+    assert_eq!(mock.calls(), 2, "the retry cost no upstream call");
+    let webhooks = |r: &taskgate::Running, outcome: &str| {
+        r.proxy()
+            .metrics()
+            .read(Default::default())
+            .sum("taskgate_webhooks_total", &[("outcome", outcome)])
+    };
+    assert_eq!(webhooks(&one, "accepted"), 1.0);
+    assert_eq!(webhooks(&two, "duplicate"), 1.0);
+    assert_eq!(webhooks(&two, "accepted"), 0.0);
+    // A new event is still accepted on either replica.
+    let status = common::task_updated(two.public_addr(), SECRET, "evt-new", "t7", 3).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(webhooks(&two, "accepted"), 1.0);
+}

@@ -11,6 +11,9 @@
 //! - Purges and webhooks delete the key and publish `{kind}:{id}` on
 //!   `taskgate:v2:{namespace}:invalidate`; every replica of the same namespace listens there
 //!   (resubscribing after any loss) and drops the key from memory.
+//! - A webhook event id first seen by a replica is claimed with `SET NX` under
+//!   `taskgate:v2:{namespace}:webhook-seen:{id}` for the dedupe window, so Studio's retry of it
+//!   is a duplicate on every replica.
 //!
 //! The connection is made lazily and re-made by itself (redis' `ConnectionManager`), so
 //! taskgate starts and serves while Redis is down.
@@ -154,6 +157,37 @@ impl Redis {
             .await;
         if done.is_some() {
             self.metrics.l2("invalidate", "ok");
+        }
+    }
+
+    /// `SET {prefix}webhook-seen:{id} 1 NX PX ttl`: whether this replica is the first to
+    /// claim the event. Fails open (see [`super::SharedLevel::claim_event`]).
+    pub async fn claim_event(&self, id: &str, ttl: Duration) -> bool {
+        let mut con = self.con.clone();
+        let key = format!("{}webhook-seen:{id}", self.prefix);
+        let ms = ttl.as_millis() as u64;
+        let set: Option<Option<String>> = self
+            .bounded("claim", async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut con)
+                    .await
+            })
+            .await;
+        match set {
+            Some(Some(_)) => {
+                self.metrics.l2("claim", "ok");
+                true
+            }
+            Some(None) => {
+                self.metrics.l2("claim", "duplicate");
+                false
+            }
+            None => true,
         }
     }
 

@@ -83,6 +83,18 @@ impl SharedLevel {
         let _ = key;
     }
 
+    /// Claims webhook event `id` for `ttl` across the fleet: `false` when another replica
+    /// claimed it first (a retry Studio sent elsewhere). `true` when the level is off or Redis
+    /// cannot answer: handling an event twice costs one refetch, losing one a stale answer.
+    pub async fn claim_event(&self, id: &str, ttl: Duration) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            return redis.claim_event(id, ttl).await;
+        }
+        let _ = (id, ttl);
+        true
+    }
+
     /// Calls `drop_key` for each key another replica invalidates, for as long as the process
     /// runs (a background task; nothing when the level is off).
     pub fn listen<F, Fut>(&self, drop_key: F)

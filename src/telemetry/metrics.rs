@@ -189,7 +189,7 @@ impl Metrics {
         let l2 = Family::<L2Labels, Counter>::default();
         registry.register(
             "l2_requests",
-            "Shared second-level (Redis) operations by op and outcome (hit, miss, undecodable, ok, error, timeout, lost)",
+            "Shared second-level (Redis) operations by op and outcome (hit, miss, undecodable, ok, duplicate, error, timeout, lost)",
             l2.clone(),
         );
         let l2_seconds = latency_histogram();
