@@ -6,6 +6,10 @@
 #   taskgate     taskgate, TTL_PENDING off (unfinished tasks pass through, coalesced)
 #   taskgate-pending  taskgate, TTL_PENDING = the tabs' polling period
 #   taskgate-watch    taskgate, each tab holds one SSE stream per task instead of polling
+#   taskgate-webhooks taskgate, plain polling, TASKGATE_WEBHOOK_TRUST_TTL=60s: the simulated
+#                     API announces every change with a signed `task.updated` webhook
+#                     (--webhook-delay s after it) and its GETs lag --replica-lag s behind
+#                     (a read from a lagging database replica)
 #   (optional, with --only: taskgate-pending-1s, TTL_PENDING = 1 s like nginx-1s's cache)
 # and the asset polling pattern of Studio's dashboard (GET /asset/{id}?details=1 every
 # --asset-period s until `ready`, then stop), with the same clock (waiting -> processing ->
@@ -22,8 +26,10 @@
 #
 #   bash bench/quota.sh [--tabs 50] [--tasks 20] [--period 2] [--wait 2] [--run 16]
 #                       [--stagger 4] [--progress-every 4] [--linger 15] [--asset-period 5]
+#                       [--webhook-delay 0.2] [--replica-lag 0.3]
 #                       [--only naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch,
-#                               asset-naive,asset-taskgate,asset-watch-webhooks]
+#                               taskgate-webhooks,asset-naive,asset-taskgate,
+#                               asset-watch-webhooks]
 # Needs python3 (3.11), curl, nginx (Debian: apt-get install -y nginx). TASKGATE_BIN skips
 # the cargo build. Writes per-scenario JSON to a temp dir (kept with --keep).
 set -euo pipefail
@@ -32,7 +38,8 @@ root=$PWD
 . bench/lib.sh
 
 tabs=50 tasks=20 period=2 wait=2 run=16 stagger=4 progress_every=4 linger=15 asset_period=5
-only="naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch,asset-naive,asset-taskgate,asset-watch-webhooks"
+only="naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch,taskgate-webhooks,asset-naive,asset-taskgate,asset-watch-webhooks"
+webhook_delay=0.2 replica_lag=0.3
 keep=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -47,7 +54,9 @@ while [ $# -gt 0 ]; do
         --only) only="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
         --asset-period) asset_period="$2"; shift 2 ;;
-        *) sed -n '2,30p' "$0" >&2; exit 64 ;;
+        --webhook-delay) webhook_delay="$2"; shift 2 ;;
+        --replica-lag) replica_lag="$2"; shift 2 ;;
+        *) sed -n '2,36p' "$0" >&2; exit 64 ;;
     esac
 done
 
@@ -136,6 +145,12 @@ scenario() {  # name
             else
                 start_upstream "${name//[^a-z0-9]/}" asset
             fi ;;
+        taskgate-webhooks)
+            px_port=$(free_port)
+            start_upstream "${name//[^a-z0-9]/}" task \
+                --webhook-url "http://127.0.0.1:$px_port/webhooks/livepeer" \
+                --webhook-secret "$webhook_secret" --webhook-delay "$webhook_delay" \
+                --replica-lag "$replica_lag" ;;
         *) start_upstream "${name//[^a-z0-9]/}" task ;;
     esac
     case "$name" in
@@ -145,6 +160,9 @@ scenario() {  # name
         taskgate-pending) start_taskgate TASKGATE_TTL_PENDING="${period_ms}ms" ;;
         taskgate-pending-1s) start_taskgate TASKGATE_TTL_PENDING=1s ;;  # optional: nginx-1s's TTL
         taskgate-watch) start_taskgate TASKGATE_WATCH_INTERVAL="${period_ms}ms"; mode=watch ;;
+        # Unfinished answers kept until a webhook names them; 60 s is the lost-webhook net.
+        taskgate-webhooks) start_taskgate TASKGATE_WEBHOOK_SECRET="$webhook_secret" \
+            TASKGATE_WEBHOOK_TRUST_TTL=60s ;;
         asset-naive) start_nginx "$name" 0 ;;
         asset-taskgate) start_taskgate ;;
         asset-watch) start_taskgate TASKGATE_WATCH_INTERVAL="${asset_period_ms}ms"; mode=watch ;;

@@ -22,17 +22,19 @@ def table(group):
     """One table; its first scenario is the baseline for "saving"."""
     base = group[0][1]["upstream_calls"]
     per = "asset" if group[0][1].get("kind") == "asset" else "task"
-    print(f"| scenario | upstream calls | calls / {per} | saving vs {group[0][0]} | tab requests | "
+    print(f"| scenario | upstream calls | calls / {per} | calls / change | saving vs {group[0][0]} | tab requests | "
           "staleness p50 / p99 / max (s) | finished seen after, p50 / max (s) | "
           "stale answers (worst, s) | tabs wrong: late final / unfinished after done / regressed / missed |")
-    print("|---|---:|---:|---:|---:|---|---|---|---|")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|---|")
     for name, r in group:
         calls = r["upstream_calls"]
         saving = "–" if name == group[0][0] else f"{(1 - calls / base) * 100:.1f}% (÷{base / max(calls, 1):.0f})"
         wrong = (f"**{r['tabs_wrong']}** of {r['tabs']}: {r['tabs_late_final']} / "
                  f"{r['tabs_unfinished_after_done']} ({r['unfinished_after_done']} answers) / "
                  f"{r['tabs_regressed']} / {r['tabs_missed_final']}")
-        print(f"| {name} | {calls} | {calls / r['tasks']:.1f} | {saving} | {r['tab_requests']} | "
+        # The information minimum: one call per status change the API made.
+        changes = r["status_changes"]
+        print(f"| {name} | {calls} | {calls / r['tasks']:.1f} | {calls / changes:.2f} | {saving} | {r['tab_requests']} | "
               f"{s(r['staleness_p50_s'])} / {s(r['staleness_p99_s'])} / {s(r['staleness_max_s'])} | "
               f"{s(r['final_staleness_p50_s'])} / {s(r['final_staleness_max_s'])} | "
               f"{r['stale_answers']} ({s(r['max_stale_age_s'])}) | {wrong} |")

@@ -310,6 +310,7 @@ async def main():
         "linger_s": a.linger, "seconds": round(elapsed, 1),
         "last_completion_s": round(max(c[-1][0] for c in sched.values()), 1),
         "status_changes_per_task": round(sum(len(c) - 1 for c in sched.values()) / len(sched), 1),
+        "status_changes": sum(len(c) - 1 for c in sched.values()),
         "upstream_calls": up["calls"], "upstream_calls_unfinished": up["calls_unfinished"],
         "webhooks_sent": up.get("webhooks_sent", 0), "webhook_failures": up.get("webhook_failures", 0),
         "upstream_calls_finished": up["calls_finished"],

@@ -18,6 +18,11 @@ GET /ctl/start?t0=T  starts the task clock at time.monotonic() == T (lifecycle m
   --webhook-secret, every change after /ctl/start is also announced as Studio does, a signed
   POST (`Livepeer-Signature: t=..,v1=<HMAC-SHA256>`) of `asset.updated`, and of `asset.ready`
   too when the asset becomes ready; the asset id is at `payload.asset.id`.
+--kind task with --webhook-url: every change is announced as `task.updated`, its snapshot's
+  `status.updatedAt` the version's own (as Studio's task events carry it), --webhook-delay s
+  after the change. --replica-lag L: a GET answers the state of L s ago, as Studio's
+  non-admin reads from a lagging database replica can (a GET just after a webhook may still
+  show the previous version).
 --mode completed: any id is a completed task (the l2 bench). --latency adds a delay to every
   task call (asyncio.sleep, so calls overlap as they would against the real API).
 """
@@ -131,8 +136,13 @@ class Api:
             return self.asset_body(res_id, phase, progress, updated_ms, v)
         return self.task_body(res_id, phase, progress, updated_ms, v)
 
+    def updated_ms(self, t):
+        """`status.updatedAt` of a change made t s after the clock's start."""
+        base = self.wall0 if self.t0 is None else self.wall0 + (self.t0 - self.mono0)
+        return int((base + t) * 1000)
+
     async def announce(self):
-        """Sends Studio's webhook calls for every change after the clock's start (--kind asset)."""
+        """Sends Studio's webhook calls for every change after the clock's start."""
         calls = sorted(
             (t, res_id, k)
             for res_id, changes in self.ids.items()
@@ -140,18 +150,26 @@ class Api:
             if k > 0
         )
         for t, res_id, k in calls:
-            # Just after the change, as Studio publishes once its database row changed.
-            await asyncio.sleep(max(0.0, self.t0 + t + 0.01 - time.monotonic()))
+            # After the change, as Studio publishes once its database row changed.
+            delay = self.args.webhook_delay
+            await asyncio.sleep(max(0.0, self.t0 + t + delay - time.monotonic()))
             phase = self.ids[res_id][k][1]
-            for event in ["asset.updated"] + (["asset.ready"] if phase == "ready" else []):
-                asyncio.get_running_loop().create_task(self.post_webhook(event, res_id))
+            if self.args.kind == "task":
+                snapshot = {"id": res_id, "status": {"phase": phase,
+                                                     "updatedAt": self.updated_ms(t)}}
+                events = ["task.updated"]
+            else:
+                snapshot = {"id": res_id}
+                events = ["asset.updated"] + (["asset.ready"] if phase == "ready" else [])
+            for event in events:
+                asyncio.get_running_loop().create_task(self.post_webhook(event, res_id, snapshot))
 
-    async def post_webhook(self, event, res_id):
+    async def post_webhook(self, event, res_id, snapshot):
         url = urllib.parse.urlsplit(self.args.webhook_url)
         now = int(time.time() * 1000)
         body = json.dumps({
             "id": str(uuid.uuid4()), "webhookId": "wh-quota", "createdAt": now, "timestamp": now,
-            "event": event, "payload": {"asset": {"id": res_id, "snapshot": {"id": res_id}}},
+            "event": event, "payload": {self.args.kind: {"id": res_id, "snapshot": snapshot}},
         }, separators=(",", ":")).encode()
         mac = hmac.new(self.args.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
         try:
@@ -182,14 +200,13 @@ class Api:
         changes = self.ids.get(task_id)
         if changes is None:
             return 404, b'{"errors":["not found"]}'
-        v = self.version(changes, now)
+        v = self.version(changes, now - self.args.replica_lag)
         t, phase, progress = changes[v]
         if phase == finished:
             self.calls_finished += 1
         else:
             self.calls_unfinished += 1
-        base = self.wall0 if self.t0 is None else self.wall0 + (self.t0 - self.mono0)
-        return 200, self.body(task_id, phase, progress, int((base + t) * 1000), v)
+        return 200, self.body(task_id, phase, progress, self.updated_ms(t), v)
 
     def ctl(self, path, query):
         if path == "/ctl/stats":
@@ -251,8 +268,12 @@ async def main():
     ap.add_argument("--tag", default="x")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every task call")
     ap.add_argument("--kind", choices=["task", "asset"], default="task")
-    ap.add_argument("--webhook-url", default="", help="announce changes here (--kind asset)")
+    ap.add_argument("--webhook-url", default="", help="announce changes here")
     ap.add_argument("--webhook-secret", default="")
+    ap.add_argument("--webhook-delay", type=float, default=0.01,
+                    help="seconds from a change to its webhook call")
+    ap.add_argument("--replica-lag", type=float, default=0.0,
+                    help="a GET answers the state of this many seconds ago")
     args = ap.parse_args()
     api = Api(args)
     api.mono0 = time.monotonic()

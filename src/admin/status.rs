@@ -27,6 +27,8 @@ const WATCH_STREAMS: &str = "taskgate_watch_streams";
 const EVENTS_SENT: &str = "taskgate_watch_events_sent_total";
 const L2: &str = "taskgate_l2_requests_total";
 const L2_SECONDS: &str = "taskgate_l2_duration_seconds";
+const WEBHOOKS: &str = "taskgate_webhooks_total";
+const WEBHOOK_AGE: &str = "taskgate_webhook_last_accepted_seconds";
 
 /// Cache outcomes in the order the page lists them; any other value present follows.
 const OUTCOMES: [&str; 4] = ["HIT", "STALE", "MISS", "PASS"];
@@ -71,6 +73,7 @@ pub fn render(m: &Readout, cx: &Context) -> String {
     cache(o, m, cx.cache_max_bytes);
     upstream(o, m);
     watches(o, m);
+    webhooks(o, m);
     redis(o, m, cx.redis_configured);
     o.push_str("</body></html>\n");
     out
@@ -285,6 +288,49 @@ fn watches(o: &mut String, m: &Readout) {
         &count(streams),
     );
     row(o, "events sent", "watch-events", sent, &count(sent));
+    o.push_str("</table>\n");
+}
+
+/// How recently Studio's webhooks arrived: with trusted webhooks, a stalled webhook shows here
+/// before users see a frozen progress bar.
+fn webhooks(o: &mut String, m: &Readout) {
+    o.push_str("<h2>Webhooks</h2>\n");
+    // NaN (or absent) when the webhook route is off.
+    let age = m.sum(WEBHOOK_AGE, &[]);
+    if !m.has(WEBHOOK_AGE) || age.is_nan() {
+        o.push_str(
+            "<p id=\"webhooks\" data-value=\"off\">off (<code>TASKGATE_WEBHOOK_SECRET</code> \
+             is not set).</p>\n",
+        );
+        return;
+    }
+    let accepted = m.sum(WEBHOOKS, &[("outcome", "accepted")]);
+    let _ = writeln!(
+        o,
+        "<p id=\"webhooks\" data-value=\"on\">on · {}</p>\n<table>",
+        if accepted == 0.0 {
+            "none accepted since start-up"
+        } else {
+            "accepting"
+        }
+    );
+    row(
+        o,
+        "since the last accepted webhook (or start-up)",
+        "webhook-age",
+        age,
+        &uptime(Duration::from_secs_f64(age.max(0.0))),
+    );
+    for s in m.samples(WEBHOOKS) {
+        let outcome = s.label("outcome").unwrap_or_default();
+        row(
+            o,
+            outcome,
+            &format!("webhooks-{outcome}"),
+            s.value,
+            &count(s.value),
+        );
+    }
     o.push_str("</table>\n");
 }
 
@@ -537,6 +583,36 @@ mod tests {
         assert!(page.contains("id=\"l2-set-timeout\" data-value=\"2\""));
         let off = render(&m, &cx());
         assert!(off.contains("id=\"redis\" data-value=\"off\"") && !off.contains("l2-ops"));
+    }
+
+    #[test]
+    fn webhooks_show_the_time_since_the_last_accepted_one_or_off() {
+        let off = render(
+            &Readout::parse("taskgate_webhook_last_accepted_seconds NaN\n"),
+            &cx(),
+        );
+        assert!(off.contains("id=\"webhooks\" data-value=\"off\""), "{off}");
+        assert!(!off.contains("webhook-age"));
+        let on = render(
+            &Readout::parse(
+                "taskgate_webhook_last_accepted_seconds 125.5\n\
+                 taskgate_webhooks_total{outcome=\"accepted\"} 4\n\
+                 taskgate_webhooks_total{outcome=\"bad_signature\"} 1\n",
+            ),
+            &cx(),
+        );
+        assert!(
+            on.contains("id=\"webhooks\" data-value=\"on\">on · accepting"),
+            "{on}"
+        );
+        assert!(
+            on.contains("id=\"webhook-age\" data-value=\"125.5\">2 min 05 s<"),
+            "{on}"
+        );
+        assert!(
+            on.contains("id=\"webhooks-bad_signature\" data-value=\"1\">1<"),
+            "{on}"
+        );
     }
 
     #[test]
