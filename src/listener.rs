@@ -6,6 +6,10 @@
 //!   has `min(HEADER_TIMEOUT, IDLE_TIMEOUT)` to send a whole request head, and the same again
 //!   after each answer. A socket that sends nothing, half a head, or an HTTP/2 preface is
 //!   closed on that timer like any other.
+//! - Every answer makes progress or the connection is closed: a write that cannot go on for
+//!   `IDLE_TIMEOUT` (a client that pipelined requests and stopped reading, so the socket's
+//!   buffers are full) ends the connection. hyper has no write timer of its own, and its
+//!   header timer does not run while it waits to write.
 //! - The listeners speak HTTP/1.1 (and 1.0) only. Browsers reach taskgate over HTTP/1.1 (or
 //!   through a TLS-terminating proxy that speaks HTTP/1.1 to it); cleartext HTTP/2 (h2c) is
 //!   undocumented, no browser uses it, and it would need its own idle and ping timers, so it is
@@ -18,8 +22,11 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     future::Future,
+    io,
     net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -28,7 +35,13 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
+    sync::watch,
+    task::JoinHandle,
+    time::Sleep,
+};
 
 use crate::{answer::respond::Body, limit::client_key, sync::lock};
 
@@ -56,6 +69,8 @@ pub struct Limits {
     /// header-read timer as soon as a connection waits for a request, so one timer does both
     /// jobs, set to the shorter of `TASKGATE_HEADER_TIMEOUT` and `TASKGATE_IDLE_TIMEOUT`.
     pub wait_for_request: Duration,
+    /// Longest a write may wait for the client to read (`TASKGATE_IDLE_TIMEOUT`).
+    pub write_stall: Duration,
     pub drain_timeout: Duration,
 }
 
@@ -70,6 +85,7 @@ impl Limits {
             max_connections,
             max_per_client: max_connections,
             wait_for_request: header_timeout.min(idle_timeout),
+            write_stall: idle_timeout,
             drain_timeout,
         }
     }
@@ -172,7 +188,8 @@ where
                 let fut = handler(req, peer);
                 async move { Ok::<_, Infallible>(fut.await) }
             });
-            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+            let io = TokioIo::new(WriteStall::new(stream, limits.write_stall));
+            let conn = graceful.watch(builder.serve_connection(io, svc));
             tokio::spawn(async move {
                 if let Err(error) = conn.await {
                     tracing::debug!(%error, "connection ended with an error");
@@ -188,4 +205,136 @@ where
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
     })
+}
+
+/// A connection whose writes must make progress within `limit`: the timer starts when a
+/// write (or flush) finds the socket full and is reset by any progress. Reads pass through.
+struct WriteStall<S> {
+    io: S,
+    limit: Duration,
+    /// Armed while a write waits; allocated only then (never on a client that reads).
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> WriteStall<S> {
+    fn new(io: S, limit: Duration) -> Self {
+        Self {
+            io,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// After the socket said "not now": pending until the limit, then the error that ends the
+    /// connection. The timer's waker is registered too, so the task wakes for either.
+    fn wait<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(
+        &mut self,
+        polled: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => self.wait(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteStall<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progress(polled, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.progress(polled, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.progress(polled, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.progress(polled, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_never_reads_fails_after_the_limit() {
+        let (io, _client) = tokio::io::duplex(64);
+        let mut conn = WriteStall::new(io, Duration::from_secs(5));
+        conn.write_all(&[b'x'; 64]).await.unwrap(); // the pipe is full now
+        let start = tokio::time::Instant::now();
+        let err = conn.write_all(b"y").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_never_cut_off() {
+        let (io, mut client) = tokio::io::duplex(8);
+        let mut conn = WriteStall::new(io, Duration::from_secs(5));
+        // One byte every 3 s: each write waits less than the limit, all of them far more.
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut byte = [0u8; 1];
+            while client.read_exact(&mut byte).await.is_ok() {
+                got.push(byte[0]);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            got
+        });
+        let start = tokio::time::Instant::now();
+        conn.write_all(&[b'z'; 16]).await.unwrap();
+        assert!(start.elapsed() >= Duration::from_secs(20));
+        drop(conn);
+        assert_eq!(reader.await.unwrap(), vec![b'z'; 16]);
+    }
 }

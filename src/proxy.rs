@@ -66,6 +66,8 @@ pub struct Proxy {
     backoff: Backoff,
     watchers: Arc<Watchers>,
     webhooks: Option<Arc<Webhooks>>,
+    /// How long a webhook body may take to arrive (`TASKGATE_HEADER_TIMEOUT`).
+    webhook_body_timeout: Duration,
     /// Keys being fetched again until the API shows what a webhook announced.
     catching_up: Mutex<HashSet<Key>>,
     started: Instant,
@@ -185,6 +187,7 @@ impl Proxy {
                 metrics.events_sent(),
             )),
             webhooks,
+            webhook_body_timeout: cfg.header_timeout,
             catching_up: Mutex::default(),
             started: Instant::now(),
             metrics,
@@ -670,17 +673,28 @@ impl Proxy {
         }
         // The same per-client budget as reads: each call can cost an HMAC of up to 64 KiB.
         self.check_rate(limit::client_addr(peer, &req.headers, self.trust_forwarded))?;
+        let signature = req.headers.get(&SIGNATURE).map(HeaderValue::as_bytes);
+        if let Err(refused) = webhooks.check_header(signature, unix_ms_now()) {
+            self.metrics.webhook(refused.as_str());
+            out.webhook = Some(refused);
+            // The body is left unread: the answer closes the connection.
+            return Err(match refused {
+                webhook::Outcome::Stale => Error::StaleWebhook,
+                _ => Error::BadSignature,
+            });
+        }
         if body.size_hint().lower() > webhook::MAX_BODY as u64 {
             return Err(Error::BodyTooLarge);
         }
-        let raw = match Limited::new(body, webhook::MAX_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+        let read = Limited::new(body, webhook::MAX_BODY).collect();
+        let raw = match tokio::time::timeout(self.webhook_body_timeout, read).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 return Err(Error::BodyTooLarge)
             }
-            Err(_) => return Err(Error::IncompleteBody),
+            Ok(Err(_)) => return Err(Error::IncompleteBody),
+            Err(_) => return Err(Error::BodyTimeout),
         };
-        let signature = req.headers.get(&SIGNATURE).map(HeaderValue::as_bytes);
         let (mut outcome, mut changed) = webhooks.receive(signature, &raw, unix_ms_now());
         if let Some(first) = &changed {
             // New to this replica; Studio's retry may have reached another one first.

@@ -151,6 +151,19 @@ impl Webhooks {
         self.hmacs.load(Ordering::Relaxed)
     }
 
+    /// The checks that need only the head (step 1): a call that fails them is refused before
+    /// its body is read, so a client without the secret cannot hold a connection open by
+    /// announcing a body it never sends.
+    pub fn check_header(&self, signature: Option<&[u8]>, now_ms: u64) -> Result<(), Outcome> {
+        let signature = signature
+            .and_then(Signature::parse)
+            .ok_or(Outcome::BadSignature)?;
+        if now_ms.abs_diff(signature.t) > FRESHNESS.as_millis() as u64 {
+            return Err(Outcome::Stale);
+        }
+        Ok(())
+    }
+
     /// Checks one call. On `Accepted`, also returns what changed.
     pub fn receive(
         &self,

@@ -172,3 +172,55 @@ async fn one_client_cannot_take_every_connection() {
     let n = fourth.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
+
+/// Review finding: a client that pipelines many requests and never reads the answers fills
+/// the socket's buffers; hyper then waits to write, forever, holding the connection. The write
+/// stall limit (`TASKGATE_IDLE_TIMEOUT`) closes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_its_answers_is_cut_off() {
+    const REQUESTS: usize = 40_000;
+    let mock = MockUpstream::start().await;
+    mock.set("t1", Reply::task("t1", "completed"));
+    let tg = taskgate(&mock, |c| {
+        c.idle_timeout = Duration::from_millis(500);
+        c.rate_limit = 0.0; // every answer is a 200 hit, not a 429
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let s = socket.connect(tg.public_addr()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // Far more answers than the socket buffers hold (megabytes), written without reading.
+    let writer = tokio::spawn(async move {
+        let request = b"GET /task/t1 HTTP/1.1\r\nHost: t\r\n\r\n";
+        for _ in 0..REQUESTS {
+            if wr.write_all(request).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.flush().await;
+        // Keep the write half open: the server must end it, not the client.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Now read what was sent: with the connection cut, the answers stop short of REQUESTS
+    // and the stream ends (at EOF, or a reset: the server closed with requests unread); a
+    // server still waiting to write would send every one.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(n @ 1..) = rd.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    writer.abort();
+    let answered = String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(
+        read.is_ok(),
+        "the connection was never closed ({answered} answers read)"
+    );
+    assert!(answered < REQUESTS, "all {REQUESTS} answered");
+}

@@ -418,3 +418,61 @@ async fn the_route_is_under_the_per_client_rate_limit() {
     );
     assert_eq!(mock.calls(), 1);
 }
+
+/// Review finding: a body announced and never sent held the connection forever. A call
+/// without a well-formed, fresh signature header is now refused on its head (the body never
+/// read, the connection closed); one with such a header gets `TASKGATE_HEADER_TIMEOUT` for
+/// its body, then `408` and the connection closed.
+#[tokio::test]
+async fn a_body_that_never_arrives_cannot_hold_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockUpstream::start().await;
+    let tg = taskgate(&mock, |c| {
+        c.webhook_secret = Some(Secret::new(SECRET));
+        c.header_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let addr = tg.public_addr();
+    let answer = |head: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut got = Vec::new();
+        // Until the server closes: the whole answer, then EOF.
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+    };
+    let head = |signature: &str| {
+        format!(
+            "POST /webhooks/livepeer HTTP/1.1\r\nHost: t\r\nContent-Length: 65536\r\n\
+             {signature}\r\n"
+        )
+    };
+
+    // No signature, a malformed one, a stale one: refused at once.
+    let tag = "ab".repeat(32);
+    for signature in [
+        String::new(),
+        "Livepeer-Signature: t=1,v1=zz\r\n".to_owned(),
+        format!(
+            "Livepeer-Signature: t={},v1={tag}\r\n",
+            now_ms() - 3_600_000
+        ),
+    ] {
+        let (got, took) = answer(head(&signature)).await;
+        assert!(got.starts_with("HTTP/1.1 401"), "{signature:?}: {got}");
+        assert!(took < Duration::from_millis(400), "{signature:?}: {took:?}");
+    }
+    // A fresh, well-formed header: the body is waited for, but only so long.
+    let (got, took) = answer(head(&format!(
+        "Livepeer-Signature: t={},v1={tag}\r\n",
+        now_ms()
+    )))
+    .await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert_eq!(mock.calls(), 0);
+}

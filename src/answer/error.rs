@@ -68,6 +68,8 @@ pub enum Error {
     BodyTooLarge,
     /// A webhook body that ended early.
     IncompleteBody,
+    /// A webhook body that did not arrive within `TASKGATE_HEADER_TIMEOUT`.
+    BodyTimeout,
     BadSignature,
     StaleWebhook,
     /// A signed, fresh webhook event without a usable `id` (missing, empty, too long):
@@ -129,10 +131,10 @@ impl Error {
         use Error::*;
         match self {
             Malformed(_) | BadId(_) | NoRoute | Method(_) | HeadTooLarge | BodyOnGet
-            | RateLimited(_) | MissBudget(_) | BodyTooLarge | IncompleteBody | BadSignature
-            | StaleWebhook | BadEventId | PreflightRefused | ForeignHost | WatchClientLimit
-            | AccessTokenMissing | AccessTokenInvalid | AccessForbidden | AccessTokenTwice
-            | AdminForbidden => Side::Client,
+            | RateLimited(_) | MissBudget(_) | BodyTooLarge | IncompleteBody | BodyTimeout
+            | BadSignature | StaleWebhook | BadEventId | PreflightRefused | ForeignHost
+            | WatchClientLimit | AccessTokenMissing | AccessTokenInvalid | AccessForbidden
+            | AccessTokenTwice | AdminForbidden => Side::Client,
             Backoff(_)
             | UpstreamTimeout
             | NoUpstreamSlot
@@ -199,6 +201,11 @@ impl Error {
                 StatusCode::BAD_REQUEST,
                 "incomplete body",
                 "incomplete_body",
+            ),
+            BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "webhook body not received in time",
+                "body_timeout",
             ),
             BadSignature => (
                 StatusCode::UNAUTHORIZED,
@@ -374,7 +381,14 @@ impl Error {
     pub fn closes(self) -> bool {
         matches!(
             self,
-            Error::Malformed(_) | Error::HeadTooLarge | Error::BodyOnGet | Error::BodyTooLarge
+            Error::Malformed(_)
+                | Error::HeadTooLarge
+                | Error::BodyOnGet
+                | Error::BodyTooLarge
+                | Error::BodyTimeout
+                // A webhook refused on its head alone: its body was never read.
+                | Error::BadSignature
+                | Error::StaleWebhook
         )
     }
 
@@ -411,6 +425,7 @@ mod tests {
             Error::MissBudget(Duration::from_secs(1)),
             Error::BodyTooLarge,
             Error::IncompleteBody,
+            Error::BodyTimeout,
             Error::BadSignature,
             Error::StaleWebhook,
             Error::BadEventId,
