@@ -211,9 +211,11 @@ start_taskgate() {  # name upstream_url extra-env... -> sets tg_port, tg_adm, tg
     pids+=($tg_pid)
     wait_ready "$tg_adm" "$tmp/$1.log"
 }
-start_taskgate tg "http://127.0.0.1:$up_port/api"
+# The per-client budget of upstream calls is off where one address sends every request ((b),
+# (c)); the as-shipped instance below keeps it and spreads its requests over X-Forwarded-For.
+start_taskgate tg "http://127.0.0.1:$up_port/api" TASKGATE_MISS_RATE=0
 tg_port_main=$tg_port tg_adm_main=$tg_adm tg_pid_main=$tg_pid
-start_taskgate tg-slow "http://127.0.0.1:$slow_port/api"
+start_taskgate tg-slow "http://127.0.0.1:$slow_port/api" TASKGATE_MISS_RATE=0
 tgs_port=$tg_port tgs_adm=$tg_adm
 
 check_header() {  # url header expected
@@ -340,7 +342,7 @@ done
 
 # --- (d) memory ---------------------------------------------------------------------------
 say "(d) memory: a fresh taskgate, idle, then $fill_n distinct completed tasks through it (and through nginx)"
-start_taskgate tg-mem "http://127.0.0.1:$up_port/api"
+start_taskgate tg-mem "http://127.0.0.1:$up_port/api" TASKGATE_MISS_RATE=0
 sleep 1
 procstat "$tg_pid" >"$res/mem-taskgate-idle.json"
 procstat "$ngx_pid" >"$res/mem-nginx-before.json"
