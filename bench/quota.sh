@@ -6,6 +6,8 @@
 #   taskgate     taskgate, TTL_PENDING off (unfinished tasks pass through, coalesced)
 #   taskgate-pending  taskgate, TTL_PENDING = the tabs' polling period
 #   taskgate-watch    taskgate, each tab holds one SSE stream per task instead of polling
+#   naive-lag    naive, but the API's GETs lag --replica-lag s behind (the baseline for
+#                taskgate-webhooks, whose API lags the same)
 #   taskgate-webhooks taskgate, plain polling, TASKGATE_WEBHOOK_TRUST_TTL=60s: the simulated
 #                     API announces every change with a signed `task.updated` webhook
 #                     (--webhook-delay s after it) and its GETs lag --replica-lag s behind
@@ -26,9 +28,9 @@
 #
 #   bash bench/quota.sh [--tabs 50] [--tasks 20] [--period 2] [--wait 2] [--run 16]
 #                       [--stagger 4] [--progress-every 4] [--linger 15] [--asset-period 5]
-#                       [--webhook-delay 0.2] [--replica-lag 0.3]
+#                       [--webhook-delay 0.2] [--replica-lag 0.1]
 #                       [--only naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch,
-#                               taskgate-webhooks,asset-naive,asset-taskgate,
+#                               naive-lag,taskgate-webhooks,asset-naive,asset-taskgate,
 #                               asset-watch-webhooks]
 # Needs python3 (3.11), curl, nginx (Debian: apt-get install -y nginx). TASKGATE_BIN skips
 # the cargo build. Writes per-scenario JSON to a temp dir (kept with --keep).
@@ -38,8 +40,8 @@ root=$PWD
 . bench/lib.sh
 
 tabs=50 tasks=20 period=2 wait=2 run=16 stagger=4 progress_every=4 linger=15 asset_period=5
-only="naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch,taskgate-webhooks,asset-naive,asset-taskgate,asset-watch-webhooks"
-webhook_delay=0.2 replica_lag=0.3
+only="naive,nginx-1s,taskgate,taskgate-pending,taskgate-watch,naive-lag,taskgate-webhooks,asset-naive,asset-taskgate,asset-watch-webhooks"
+webhook_delay=0.2 replica_lag=0.1
 keep=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -60,7 +62,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-command -v nginx >/dev/null || case ",$only," in *,naive,*|*,nginx-1s,*|*,asset-naive,*)
+command -v nginx >/dev/null || case ",$only," in *,naive,*|*,naive-lag,*|*,nginx-1s,*|*,asset-naive,*)
     echo "quota: nginx is missing (Debian: apt-get install -y nginx)" >&2; exit 69 ;; esac
 
 period_ms=$(python3 -c "print(round(float('$period') * 1000))")
@@ -151,10 +153,11 @@ scenario() {  # name
                 --webhook-url "http://127.0.0.1:$px_port/webhooks/livepeer" \
                 --webhook-secret "$webhook_secret" --webhook-delay "$webhook_delay" \
                 --replica-lag "$replica_lag" ;;
+        naive-lag) start_upstream "${name//[^a-z0-9]/}" task --replica-lag "$replica_lag" ;;
         *) start_upstream "${name//[^a-z0-9]/}" task ;;
     esac
     case "$name" in
-        naive) start_nginx "$name" 0 ;;
+        naive|naive-lag) start_nginx "$name" 0 ;;
         nginx-1s) start_nginx "$name" 1 ;;
         taskgate) start_taskgate ;;
         taskgate-pending) start_taskgate TASKGATE_TTL_PENDING="${period_ms}ms" ;;

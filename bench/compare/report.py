@@ -62,10 +62,16 @@ def oha(name):
 
 
 def metric(metrics_text, name):
+    """The sum of the samples of `name`, or of `name{k="v",...}`: those whose labels include
+    every pair given (whatever other labels they carry)."""
+    base, _, want = name.partition("{")
+    pairs = re.findall(r'(\w+)="([^"]*)"', want)
     total = 0.0
     for line in metrics_text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") or \
-                ("{" in name and line.startswith(name)):
+        if not (line.startswith(base + " ") or line.startswith(base + "{")):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.rsplit(" ", 1)[0]))
+        if all(labels.get(k) == v for k, v in pairs):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
