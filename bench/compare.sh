@@ -112,25 +112,7 @@ PY
 # --- upstreams ----------------------------------------------------------------------------
 # Fast: nginx serving static task files (done-0..999 completed, run-0..999 running), and any
 # gen-* id from a template with the id written in four places (distinct bodies for (d)).
-python3 bench/compare/tasks.py files "$tmp/www" "$hot_ids" >"$res/bodies.json"
-template=$(python3 bench/compare/tasks.py template)
-up_port=$(free_port)
-mkdir -p "$tmp/up"
-{ nginx_head "$tmp/up" auto; cat <<EOF
-    keepalive_requests 1000000;
-    types { }
-    default_type application/json;
-    server {
-        listen 127.0.0.1:$up_port backlog=4096;
-        root $tmp/www;
-        location ~ "^/api/task/(gen-[A-Za-z0-9-]{1,60})\$" { return 200 '$template'; }
-        location /api/task/ { try_files \$uri =404; }
-        location / { return 404; }
-    }
-}
-EOF
-} >"$tmp/up/nginx.conf"
-start_nginx_in "$tmp/up"
+start_task_upstream "$tmp" "$hot_ids" >"$res/bodies.json"
 slow_port=$(free_port)
 python3 bench/compare/slow_upstream.py "$slow_port" "$slow_delay" & pids+=($!)
 wait_http "http://127.0.0.1:$up_port/api/task/done-0"

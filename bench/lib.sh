@@ -49,3 +49,29 @@ HEAD
 start_nginx_in() {  # DIR: nginx in the foreground on DIR/nginx.conf; its pid appended to pids
     nginx -e "$1/error.log" -p "$1" -c "$1/nginx.conf" -g 'daemon off;' & pids+=($!)
 }
+
+start_task_upstream() {  # TMP N: nginx on a free port (sets up_port) serving the task files
+    # done-0..N-1 (completed) and run-0..N-1 (running) written to TMP/www, and any gen-* id from
+    # a template with the id written in four places (a body of its own). tasks.py's summary of
+    # the bodies goes to stdout.
+    python3 bench/compare/tasks.py files "$1/www" "$2"
+    local template
+    template=$(python3 bench/compare/tasks.py template)
+    up_port=$(free_port)
+    mkdir -p "$1/up"
+    { nginx_head "$1/up" auto; cat <<EOF
+    keepalive_requests 1000000;
+    types { }
+    default_type application/json;
+    server {
+        listen 127.0.0.1:$up_port backlog=4096;
+        root $1/www;
+        location ~ "^/api/task/(gen-[A-Za-z0-9-]{1,60})\$" { return 200 '$template'; }
+        location /api/task/ { try_files \$uri =404; }
+        location / { return 404; }
+    }
+}
+EOF
+    } >"$1/up/nginx.conf"
+    start_nginx_in "$1/up"
+}

@@ -58,25 +58,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # The upstream: done-0..999 from files, any gen-* id from a template (a body of its own).
-python3 bench/compare/tasks.py files "$tmp/www" 1000 >/dev/null
-template=$(python3 bench/compare/tasks.py template)
-up_port=$(free_port)
-mkdir -p "$tmp/up"
-{ nginx_head "$tmp/up" auto; cat <<EOF2
-    keepalive_requests 1000000;
-    types { }
-    default_type application/json;
-    server {
-        listen 127.0.0.1:$up_port backlog=4096;
-        root $tmp/www;
-        location ~ "^/api/task/(gen-[A-Za-z0-9-]{1,60})\$" { return 200 '$template'; }
-        location /api/task/ { try_files \$uri =404; }
-        location / { return 404; }
-    }
-}
-EOF2
-} >"$tmp/up/nginx.conf"
-start_nginx_in "$tmp/up"
+start_task_upstream "$tmp" 1000 >/dev/null
 wait_http "http://127.0.0.1:$up_port/api/task/done-0"
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
