@@ -11,10 +11,8 @@ use std::{
 };
 
 use common::{asset_body, taskgate, Binary, HttpClient, MockUpstream, Reply, SseReader, KEY};
-use hmac::{Hmac, Mac};
 use http::StatusCode;
 use serde_json::{json, Value};
-use sha2::Sha256;
 use taskgate::config::Secret;
 
 const ID: &str = "0d4e5f6a-7b8c-4d9e-a0f1-b2c3d4e5f607";
@@ -597,14 +595,7 @@ fn studio_call(event: &str, payload: Value) -> (String, String) {
     let body = json!({"id": format!("ev-{event}-{t}"), "webhookId": "wh1", "createdAt": t,
                       "timestamp": t, "event": event, "payload": payload})
     .to_string();
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = common::hmac_sha256_hex(SECRET, body.as_bytes());
     (body, format!("t={t},v1={hex}"))
 }
 

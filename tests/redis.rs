@@ -402,7 +402,6 @@ async fn with_trusted_webhooks_unfinished_answers_are_shared_and_a_webhook_to_on
 
 #[tokio::test]
 async fn assets_are_shared_under_their_own_key_and_an_asset_webhook_reaches_every_replica() {
-    use hmac::{Hmac, Mac};
     const SECRET: &str = "whsec_redis_assets";
     let redis = Redis::start();
     let mock = MockUpstream::start().await;
@@ -457,14 +456,7 @@ async fn assets_are_shared_under_their_own_key_and_an_asset_webhook_reaches_ever
     let body = format!(
         r#"{{"id":"ev-redis-1","webhookId":"wh","createdAt":{t},"timestamp":{t},"event":"asset.updated","payload":{{"asset":{{"id":"{ID}","snapshot":{{}}}}}}}}"#
     );
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = common::hmac_sha256_hex(SECRET, body.as_bytes());
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();

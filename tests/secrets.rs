@@ -15,9 +15,7 @@ use std::{
 };
 
 use common::{taskgate, HttpClient, MockUpstream, Reply};
-use hmac::{Hmac, Mac};
 use http::StatusCode;
-use sha2::Sha256;
 use taskgate::config::Config;
 
 const OLD: &str = "sk_old_key_1111";
@@ -209,15 +207,7 @@ async fn an_upstream_401_rereads_the_key_file_at_once() {
     until_api_sees(&c, &tg, &mock, NEW).await;
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use common::hmac_sha256_hex as sign;
 
 async fn post_webhook(addr: std::net::SocketAddr, secret: &str, event_id: &str) -> StatusCode {
     use http_body_util::Full;

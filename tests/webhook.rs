@@ -11,9 +11,7 @@ use std::{
 };
 
 use common::{taskgate, HttpClient, MockUpstream, Reply, SseReader};
-use hmac::{Hmac, Mac};
 use http::StatusCode;
-use sha2::Sha256;
 use taskgate::config::Secret;
 
 const SECRET: &str = "whsec_test_5b1f";
@@ -26,15 +24,7 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use common::hmac_sha256_hex as sign;
 
 /// An event created and sent at `at` (its first delivery).
 fn event(event_id: &str, event: &str, task: &str, at: u64) -> String {

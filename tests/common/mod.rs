@@ -598,6 +598,20 @@ pub fn task_key(id: &str) -> taskgate::Key {
     taskgate::Key::new(taskgate::Kind::Task, id).expect("a valid id")
 }
 
+/// A Studio webhook signature tag: the hex HMAC-SHA256 of `body` under `secret`, computed with
+/// the `hmac` and `sha2` crates, independently of taskgate's own (ring) implementation.
+#[allow(dead_code)]
+pub fn hmac_sha256_hex(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Posts a signed `task.updated` Studio webhook for task `id` to taskgate at `addr`, announcing
 /// `version` (`status.updatedAt`) in its snapshot. The HMAC is computed here with the `hmac`
 /// and `sha2` crates, independently of taskgate's own (ring) implementation.
@@ -609,7 +623,6 @@ pub async fn task_updated(
     id: &str,
     version: u64,
 ) -> http::StatusCode {
-    use hmac::{Hmac, Mac};
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -617,14 +630,7 @@ pub async fn task_updated(
     let body = format!(
         r#"{{"id":"{event_id}","webhookId":"wh1","createdAt":{now},"timestamp":{now},"event":"task.updated","payload":{{"task":{{"id":"{id}","type":"upload","snapshot":{{"id":"{id}","status":{{"phase":"running","updatedAt":{version}}}}}}}}}}}"#
     );
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    let tag: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let tag = hmac_sha256_hex(secret, body.as_bytes());
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let req = Request::post(format!("http://{addr}/webhooks/livepeer"))
