@@ -527,6 +527,34 @@ mod tests {
 
     /// Issue 16 finding 3: freshness comes from the signed body, not from `t` alone.
     #[test]
+    fn the_header_alone_is_judged_before_the_body_is_read() {
+        let hooks = hooks();
+        let tag = "ab".repeat(32);
+        let header = |t: u64| format!("t={t},v1={tag}");
+        let window = FRESHNESS.as_millis() as u64;
+        // Within the window, to its very edge on either side: fine (the tag is checked later).
+        for t in [NOW, NOW - window, NOW + window] {
+            assert_eq!(
+                hooks.check_header(Some(header(t).as_bytes()), NOW),
+                Ok(()),
+                "{t}"
+            );
+        }
+        // One millisecond past it, either way: stale.
+        for t in [NOW - window - 1, NOW + window + 1] {
+            let got = hooks.check_header(Some(header(t).as_bytes()), NOW);
+            assert_eq!(got, Err(Outcome::Stale), "{t}");
+        }
+        // Absent or malformed: a bad signature.
+        assert_eq!(hooks.check_header(None, NOW), Err(Outcome::BadSignature));
+        let short = format!("t={NOW},v1=abcd");
+        assert_eq!(
+            hooks.check_header(Some(short.as_bytes()), NOW),
+            Err(Outcome::BadSignature)
+        );
+    }
+
+    #[test]
     fn freshness_comes_from_the_signed_timestamp() {
         let hooks = hooks();
         let signed_at = |b: &str, t: u64| format!("t={t},v1={}", mac(SECRET, b.as_bytes()));
