@@ -579,6 +579,11 @@ mod tests {
             let got = hooks.receive(Some(signed_at(&b, NOW).as_bytes()), b.as_bytes(), NOW);
             assert_eq!(got, (Outcome::Stale, None), "{b}");
         }
+        // Signed and sent at the very edge of the window: still fresh.
+        let edge = NOW - FRESHNESS.as_millis() as u64;
+        let b = body("ev-edge", edge);
+        let got = hooks.receive(Some(signed_at(&b, edge).as_bytes()), b.as_bytes(), NOW);
+        assert_eq!(got.0, Outcome::Accepted);
         // Nothing refused was remembered: ev-1 and ev-2, properly sent, are first seen.
         for id in ["ev-1", "ev-2"] {
             let b = body(id, NOW);
