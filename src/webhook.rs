@@ -398,6 +398,8 @@ mod tests {
             format!("t= 1,v1={tag}"),
             format!("t=,v1={tag}"),
             format!("t=99999999999999999999,v1={tag}"),
+            // 20 digits, even when the value would fit: the length bound holds by itself.
+            format!("t=00000000000000000001,v1={tag}"),
             format!("t=1,t=2,v1={tag}"),
             "t=1,v1=00ff".to_owned(),
             "t=1,v1=".to_owned(),
@@ -408,6 +410,9 @@ mod tests {
         ] {
             assert!(Signature::parse(bad.as_bytes()).is_none(), "{bad}");
         }
+        // 19 digits are the most a `t` may have.
+        let s = Signature::parse(format!("t=0000000000000000001,v1={tag}").as_bytes()).unwrap();
+        assert_eq!(s.t, 1);
         // At most MAX_TAGS tags, and MAX_PARTS parts in all.
         let tags = |n: usize| vec![format!("v1={tag}"); n].join(",");
         assert!(Signature::parse(format!("t=1,{}", tags(MAX_TAGS)).as_bytes()).is_some());
