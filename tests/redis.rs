@@ -69,6 +69,20 @@ impl Redis {
         }
     }
 
+    /// Waits until `n` replicas of namespace `ns` listen on its invalidation channel: they
+    /// subscribe in the background after start-up, and a message published earlier reaches nobody.
+    async fn wait_for_listeners(&self, ns: &str, n: usize) {
+        let channel = format!("taskgate:v2:{ns}:invalidate");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .cli(&["PUBSUB", "NUMSUB", &channel])
+            .ends_with(&n.to_string())
+        {
+            assert!(Instant::now() < deadline, "the replicas never subscribed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
@@ -387,6 +401,7 @@ async fn with_trusted_webhooks_unfinished_answers_are_shared_and_a_webhook_to_on
 
     // Studio tells replica one; replica two drops it too.
     mock.set("t9", running(2));
+    redis.wait_for_listeners("trust", 2).await;
     let status = common::task_updated(one.public_addr(), "whsec_shared", "evt-9", "t9", 2).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -460,6 +475,7 @@ async fn assets_are_shared_under_their_own_key_and_an_asset_webhook_reaches_ever
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
+    redis.wait_for_listeners("test", 2).await;
     let req = http::Request::post(format!("http://{}/webhooks/livepeer", b.public_addr()))
         .header("livepeer-signature", format!("t={t},v1={hex}"))
         .body(http_body_util::Full::from(body))
@@ -507,6 +523,8 @@ async fn a_webhook_retry_that_reaches_another_replica_is_a_duplicate_there() {
         Some("MISS")
     );
     assert_eq!(mock.calls(), 1);
+
+    redis.wait_for_listeners("dedupe", 2).await;
 
     // Delivered to replica one: every replica drops t7; replica two fetches it again.
     let status = common::task_updated(one.public_addr(), SECRET, "evt-dup", "t7", 2).await;
