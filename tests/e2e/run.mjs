@@ -24,12 +24,12 @@
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
+import { freePorts } from "./ports.mjs";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const PAGE_DIR = path.join(REPO, "examples", "browser");
@@ -201,24 +201,6 @@ async function startPageServer() {
 }
 
 // ---- taskgate --demo -------------------------------------------------------------------------
-
-/** `count` distinct free loopback ports (all held open together while probing). */
-async function freePorts(count) {
-  const servers = [];
-  try {
-    for (let i = 0; i < count; i++) {
-      const server = net.createServer();
-      servers.push(server);
-      await new Promise((resolve, reject) => {
-        server.once("error", reject);
-        server.listen(0, "127.0.0.1", resolve);
-      });
-    }
-    return servers.map((server) => server.address().port);
-  } finally {
-    await Promise.all(servers.map((server) => new Promise((resolve) => server.close(() => resolve()))));
-  }
-}
 
 /**
  * Starts `taskgate --demo` allowing `origin`, and waits for its admin /readyz. Retries with new

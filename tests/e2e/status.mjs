@@ -19,12 +19,12 @@
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
+import { freePorts } from "./ports.mjs";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const TASKGATE_BIN = path.resolve(REPO, process.env.TASKGATE_BIN || path.join("target", "debug", "taskgate"));
@@ -89,23 +89,6 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(signal, () => a
 process.on("unhandledRejection", (error) => abort(`unexpected error: ${error?.stack || error}`));
 
 // ---- taskgate --demo ---------------------------------------------------------------------------
-
-async function freePorts(count) {
-  const servers = [];
-  try {
-    for (let i = 0; i < count; i++) {
-      const server = net.createServer();
-      servers.push(server);
-      await new Promise((resolve, reject) => {
-        server.once("error", reject);
-        server.listen(0, "127.0.0.1", resolve);
-      });
-    }
-    return servers.map((server) => server.address().port);
-  } finally {
-    await Promise.all(servers.map((server) => new Promise((resolve) => server.close(() => resolve()))));
-  }
-}
 
 async function startTaskgate(workDir) {
   if (!fs.existsSync(TASKGATE_BIN)) throw new Error(`no taskgate binary at ${TASKGATE_BIN}: cargo build, or set TASKGATE_BIN`);
