@@ -674,15 +674,18 @@ impl Proxy {
         // The same per-client budget as reads: each call can cost an HMAC of up to 64 KiB.
         self.check_rate(limit::client_addr(peer, &req.headers, self.trust_forwarded))?;
         let signature = req.headers.get(&SIGNATURE).map(HeaderValue::as_bytes);
-        if let Err(refused) = webhooks.check_header(signature, unix_ms_now()) {
-            self.metrics.webhook(refused.as_str());
-            out.webhook = Some(refused);
-            // The body is left unread: the answer closes the connection.
-            return Err(match refused {
-                webhook::Outcome::Stale => Error::StaleWebhook,
-                _ => Error::BadSignature,
-            });
-        }
+        let header = match webhooks.check_header(signature, unix_ms_now()) {
+            Ok(header) => header,
+            Err(refused) => {
+                self.metrics.webhook(refused.as_str());
+                out.webhook = Some(refused);
+                // The body is left unread: the answer closes the connection.
+                return Err(match refused {
+                    webhook::Outcome::Stale => Error::StaleWebhook,
+                    _ => Error::BadSignature,
+                });
+            }
+        };
         if body.size_hint().lower() > webhook::MAX_BODY as u64 {
             return Err(Error::BodyTooLarge);
         }
@@ -695,7 +698,7 @@ impl Proxy {
             Ok(Err(_)) => return Err(Error::IncompleteBody),
             Err(_) => return Err(Error::BodyTimeout),
         };
-        let (mut outcome, mut changed) = webhooks.receive(signature, &raw, unix_ms_now());
+        let (mut outcome, mut changed) = webhooks.receive(&header, &raw, unix_ms_now());
         if let Some(first) = &changed {
             // New to this replica; Studio's retry may have reached another one first.
             if !self

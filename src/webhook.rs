@@ -154,30 +154,29 @@ impl Webhooks {
     /// The checks that need only the head (step 1): a call that fails them is refused before
     /// its body is read, so a client without the secret cannot hold a connection open by
     /// announcing a body it never sends.
-    pub fn check_header(&self, signature: Option<&[u8]>, now_ms: u64) -> Result<(), Outcome> {
+    pub fn check_header(
+        &self,
+        signature: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Result<SignedHeader, Outcome> {
         let signature = signature
             .and_then(Signature::parse)
             .ok_or(Outcome::BadSignature)?;
         if now_ms.abs_diff(signature.t) > FRESHNESS.as_millis() as u64 {
             return Err(Outcome::Stale);
         }
-        Ok(())
+        Ok(SignedHeader(signature))
     }
 
-    /// Checks one call. On `Accepted`, also returns what changed.
+    /// Checks the rest of a call whose head passed [`Webhooks::check_header`] (step 1). On
+    /// `Accepted`, also returns what changed.
     pub fn receive(
         &self,
-        signature: Option<&[u8]>,
+        header: &SignedHeader,
         body: &[u8],
         now_ms: u64,
     ) -> (Outcome, Option<Changed>) {
-        // 1. The header alone: nothing is hashed for a malformed or stale one.
-        let Some(signature) = signature.and_then(Signature::parse) else {
-            return (Outcome::BadSignature, None);
-        };
-        if now_ms.abs_diff(signature.t) > FRESHNESS.as_millis() as u64 {
-            return (Outcome::Stale, None);
-        }
+        let signature = &header.0;
         // 2. One HMAC per secret, compared with each (few, well-formed) tag.
         if !self.verify(body, &signature.tags) {
             return (Outcome::BadSignature, None);
@@ -280,6 +279,11 @@ fn seen_weight(id: &str) -> u32 {
 }
 
 /// A well-formed `Livepeer-Signature`.
+/// A `Livepeer-Signature` header that is well-formed and fresh: the only way into
+/// [`Webhooks::receive`].
+#[derive(Debug)]
+pub struct SignedHeader(Signature);
+
 #[derive(Debug, PartialEq, Eq)]
 struct Signature {
     /// Studio's send time, unix ms.
@@ -380,6 +384,19 @@ mod tests {
         Webhooks::single(&Secret::new(SECRET))
     }
 
+    /// A whole call as the route makes it: the head-only check, then the rest.
+    fn call(
+        hooks: &Webhooks,
+        signature: Option<&[u8]>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> (Outcome, Option<Changed>) {
+        match hooks.check_header(signature, now_ms) {
+            Ok(header) => hooks.receive(&header, body, now_ms),
+            Err(refused) => (refused, None),
+        }
+    }
+
     #[test]
     fn signature_headers_parse_strictly() {
         let tag = "00ff".repeat(16);
@@ -434,7 +451,7 @@ mod tests {
         let without = without.replace(r#""createdAt":5"#, &format!(r#""createdAt":{created}"#));
         for (body, want) in [(with_snapshot, 7), (without, 10_000)] {
             let sig = format!("t={NOW},v1={}", mac(SECRET, body.as_bytes()));
-            let (_, changed) = hooks.receive(Some(sig.as_bytes()), body.as_bytes(), NOW);
+            let (_, changed) = call(&hooks, Some(sig.as_bytes()), body.as_bytes(), NOW);
             assert_eq!(
                 changed.and_then(|c| c.version),
                 Some(want),
@@ -449,7 +466,7 @@ mod tests {
         let hooks = hooks();
         let b = body("ev-1", NOW);
         let sig = format!("t={NOW},v1={}", mac(SECRET, b.as_bytes()));
-        let (outcome, key) = hooks.receive(Some(sig.as_bytes()), b.as_bytes(), NOW + 1000);
+        let (outcome, key) = call(&hooks, Some(sig.as_bytes()), b.as_bytes(), NOW + 1000);
         assert_eq!(outcome, Outcome::Accepted);
         assert_eq!(key.map(|c| c.key), Key::new(Kind::Task, TASK));
         // A retry: same id, new send time, re-signed.
@@ -459,7 +476,7 @@ mod tests {
             &format!(r#""timestamp":{later}"#),
         );
         let sig = format!("t={later},v1={}", mac(SECRET, retry.as_bytes()));
-        let got = hooks.receive(Some(sig.as_bytes()), retry.as_bytes(), later);
+        let got = call(&hooks, Some(sig.as_bytes()), retry.as_bytes(), later);
         assert_eq!(got, (Outcome::Duplicate, None));
         assert_eq!(hooks.hmacs_computed(), 2);
     }
@@ -473,7 +490,7 @@ mod tests {
         let b = b.as_bytes();
         let good = mac(SECRET, b);
         let refuse = |header: String, want: Outcome| {
-            let (got, key) = hooks.receive(Some(header.as_bytes()), b, NOW);
+            let (got, key) = call(&hooks, Some(header.as_bytes()), b, NOW);
             assert_eq!((got, key), (want, None), "{:.80}", header);
         };
         // 7 000 empty tags (the reported attack), then the good one: refused, nothing hashed.
@@ -506,7 +523,7 @@ mod tests {
         // The good tag last among MAX_TAGS: accepted, under the second secret, for 2 more.
         let tags = vec![format!("v1={wrong}"); MAX_TAGS - 1].join(",");
         let header = format!("t={NOW},{tags},v1={good}");
-        let (got, _) = hooks.receive(Some(header.as_bytes()), b, NOW);
+        let (got, _) = call(&hooks, Some(header.as_bytes()), b, NOW);
         assert_eq!(got, Outcome::Accepted);
         assert_eq!(hooks.hmacs_computed(), 4);
     }
@@ -517,16 +534,16 @@ mod tests {
         for (n, secret) in ["new", "old"].into_iter().enumerate() {
             let b = body(&format!("ev-{n}"), NOW);
             let sig = format!("t={NOW},v1={}", mac(secret, b.as_bytes()));
-            let (got, _) = hooks.receive(Some(sig.as_bytes()), b.as_bytes(), NOW);
+            let (got, _) = call(&hooks, Some(sig.as_bytes()), b.as_bytes(), NOW);
             assert_eq!(got, Outcome::Accepted, "{secret}");
         }
         let b = body("ev-9", NOW);
         let sig = format!("t={NOW},v1={}", mac("other", b.as_bytes()));
-        let got = hooks.receive(Some(sig.as_bytes()), b.as_bytes(), NOW);
+        let got = call(&hooks, Some(sig.as_bytes()), b.as_bytes(), NOW);
         assert_eq!(got, (Outcome::BadSignature, None));
         let none = Webhooks::new(&[]);
         let sig = format!("t={NOW},v1={}", mac(SECRET, b.as_bytes()));
-        let got = none.receive(Some(sig.as_bytes()), b.as_bytes(), NOW);
+        let got = call(&none, Some(sig.as_bytes()), b.as_bytes(), NOW);
         assert_eq!(got, (Outcome::BadSignature, None));
     }
 
@@ -536,27 +553,25 @@ mod tests {
         let hooks = hooks();
         let tag = "ab".repeat(32);
         let header = |t: u64| format!("t={t},v1={tag}");
+        // What passed: the header's `t`.
+        let check = |h: Option<&[u8]>| hooks.check_header(h, NOW).map(|signed| signed.0.t);
         let window = FRESHNESS.as_millis() as u64;
         // Within the window, to its very edge on either side: fine (the tag is checked later).
         for t in [NOW, NOW - window, NOW + window] {
-            assert_eq!(
-                hooks.check_header(Some(header(t).as_bytes()), NOW),
-                Ok(()),
-                "{t}"
-            );
+            assert_eq!(check(Some(header(t).as_bytes())), Ok(t), "{t}");
         }
         // One millisecond past it, either way: stale.
         for t in [NOW - window - 1, NOW + window + 1] {
-            let got = hooks.check_header(Some(header(t).as_bytes()), NOW);
-            assert_eq!(got, Err(Outcome::Stale), "{t}");
+            assert_eq!(
+                check(Some(header(t).as_bytes())),
+                Err(Outcome::Stale),
+                "{t}"
+            );
         }
         // Absent or malformed: a bad signature.
-        assert_eq!(hooks.check_header(None, NOW), Err(Outcome::BadSignature));
+        assert_eq!(check(None), Err(Outcome::BadSignature));
         let short = format!("t={NOW},v1=abcd");
-        assert_eq!(
-            hooks.check_header(Some(short.as_bytes()), NOW),
-            Err(Outcome::BadSignature)
-        );
+        assert_eq!(check(Some(short.as_bytes())), Err(Outcome::BadSignature));
     }
 
     #[test]
@@ -566,12 +581,22 @@ mod tests {
         // Signed ten minutes ago, replayed with t rewritten to now.
         let old = NOW - 10 * 60 * 1000;
         let b = body("ev-1", old);
-        let got = hooks.receive(Some(signed_at(&b, NOW).as_bytes()), b.as_bytes(), NOW);
+        let got = call(
+            &hooks,
+            Some(signed_at(&b, NOW).as_bytes()),
+            b.as_bytes(),
+            NOW,
+        );
         assert_eq!(got, (Outcome::Stale, None));
         // Off by one millisecond, either way.
         for ts in [NOW - 1, NOW + 1] {
             let b = body("ev-2", ts);
-            let got = hooks.receive(Some(signed_at(&b, NOW).as_bytes()), b.as_bytes(), NOW);
+            let got = call(
+                &hooks,
+                Some(signed_at(&b, NOW).as_bytes()),
+                b.as_bytes(),
+                NOW,
+            );
             assert_eq!(got, (Outcome::Stale, None), "{ts}");
         }
         // Missing, a string, a float, or a body that is not JSON at all.
@@ -581,18 +606,33 @@ mod tests {
             format!(r#"{{"id":"ev-3","timestamp":{NOW}.5}}"#),
             "not json".to_owned(),
         ] {
-            let got = hooks.receive(Some(signed_at(&b, NOW).as_bytes()), b.as_bytes(), NOW);
+            let got = call(
+                &hooks,
+                Some(signed_at(&b, NOW).as_bytes()),
+                b.as_bytes(),
+                NOW,
+            );
             assert_eq!(got, (Outcome::Stale, None), "{b}");
         }
         // Signed and sent at the very edge of the window: still fresh.
         let edge = NOW - FRESHNESS.as_millis() as u64;
         let b = body("ev-edge", edge);
-        let got = hooks.receive(Some(signed_at(&b, edge).as_bytes()), b.as_bytes(), NOW);
+        let got = call(
+            &hooks,
+            Some(signed_at(&b, edge).as_bytes()),
+            b.as_bytes(),
+            NOW,
+        );
         assert_eq!(got.0, Outcome::Accepted);
         // Nothing refused was remembered: ev-1 and ev-2, properly sent, are first seen.
         for id in ["ev-1", "ev-2"] {
             let b = body(id, NOW);
-            let got = hooks.receive(Some(signed_at(&b, NOW).as_bytes()), b.as_bytes(), NOW);
+            let got = call(
+                &hooks,
+                Some(signed_at(&b, NOW).as_bytes()),
+                b.as_bytes(),
+                NOW,
+            );
             assert_eq!(got.0, Outcome::Accepted, "{id}");
         }
     }
@@ -602,7 +642,7 @@ mod tests {
         let hooks = hooks();
         let send = |b: &str| {
             let sig = format!("t={NOW},v1={}", mac(SECRET, b.as_bytes()));
-            hooks.receive(Some(sig.as_bytes()), b.as_bytes(), NOW)
+            call(&hooks, Some(sig.as_bytes()), b.as_bytes(), NOW)
         };
         let event = r#""event":"task.updated","payload":{"task":{"id":"t1"}}"#;
         for b in [
