@@ -205,6 +205,8 @@ async fn serve(cfg: Config, demo: bool) -> ExitCode {
         }
     });
     shutdown_signal().await;
+    // Kept past `wait` (which consumes `running`) for the demo's report.
+    #[cfg(feature = "demo")]
     let proxy = std::sync::Arc::clone(running.proxy());
     running.shutdown();
     running.wait().await;
@@ -216,8 +218,6 @@ async fn serve(cfg: Config, demo: bool) -> ExitCode {
             taskgate::demo::exit_summary(&readout, demo.upstream_calls())
         );
     }
-    #[cfg(not(feature = "demo"))]
-    let _ = proxy;
     ExitCode::SUCCESS
 }
 
