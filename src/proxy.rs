@@ -290,9 +290,9 @@ impl Proxy {
         let route = route::parse(parts.uri.path());
         let span = tracing::info_span!(
             "request",
-            request_id = field::display(request_id.to_str().unwrap_or_default()),
+            request_id = request_id.to_str().unwrap_or_default(),
             trace_id = field::Empty,
-            method = %parts.method,
+            method = parts.method.as_str(),
             route = route.as_str(),
             kind = route.kind().map(Kind::as_str),
             id = route.id().unwrap_or_default(),
@@ -307,7 +307,8 @@ impl Proxy {
         // Continues the client's trace; the context returned is this request's own span,
         // the parent of the `traceparent` sent upstream.
         let trace = telemetry::attach(&span, parts.headers.get(&TRACEPARENT));
-        span.record("trace_id", field::display(trace.trace_id_hex()));
+        let trace_id = trace.trace_id_hex();
+        span.record("trace_id", trace_id.as_str());
 
         let mut outcome = Outcome::default();
         let served = self
@@ -328,7 +329,7 @@ impl Proxy {
             &parts.method,
             route,
             &request_id,
-            trace,
+            &trace_id,
             resp.status().as_u16(),
             &outcome,
             start.elapsed(),
@@ -742,25 +743,29 @@ impl Proxy {
         method: &Method,
         route: Route,
         request_id: &HeaderValue,
-        trace: TraceContext,
+        trace_id: &str,
         status: u16,
         outcome: &Outcome,
         elapsed: Duration,
     ) {
         let kind = route.kind().map(Kind::as_str);
         let reason = outcome.error.map(Error::reason);
-        span.record("status", status);
-        if let Some(cache) = outcome.cache {
-            span.record("cache", cache.as_str());
-        }
-        if let Some(phase) = outcome.phase {
-            span.record("phase", phase.as_str());
-        }
-        if let Some(status) = outcome.upstream.and_then(|u| u.status) {
-            span.record("upstream_status", status);
-        }
-        if let Some(reason) = reason {
-            span.record("reason", reason);
+        // For the exported span's attributes. The log needs none of them: no event inside
+        // the span follows, and the access event below carries them all.
+        if telemetry::spans_exported() {
+            span.record("status", status);
+            if let Some(cache) = outcome.cache {
+                span.record("cache", cache.as_str());
+            }
+            if let Some(phase) = outcome.phase {
+                span.record("phase", phase.as_str());
+            }
+            if let Some(status) = outcome.upstream.and_then(|u| u.status) {
+                span.record("upstream_status", status);
+            }
+            if let Some(reason) = reason {
+                span.record("reason", reason);
+            }
         }
         self.metrics
             .request(route.as_str(), kind, status, outcome.cache, reason, elapsed);
@@ -775,8 +780,8 @@ impl Proxy {
         tracing::info!(
             target: "taskgate::access",
             request_id = request_id.to_str().unwrap_or_default(),
-            trace_id = %trace.trace_id_hex(),
-            method = %method,
+            trace_id,
+            method = method.as_str(),
             route = route.as_str(),
             kind,
             id = route.id(),

@@ -3,23 +3,28 @@
 //! dropped and counted ([`log_events_dropped`]).
 
 use std::{
+    cell::Cell,
     fmt::{self as stdfmt, Write as _},
     io::{self, Write},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Condvar, Mutex, OnceLock, PoisonError,
     },
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tracing::field::{Field, Visit};
+use tracing::{
+    field::{Field, Visit},
+    Event, Subscriber,
+};
 use tracing_subscriber::{
     field::RecordFields,
     fmt::{
         self,
-        format::{FormatFields, Writer},
-        FormattedFields, MakeWriter,
+        format::{FormatEvent, FormatFields, Writer},
+        FmtContext, FormattedFields, MakeWriter,
     },
+    registry::LookupSpan,
     EnvFilter, Layer,
 };
 
@@ -202,11 +207,8 @@ pub(super) fn publish_drops(drops: Arc<AtomicU64>) {
 pub(super) fn log_layer(format: LogFormat, filter: EnvFilter, writer: LogWriter) -> DynLayer {
     let log = match format {
         LogFormat::Json => fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .flatten_event(true)
             .fmt_fields(SpanJson)
+            .event_format(JsonLines)
             .with_writer(writer)
             .boxed(),
         LogFormat::Pretty => fmt::layer().compact().with_writer(writer).boxed(),
@@ -239,11 +241,20 @@ impl<'w> FormatFields<'w> for SpanJson {
         fields: &tracing::span::Record<'_>,
     ) -> stdfmt::Result {
         let object = &mut current.fields;
-        if object.pop() != Some('}') {
+        if !(object.starts_with('{') && object.ends_with('}')) {
             // Nothing formatted yet (or not by us): start afresh.
             object.clear();
-            object.push('{');
+            object.push_str("{}");
         }
+        let mut repeated = Repeated {
+            object,
+            found: false,
+        };
+        fields.record(&mut repeated);
+        if repeated.found {
+            return merge(object, fields);
+        }
+        object.pop();
         let first = object.len() == 1;
         let mut v = JsonObject::new(object, first);
         fields.record(&mut v);
@@ -251,6 +262,172 @@ impl<'w> FormatFields<'w> for SpanJson {
         object.push('}');
         result
     }
+}
+
+/// A field recorded a second time (rare: taskgate records each once): the object is parsed,
+/// the new values replace the old, and it is written again, so it never holds a name twice.
+fn merge(object: &mut String, fields: &tracing::span::Record<'_>) -> stdfmt::Result {
+    let mut update = String::from("{");
+    let mut v = JsonObject::new(&mut update, true);
+    fields.record(&mut v);
+    v.result?;
+    update.push('}');
+    let parse = |s: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(s);
+    let (Ok(mut merged), Ok(update)) = (parse(object), parse(&update)) else {
+        return Err(stdfmt::Error);
+    };
+    merged.extend(update);
+    *object = serde_json::Value::Object(merged).to_string();
+    Ok(())
+}
+
+/// Whether a visited field is already a member of `object`.
+struct Repeated<'a> {
+    object: &'a str,
+    found: bool,
+}
+
+impl Visit for Repeated<'_> {
+    fn record_debug(&mut self, field: &Field, _: &dyn stdfmt::Debug) {
+        self.found |= has_member(self.object, member_name(field.name()));
+    }
+}
+
+/// Whether the JSON object `object` (as SpanJson writes it) has a member `name`: `"name":`
+/// right after `{` or `,`. Inside a string every `"` is escaped, so a value cannot match.
+fn has_member(object: &str, name: &str) -> bool {
+    object.match_indices(name).any(|(at, _)| {
+        let before = &object.as_bytes()[..at];
+        let after = &object.as_bytes()[at + name.len()..];
+        (before.ends_with(b"{\"") || before.ends_with(b",\"")) && after.starts_with(b"\":")
+    })
+}
+
+/// A field's name as the JSON member's: a raw identifier (`r#type`) without its `r#`, as
+/// `tracing-serde` writes it.
+fn member_name(name: &str) -> &str {
+    name.strip_prefix("r#").unwrap_or(name)
+}
+
+/// Events as JSON lines, laid out as `tracing-subscriber`'s JSON format with
+/// `flatten_event(true)` and `with_current_span(true)` (the layout taskgate has always
+/// printed): `{"timestamp":…,"level":…,"message":…,<fields>,"target":…,"span":{…,"name":…}}`.
+///
+/// Written by hand because that formatter cost about a third of a cache hit's CPU with access
+/// events on (bench/compare.sh, BENCHMARKS.md): it formats the timestamp into a fresh
+/// `String`, serialises every field through serde with a UTF-8 check per write, and parses
+/// the current span's fields back from JSON. Here the timestamp's date and time of day are
+/// formatted once per second (per thread), fields are escaped straight into the line, and the
+/// span's object (kept valid and free of repeated names by [`SpanJson`]) is copied as is.
+pub(super) struct JsonLines;
+
+impl<S> FormatEvent<S, SpanJson> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, SpanJson>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> stdfmt::Result {
+        let meta = event.metadata();
+        let mut line = String::with_capacity(512);
+        line.push_str("{\"timestamp\":\"");
+        push_timestamp(&mut line, SystemTime::now());
+        line.push_str("\",\"level\":\"");
+        line.push_str(meta.level().as_str());
+        line.push('"');
+        let mut v = JsonObject::new(&mut line, false);
+        event.record(&mut v);
+        v.result?;
+        line.push_str(",\"target\":\"");
+        escape_json(&mut line, meta.target());
+        line.push('"');
+        let span = event
+            .parent()
+            .and_then(|id| ctx.span(id))
+            .or_else(|| ctx.lookup_current());
+        if let Some(span) = span {
+            let ext = span.extensions();
+            if let Some(object) = ext.get::<FormattedFields<SpanJson>>() {
+                // `{…}` from SpanJson: the span's name goes in before the closing brace.
+                let members = object
+                    .fields
+                    .strip_prefix('{')
+                    .and_then(|o| o.strip_suffix('}'))
+                    .unwrap_or_default();
+                line.push_str(",\"span\":{");
+                line.push_str(members);
+                if !members.is_empty() {
+                    line.push(',');
+                }
+                line.push_str("\"name\":\"");
+                escape_json(&mut line, span.name());
+                line.push_str("\"}");
+            }
+        }
+        line.push_str("}\n");
+        writer.write_str(&line)
+    }
+}
+
+thread_local! {
+    /// The second last formatted on this thread, and its `YYYY-MM-DDTHH:MM:SS.`.
+    static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+}
+
+/// `t` in RFC 3339, UTC, to the microsecond: `2026-12-04T03:30:02.575029Z` (the format of
+/// `tracing-subscriber`'s `SystemTime`).
+fn push_timestamp(out: &mut String, t: SystemTime) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (cached, mut prefix) = SECOND.get();
+    if cached != secs {
+        prefix = date_time_prefix(secs);
+        SECOND.set((secs, prefix));
+    }
+    // Built from ASCII digits and separators only.
+    out.push_str(std::str::from_utf8(&prefix).unwrap_or_default());
+    let micros = since.subsec_micros();
+    let mut digits = [b'0'; 6];
+    let mut rest = micros;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+    out.push('Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` after the Unix epoch (UTC; years 1970 to 9999).
+fn date_time_prefix(secs: u64) -> [u8; 20] {
+    let days = secs / 86_400;
+    let of_day = secs % 86_400;
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = (yoe + era * 400 + u64::from(month <= 2)).min(9999);
+    let mut out = *b"0000-00-00T00:00:00.";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, of_day / 3600);
+    put(14, 2, of_day / 60 % 60);
+    put(17, 2, of_day % 60);
+    out
 }
 
 /// Writes visited fields as `"name":value` members of a JSON object under construction.
@@ -275,7 +452,7 @@ impl<'a> JsonObject<'a> {
         }
         self.first = false;
         self.out.push('"');
-        escape_json(self.out, field.name());
+        escape_json(self.out, member_name(field.name()));
         self.out.push_str("\":");
     }
 }
@@ -284,7 +461,12 @@ impl Visit for JsonObject<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.name(field);
         if value.is_finite() {
+            let start = self.out.len();
             self.result = self.result.and(write!(self.out, "{value}"));
+            // Still a float to a typed reader (`2.0`, not `2`), as serde_json writes it.
+            if !self.out[start..].contains(['.', 'e']) {
+                self.out.push_str(".0");
+            }
         } else {
             self.out.push_str("null");
         }
@@ -502,6 +684,162 @@ mod tests {
         assert_eq!(span["ok"], true);
         assert_eq!(lines[0]["error"], "boom");
         assert!(lines[1].get("span").is_none(), "{}", lines[1]);
+    }
+
+    /// A `MakeWriter` keeping every line written through it.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Lines {
+        type Writer = Lines;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    impl Lines {
+        fn parsed(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+            String::from_utf8(self.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect()
+        }
+    }
+
+    #[derive(Debug)]
+    #[allow(dead_code)] // read through Debug only
+    struct Shape {
+        name: &'static str,
+        sizes: [u8; 2],
+    }
+
+    #[test]
+    fn events_are_laid_out_as_tracing_subscribers_json_format() {
+        // The hand-written lines and tracing-subscriber's own JSON formatter, configured as
+        // taskgate configured it before, side by side on the same events.
+        let sink = Gate::default();
+        sink.open();
+        let (ours, guard) = log_writer(sink.clone(), LOG_QUEUE_BYTES);
+        let theirs = Lines::default();
+        let reference = fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .fmt_fields(SpanJson)
+            .with_writer(theirs.clone());
+        let sub = Registry::default()
+            .with(log_layer(LogFormat::Json, EnvFilter::new("trace"), ours))
+            .with(reference);
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!("plain");
+            tracing::warn!(target: "taskgate::access", n = -3, u = 7u64, f = 1.25, whole = 2.0,
+                ok = false, s = "a \"q\" \\ \n\t\u{1} é", none = Option::<&str>::None,
+                r#type = "raw", shape = ?Shape { name: "x\"y", sizes: [1, 2] },
+                shown = %"display", "request {} of {}", 1, 2);
+            let span = tracing::info_span!(
+                "request",
+                request_id = tracing::field::display("r-1"),
+                status = tracing::field::Empty,
+                cache = tracing::field::Empty,
+            );
+            span.record("status", 200);
+            span.in_scope(|| {
+                tracing::error!(error = "boom", "inside");
+                let inner = tracing::debug_span!("fetch", attempt = 1);
+                inner.in_scope(|| tracing::trace!("nested"));
+            });
+            span.record("cache", "HIT");
+            span.record("status", 304);
+            span.in_scope(|| tracing::info!("after the records"));
+            let empty = tracing::info_span!("bare");
+            empty.in_scope(|| tracing::info!(x = 1, "in a span without fields"));
+        });
+        drop(guard);
+        let ours: Vec<_> = sink
+            .lines()
+            .into_iter()
+            .map(|v| v.as_object().unwrap().clone())
+            .collect();
+        let theirs = theirs.parsed();
+        assert_eq!(ours.len(), 6);
+        assert_eq!(ours.len(), theirs.len());
+        for (mut a, mut b) in ours.into_iter().zip(theirs) {
+            let (ta, tb) = (
+                a.remove("timestamp").unwrap(),
+                b.remove("timestamp").unwrap(),
+            );
+            for t in [&ta, &tb] {
+                let t = t.as_str().unwrap();
+                assert_eq!(t.len(), 27, "{t}");
+                assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T' && t.as_bytes()[19] == b'.');
+            }
+            assert_eq!(a, b);
+        }
+        // The later record replaced the earlier value instead of repeating the name.
+        let raw = String::from_utf8(sink.state.0.lock().unwrap().1.clone()).unwrap();
+        let after = raw
+            .lines()
+            .find(|l| l.contains("after the records"))
+            .unwrap();
+        assert_eq!(after.matches("\"status\":").count(), 1, "{after}");
+        assert!(after.contains("\"status\":304"), "{after}");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_to_the_microsecond() {
+        for (secs, want) in [
+            (0, "1970-01-01T00:00:00."),
+            (951_782_400, "2000-02-29T00:00:00."),
+            (951_868_799, "2000-02-29T23:59:59."),
+            (1_798_943_402, "2027-01-03T02:30:02."),
+            (4_102_444_799, "2099-12-31T23:59:59."),
+            (4_107_542_400, "2100-03-01T00:00:00."),
+            (253_402_300_799, "9999-12-31T23:59:59."),
+        ] {
+            assert_eq!(std::str::from_utf8(&date_time_prefix(secs)).unwrap(), want);
+        }
+        let mut out = String::new();
+        push_timestamp(
+            &mut out,
+            UNIX_EPOCH + Duration::new(1_798_943_402, 5_007_999),
+        );
+        assert_eq!(out, "2027-01-03T02:30:02.005007Z");
+        // The per-thread cache of the second is keyed by the second.
+        out.clear();
+        push_timestamp(&mut out, UNIX_EPOCH + Duration::new(1_798_943_403, 0));
+        assert_eq!(out, "2027-01-03T02:30:03.000000Z");
+        out.clear();
+        push_timestamp(
+            &mut out,
+            UNIX_EPOCH + Duration::new(1_798_943_403, 999_999_999),
+        );
+        assert_eq!(out, "2027-01-03T02:30:03.999999Z");
+    }
+
+    #[test]
+    fn a_member_is_found_only_as_a_name() {
+        let object = r#"{"status":200,"cache":"x\",\"route\":1","id":"status"}"#;
+        assert!(has_member(object, "status"));
+        assert!(has_member(object, "cache"));
+        assert!(has_member(object, "id"));
+        assert!(!has_member(object, "route"), "inside a string value");
+        assert!(!has_member(object, "stat"));
+        assert!(!has_member(object, "tatus"));
+        assert!(!has_member("{}", "status"));
     }
 
     #[test]

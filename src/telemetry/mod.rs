@@ -30,7 +30,10 @@
 mod log;
 mod metrics;
 
-use std::io;
+use std::{
+    io,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use http::HeaderValue;
 use tracing_subscriber::{
@@ -115,6 +118,9 @@ pub fn init(format: LogFormat, filter: &str) -> Telemetry {
             Some(Err(e)) => tracing::error!(error = %e, "spans are not exported"),
             _ => {}
         }
+        if installed && provider.is_some() {
+            EXPORTING.store(true, Ordering::Relaxed);
+        }
         // Kept even if another subscriber won the race: `shutdown` stops it, bounded.
         Telemetry { provider, log }
     }
@@ -166,6 +172,15 @@ pub fn attach(span: &tracing::Span, client: Option<&HeaderValue>) -> TraceContex
     #[cfg(not(feature = "otel"))]
     let _ = span;
     TraceContext::continue_or_start(client)
+}
+
+/// Set once the span exporter is installed (feature `otel` with an endpoint).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether request spans are exported. Fields that only the exported span's attributes need
+/// are recorded only then: each `span.record` also rewrites the span's fields for the log.
+pub fn spans_exported() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 /// The process environment, with empty values counted as unset (as the OTel spec says).
