@@ -237,7 +237,9 @@ impl Cache {
                             superseded: false,
                         },
                     );
-                    let fut = fetch();
+                    // Boxed: the fetch (an upstream request in flight) is a 2.7 KiB future,
+                    // copied whole on each move into the task otherwise.
+                    let fut = Box::pin(fetch());
                     let this = Arc::clone(self);
                     tokio::spawn(async move { this.lead(key, fut, tx).await });
                     (rx, false)
