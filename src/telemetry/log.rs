@@ -219,9 +219,9 @@ pub(super) fn log_layer(format: LogFormat, filter: EnvFilter, writer: LogWriter)
 
 /// Span fields for the JSON log layer: one JSON object (`{"request_id":"…",…}`) that a later
 /// `span.record` extends in place. `tracing-subscriber`'s own `JsonFields` parses the object
-/// back into a map and re-serialises it for every recorded field, five times per request
-/// here; appending is enough, because the JSON event formatter reads the object with
-/// `serde_json`, where a repeated name (a field recorded twice) keeps the last value.
+/// back into a map and re-serialises it for every recorded field; here only a field recorded
+/// a second time takes that path ([`merge`]), so the object never holds a name twice and
+/// [`JsonLines`] can copy it into a line as is.
 pub struct SpanJson;
 
 impl<'w> FormatFields<'w> for SpanJson {

@@ -19,11 +19,13 @@
 //!   (a full pipe, a stalled disk) new lines are dropped and counted
 //!   ([`log_events_dropped`], exported as `taskgate_log_events_dropped_total`), never queued
 //!   without bound and never waited for.
-//! - Span fields are kept as one JSON object that a later `span.record` extends in place
-//!   ([`SpanJson`]), instead of `tracing-subscriber`'s default of parsing the object back and
-//!   re-serialising it for every recorded field. The access event is emitted outside the
-//!   request span and carries every field itself, so formatting it reads no span at all;
-//!   other events inside a request show the request span's fields under `span`.
+//! - Lines are formatted by hand (`JsonLines`), in the layout of `tracing-subscriber`'s JSON
+//!   format (checked side by side in the tests), at about a third of its cost. Span fields
+//!   are kept as one JSON object that a later `span.record` extends in place ([`SpanJson`]),
+//!   instead of `tracing-subscriber`'s default of parsing the object back and re-serialising
+//!   it for every recorded field. The access event is emitted outside the request span and
+//!   carries every field itself, so formatting it reads no span at all; other events inside
+//!   a request show the request span's fields under `span`.
 //! - [`Telemetry::shutdown`] flushes what is still queued, bounded in time: a collector
 //!   that is down or hangs never holds the exit; the log queue is written out last.
 
