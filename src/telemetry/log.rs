@@ -241,7 +241,7 @@ impl<'w> FormatFields<'w> for SpanJson {
         fields: &tracing::span::Record<'_>,
     ) -> stdfmt::Result {
         let object = &mut current.fields;
-        if !(object.starts_with('{') && object.ends_with('}')) {
+        if !is_object(object) {
             // Nothing formatted yet (or not by us): start afresh.
             object.clear();
             object.push_str("{}");
@@ -279,6 +279,11 @@ fn merge(object: &mut String, fields: &tracing::span::Record<'_>) -> stdfmt::Res
     merged.extend(update);
     *object = serde_json::Value::Object(merged).to_string();
     Ok(())
+}
+
+/// Whether `s` has the shape of a JSON object as SpanJson writes one: `{…}`.
+fn is_object(s: &str) -> bool {
+    s.len() >= 2 && s.starts_with('{') && s.ends_with('}')
 }
 
 /// Whether a visited field is already a member of `object`.
@@ -828,6 +833,15 @@ mod tests {
             UNIX_EPOCH + Duration::new(1_798_943_403, 999_999_999),
         );
         assert_eq!(out, "2027-01-03T02:30:03.999999Z");
+    }
+
+    #[test]
+    fn only_a_whole_object_is_extended() {
+        assert!(is_object("{}"));
+        assert!(is_object(r#"{"a":1}"#));
+        for not in ["", "{", "}", "x}", "{x", "[]"] {
+            assert!(!is_object(not), "{not:?}");
+        }
     }
 
     #[test]
