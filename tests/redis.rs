@@ -24,22 +24,42 @@ struct Redis {
 
 impl Redis {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = Self { port, child: None };
-        r.restart();
-        r
+        let mut r = Self {
+            port: 0,
+            child: None,
+        };
+        // A port found free can be taken again before redis-server binds it (by another
+        // test's server, restarted on its old port): then try another.
+        for _ in 0..5 {
+            r.port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if r.try_start() {
+                return r;
+            }
+        }
+        panic!("redis-server did not start on a free port in 5 tries");
     }
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Starts redis-server on `self.port` again (after `stop`): same port, same URL.
     fn restart(&mut self) {
-        let child = Command::new("redis-server")
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.try_start() {
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether a redis-server of our own now serves `self.port`: the one answering there must
+    /// be our child (its `process_id`), not another test's server that holds the port.
+    fn try_start(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -54,9 +74,21 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (bash .ci/run installs Debian's redis-server)");
-        self.child = Some(child);
+        let own = format!("process_id:{}", child.id());
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                return false; // exited: the port was taken
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self
+                    .cli(&["INFO", "server"])
+                    .lines()
+                    .any(|l| l.trim() == own)
+            {
+                self.child = Some(child);
+                return true;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
