@@ -392,17 +392,20 @@ fn push_timestamp(out: &mut String, t: SystemTime) {
         prefix = date_time_prefix(secs);
         SECOND.set((secs, prefix));
     }
+    let mut micros = [0; 6];
+    put_digits(&mut micros, since.subsec_micros().into());
     // Built from ASCII digits and separators only.
     out.push_str(std::str::from_utf8(&prefix).unwrap_or_default());
-    let micros = since.subsec_micros();
-    let mut digits = [b'0'; 6];
-    let mut rest = micros;
-    for d in digits.iter_mut().rev() {
-        *d = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+    out.push_str(std::str::from_utf8(&micros).unwrap_or_default());
     out.push('Z');
+}
+
+/// Writes `n` into `out` as decimal digits, zero-padded to its length (higher digits dropped).
+fn put_digits(out: &mut [u8], mut n: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.` for `secs` after the Unix epoch (UTC; years 1970 to 9999).
@@ -420,18 +423,12 @@ fn date_time_prefix(secs: u64) -> [u8; 20] {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = (yoe + era * 400 + u64::from(month <= 2)).min(9999);
     let mut out = *b"0000-00-00T00:00:00.";
-    let mut put = |at: usize, width: usize, mut n: u64| {
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, of_day / 3600);
-    put(14, 2, of_day / 60 % 60);
-    put(17, 2, of_day % 60);
+    put_digits(&mut out[0..4], year);
+    put_digits(&mut out[5..7], month);
+    put_digits(&mut out[8..10], day);
+    put_digits(&mut out[11..13], of_day / 3600);
+    put_digits(&mut out[14..16], of_day / 60 % 60);
+    put_digits(&mut out[17..19], of_day % 60);
     out
 }
 
@@ -691,39 +688,6 @@ mod tests {
         assert!(lines[1].get("span").is_none(), "{}", lines[1]);
     }
 
-    /// A `MakeWriter` keeping every line written through it.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Lines {
-        type Writer = Lines;
-
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
-
-    impl Lines {
-        fn parsed(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
-            String::from_utf8(self.0.lock().unwrap().clone())
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-                .collect()
-        }
-    }
-
     #[derive(Debug)]
     #[allow(dead_code)] // read through Debug only
     struct Shape {
@@ -738,14 +702,16 @@ mod tests {
         let sink = Gate::default();
         sink.open();
         let (ours, guard) = log_writer(sink.clone(), LOG_QUEUE_BYTES);
-        let theirs = Lines::default();
+        let theirs = Gate::default();
+        theirs.open();
+        let (reference_writer, reference_guard) = log_writer(theirs.clone(), LOG_QUEUE_BYTES);
         let reference = fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
             .fmt_fields(SpanJson)
-            .with_writer(theirs.clone());
+            .with_writer(reference_writer);
         let sub = Registry::default()
             .with(log_layer(LogFormat::Json, EnvFilter::new("trace"), ours))
             .with(reference);
@@ -774,12 +740,14 @@ mod tests {
             empty.in_scope(|| tracing::info!(x = 1, "in a span without fields"));
         });
         drop(guard);
-        let ours: Vec<_> = sink
-            .lines()
-            .into_iter()
-            .map(|v| v.as_object().unwrap().clone())
-            .collect();
-        let theirs = theirs.parsed();
+        drop(reference_guard);
+        let objects = |gate: &Gate| -> Vec<_> {
+            gate.lines()
+                .into_iter()
+                .map(|v| v.as_object().unwrap().clone())
+                .collect()
+        };
+        let (ours, theirs) = (objects(&sink), objects(&theirs));
         assert_eq!(ours.len(), 6);
         assert_eq!(ours.len(), theirs.len());
         for (mut a, mut b) in ours.into_iter().zip(theirs) {
