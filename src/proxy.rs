@@ -504,7 +504,7 @@ impl Proxy {
                     no_store: f.no_store,
                 })
             }
-            // The fetch task died (a panic): nothing to share.
+            // The fetch died (a panic): nothing to share.
             None => Ok(Found::local(
                 Arc::new(Answer::error(Error::Internal)),
                 CacheStatus::Pass,
@@ -538,8 +538,9 @@ impl Proxy {
         });
     }
 
-    /// The one call to the API for `key`, classified. Runs in the coalesced fetch's own task,
-    /// within `client`'s fair share of the upstream slots.
+    /// The one call to the API for `key`, classified. Runs as the coalesced fetch (in the
+    /// leading request's task, or its own once that request is gone), within `client`'s fair
+    /// share of the upstream slots.
     async fn fetch(
         self: Arc<Self>,
         key: Key,

@@ -5,12 +5,13 @@
 //! - Entries are bounded by the sum of their weights (body bytes plus a fixed overhead), and
 //!   each expires after the lifetime its answer was given (`answer::Store`).
 //! - At most one fetch per key is in flight. Requests that arrive while it runs wait for it and
-//!   share its answer, cacheable or not. The fetch runs in its own task, so the client that
+//!   share its answer, cacheable or not. The fetch runs in the task of the request that started
+//!   it and moves to a task of its own if that request goes away first, so the client that
 //!   started it can hang up without cancelling it for the others.
 //! - An invalidation wins over a fetch in flight: a fetch that was running when its key was
 //!   invalidated answers its waiters but is stored at neither level.
 //!
-//! Concurrency: the fetch task stores a cacheable answer and leaves the in-flight map under the
+//! Concurrency: the fetch stores a cacheable answer and leaves the in-flight map under the
 //! map's lock, and an invalidation marks the in-flight fetch and drops the entry under the same
 //! lock, so each happens wholly before or after the other. A request always finds a key in the
 //! cache or in the map — except in the instant between a lookup miss and taking the map's lock,
@@ -23,7 +24,10 @@ mod shared;
 use std::{
     collections::HashMap,
     future::Future,
+    panic::{self, AssertUnwindSafe},
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -213,7 +217,7 @@ impl Cache {
     }
 
     /// Joins the fetch in flight for `key`, or leads one: the shared level first, then
-    /// `fetch` (the API). Returns the shared outcome (`None` only if the fetch task died) and
+    /// `fetch` (the API). Returns the shared outcome (`None` only if the fetch panicked) and
     /// whether this caller waited on someone else's fetch.
     pub async fn fetch_coalesced<F, Fut>(
         self: &Arc<Self>,
@@ -224,10 +228,10 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Fetch> + Send + 'static,
     {
-        let (mut slot, coalesced) = {
+        let (mut slot, leading) = {
             let mut inflight = lock(&self.inflight);
             match inflight.get(&key) {
-                Some(f) => (f.slot.clone(), true),
+                Some(f) => (f.slot.clone(), None),
                 None => {
                     let (tx, rx) = watch::channel(None);
                     inflight.insert(
@@ -237,15 +241,20 @@ impl Cache {
                             superseded: false,
                         },
                     );
-                    // Boxed: the fetch (an upstream request in flight) is a 2.7 KiB future,
-                    // copied whole on each move into the task otherwise.
-                    let fut = Box::pin(fetch());
                     let this = Arc::clone(self);
-                    tokio::spawn(async move { this.lead(key, fut, tx).await });
-                    (rx, false)
+                    let fut = fetch();
+                    let lead: Pin<Box<dyn Future<Output = ()> + Send>> =
+                        Box::pin(async move { this.lead(key, fut, tx).await });
+                    (rx, Some(Leading { lead: Some(lead) }))
                 }
             }
         };
+        let coalesced = leading.is_none();
+        if let Some(leading) = leading {
+            // The leader runs the fetch in its own task: no spawn, and no wake-up from
+            // another task when the answer is in.
+            leading.await;
+        }
         let outcome = slot
             .wait_for(Option::is_some)
             .await
@@ -336,6 +345,41 @@ fn compact(mut answer: Answer) -> Answer {
     answer
 }
 
+/// The leader's fetch, run inline in the leader's own task. Should the leader go away first
+/// (its client hung up and hyper dropped the request), what is left of the fetch is handed to
+/// a task of its own, so the requests waiting on it still get their answer. A panic inside
+/// it is caught here: the waiters see the fetch die (`None`), as they would with a task.
+struct Leading {
+    lead: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Future for Leading {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(lead) = self.lead.as_mut() else {
+            return Poll::Ready(());
+        };
+        match panic::catch_unwind(AssertUnwindSafe(|| lead.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) | Err(_) => {
+                self.lead = None;
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        // Outside a runtime (one shutting down), there is nobody left to answer.
+        if let (Some(lead), Ok(runtime)) = (self.lead.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(lead);
+        }
+    }
+}
+
 struct LeaveOnDrop<'a> {
     cache: &'a Cache,
     key: Key,
@@ -395,6 +439,93 @@ mod tests {
         let running = Bytes::from_static(br#"{"id":"t1","status":{"phase":"running"}}"#);
         let passed = compact(answer(running.clone()));
         assert_eq!(passed.body.as_ptr(), running.as_ptr());
+    }
+
+    fn completed(id: &str) -> Fetch {
+        Fetch {
+            answer: answer(Bytes::from(format!(
+                r#"{{"id":"{id}","status":{{"phase":"completed"}}}}"#
+            ))),
+            upstream: UpstreamReport::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fetch_outlives_its_leader_for_the_requests_waiting_on_it() {
+        let cache = Arc::new(Cache::new(1 << 20, Duration::ZERO, SharedLevel::off()));
+        let key = Key::new(Kind::Task, "t1").unwrap();
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let leader = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .fetch_coalesced(key, move || async move {
+                        let _ = wait.await;
+                        completed("t1")
+                    })
+                    .await
+            })
+        };
+        while !cache.is_in_flight(&key) {
+            tokio::task::yield_now().await;
+        }
+        let waiter = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .fetch_coalesced(key, || async { unreachable!("joins, never fetches") })
+                    .await
+            })
+        };
+        // The leader's client hangs up: hyper drops its request, fetch and all.
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        release.send(()).expect("the fetch is still waiting to be released");
+        let (fetched, coalesced) = waiter.await.unwrap();
+        assert!(coalesced);
+        let fetched = fetched.expect("the fetch finished in a task of its own");
+        assert_eq!(fetched.cache, CacheStatus::Miss);
+        assert!(cache.get(&key).is_some(), "and was stored");
+        assert!(!cache.is_in_flight(&key));
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_panics_fails_its_requests_and_frees_its_key() {
+        let cache = Arc::new(Cache::new(1 << 20, Duration::ZERO, SharedLevel::off()));
+        let key = Key::new(Kind::Task, "t1").unwrap();
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let leader = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .fetch_coalesced(key, move || async move {
+                        let _ = wait.await;
+                        panic!("a bug in the fetch");
+                    })
+                    .await
+            })
+        };
+        while !cache.is_in_flight(&key) {
+            tokio::task::yield_now().await;
+        }
+        let waiter = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .fetch_coalesced(key, || async { unreachable!("joins, never fetches") })
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        release.send(()).unwrap();
+        // The leader's request is answered (no panic reaches its connection), as is the waiter's.
+        assert!(matches!(leader.await.unwrap(), (None, false)));
+        assert!(matches!(waiter.await.unwrap(), (None, true)));
+        assert!(!cache.is_in_flight(&key), "the key is free for the next fetch");
+        let (next, _) = cache
+            .fetch_coalesced(key, || async { completed("t1") })
+            .await;
+        assert_eq!(next.unwrap().cache, CacheStatus::Miss);
     }
 
     #[tokio::test]
