@@ -121,8 +121,15 @@ impl TraceContext {
         })
     }
 
+    /// The trace id as 32 lowercase hex digits (once per request: no formatter machinery).
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(32);
+        for b in self.trace_id.to_be_bytes() {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        out
     }
 
     pub fn to_header(self) -> HeaderValue {
@@ -172,6 +179,18 @@ mod tests {
             .unwrap()
             .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert_eq!(TraceContext::parse(header.as_bytes()), Some(ctx));
+    }
+
+    #[test]
+    fn trace_ids_are_written_as_32_lowercase_hex_digits() {
+        let client =
+            HeaderValue::from_static("00-000000000000000000000000000a0bf1-00f067aa0ba902b7-01");
+        let ctx = TraceContext::continue_or_start(Some(&client));
+        assert_eq!(ctx.trace_id_hex(), "000000000000000000000000000a0bf1");
+        for _ in 0..100 {
+            let ctx = TraceContext::continue_or_start(None);
+            assert_eq!(ctx.trace_id_hex(), format!("{:032x}", ctx.trace_id));
+        }
     }
 
     #[test]

@@ -288,10 +288,16 @@ impl Proxy {
             .cloned()
             .unwrap_or_else(ids::new_request_id);
         let route = route::parse(parts.uri.path());
+        let traceparent = parts.headers.get(&TRACEPARENT);
+        // Without an exporter the ids are known before the span: given at its creation, the
+        // trace id costs no `record` (which rewrites the span's fields for the log).
+        let early =
+            (!telemetry::spans_exported()).then(|| TraceContext::continue_or_start(traceparent));
+        let early_id = early.as_ref().map(TraceContext::trace_id_hex);
         let span = tracing::info_span!(
             "request",
             request_id = request_id.to_str().unwrap_or_default(),
-            trace_id = field::Empty,
+            trace_id = early_id.as_deref(),
             method = parts.method.as_str(),
             route = route.as_str(),
             kind = route.kind().map(Kind::as_str),
@@ -306,9 +312,15 @@ impl Proxy {
         );
         // Continues the client's trace; the context returned is this request's own span,
         // the parent of the `traceparent` sent upstream.
-        let trace = telemetry::attach(&span, parts.headers.get(&TRACEPARENT));
-        let trace_id = trace.trace_id_hex();
-        span.record("trace_id", trace_id.as_str());
+        let (trace, trace_id) = match early.zip(early_id) {
+            Some(known) => known,
+            None => {
+                let trace = telemetry::attach(&span, traceparent);
+                let trace_id = trace.trace_id_hex();
+                span.record("trace_id", trace_id.as_str());
+                (trace, trace_id)
+            }
+        };
 
         let mut outcome = Outcome::default();
         let served = self

@@ -8,6 +8,9 @@ use std::time::Duration;
 use common::{Binary, HttpClient, MockUpstream, Reply, KEY};
 use http::StatusCode;
 
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 fn access_events(lines: &[String]) -> Vec<serde_json::Value> {
     lines
         .iter()
@@ -36,7 +39,12 @@ async fn logs_are_json_events_with_spec_fields_and_never_hold_the_key() {
         ("/task/%2e%2e", 400),
     ] {
         let got = c
-            .send(proc.public, "GET", path, &[("x-request-id", "trace-me-1")])
+            .send(
+                proc.public,
+                "GET",
+                path,
+                &[("x-request-id", "trace-me-1"), ("traceparent", TRACEPARENT)],
+            )
             .await;
         assert_eq!(got.status, StatusCode::from_u16(status).unwrap(), "{path}");
         bodies.push_str(&got.text());
@@ -87,6 +95,26 @@ async fn logs_are_json_events_with_spec_fields_and_never_hold_the_key() {
     assert_eq!(events[3]["upstream_status"], 401);
     assert_eq!(events[4]["status"], 400);
     assert_eq!(events[4]["route"], "bad_id");
+    // One trace id throughout: the client's, in every access event, in the span of an event
+    // logged while a request is served, and in the `traceparent` sent upstream.
+    assert!(
+        events.iter().all(|e| e["trace_id"] == CLIENT_TRACE),
+        "{events:?}"
+    );
+    let refused = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["upstream_status"] == 401 && v["target"] != "taskgate::access")
+        .expect("the refused key is logged");
+    assert_eq!(refused["span"]["trace_id"], CLIENT_TRACE, "{refused}");
+    assert_eq!(refused["span"]["request_id"], "trace-me-1", "{refused}");
+    assert_eq!(refused["span"]["task_id"], "denied", "{refused}");
+    let seen = mock.seen();
+    assert!(!seen.is_empty());
+    for s in &seen {
+        let sent = s.headers["traceparent"].to_str().unwrap();
+        assert!(sent.starts_with(&format!("00-{CLIENT_TRACE}-")), "{sent}");
+    }
     // The startup event lists the configuration with the key masked.
     let starting = lines
         .iter()

@@ -480,7 +480,9 @@ mod tests {
         // The leader's client hangs up: hyper drops its request, fetch and all.
         leader.abort();
         assert!(leader.await.unwrap_err().is_cancelled());
-        release.send(()).expect("the fetch is still waiting to be released");
+        release
+            .send(())
+            .expect("the fetch is still waiting to be released");
         let (fetched, coalesced) = waiter.await.unwrap();
         assert!(coalesced);
         let fetched = fetched.expect("the fetch finished in a task of its own");
@@ -521,7 +523,10 @@ mod tests {
         // The leader's request is answered (no panic reaches its connection), as is the waiter's.
         assert!(matches!(leader.await.unwrap(), (None, false)));
         assert!(matches!(waiter.await.unwrap(), (None, true)));
-        assert!(!cache.is_in_flight(&key), "the key is free for the next fetch");
+        assert!(
+            !cache.is_in_flight(&key),
+            "the key is free for the next fetch"
+        );
         let (next, _) = cache
             .fetch_coalesced(key, || async { completed("t1") })
             .await;
