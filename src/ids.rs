@@ -6,7 +6,6 @@
 use std::{
     cell::Cell,
     collections::hash_map::RandomState,
-    fmt::Write as _,
     hash::{BuildHasher, Hasher},
 };
 
@@ -50,9 +49,20 @@ fn nonzero_u64() -> u64 {
 
 /// A new request id: 32 lowercase hex characters.
 pub fn new_request_id() -> HeaderValue {
-    let mut s = String::with_capacity(32);
-    let _ = write!(s, "{:016x}{:016x}", next_u64(), next_u64());
-    HeaderValue::from_str(&s).expect("hex is a valid header value")
+    let id = u128::from(next_u64()) << 64 | u128::from(next_u64());
+    HeaderValue::from_bytes(&hex32(id)).expect("hex is a valid header value")
+}
+
+/// `v` as 32 lowercase hex digits (ids and trace ids, once or twice per request: no
+/// formatter machinery).
+fn hex32(v: u128) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0; 32];
+    for (pair, b) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+    out
 }
 
 /// The client's `x-request-id` when it is reasonable to echo and log: 1..=128 visible ASCII
@@ -121,15 +131,9 @@ impl TraceContext {
         })
     }
 
-    /// The trace id as 32 lowercase hex digits (once per request: no formatter machinery).
+    /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(32);
-        for b in self.trace_id.to_be_bytes() {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-        out
+        String::from_utf8_lossy(&hex32(self.trace_id)).into_owned()
     }
 
     pub fn to_header(self) -> HeaderValue {
@@ -152,6 +156,12 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(accept_request_id(&a));
+        assert!(
+            a.as_bytes()
+                .iter()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! dropped and counted ([`log_events_dropped`]).
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     fmt::{self as stdfmt, Write as _},
     io::{self, Write},
     sync::{
@@ -336,48 +336,81 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> stdfmt::Result {
-        let meta = event.metadata();
-        let mut line = String::with_capacity(512);
-        line.push_str("{\"timestamp\":\"");
-        push_timestamp(&mut line, SystemTime::now());
-        line.push_str("\",\"level\":\"");
-        line.push_str(meta.level().as_str());
-        line.push('"');
-        let mut v = JsonObject::new(&mut line, false);
-        event.record(&mut v);
-        v.result?;
-        line.push_str(",\"target\":\"");
-        escape_json(&mut line, meta.target());
-        line.push('"');
-        let span = event
-            .parent()
-            .and_then(|id| ctx.span(id))
-            .or_else(|| ctx.lookup_current());
-        if let Some(span) = span {
-            let ext = span.extensions();
-            if let Some(object) = ext.get::<FormattedFields<SpanJson>>() {
-                // `{…}` from SpanJson: the span's name goes in before the closing brace.
-                let members = object
-                    .fields
-                    .strip_prefix('{')
-                    .and_then(|o| o.strip_suffix('}'))
-                    .unwrap_or_default();
-                line.push_str(",\"span\":{");
-                line.push_str(members);
-                if !members.is_empty() {
-                    line.push(',');
-                }
-                line.push_str("\"name\":\"");
-                escape_json(&mut line, span.name());
-                line.push_str("\"}");
+        // Each thread builds its lines in one buffer of its own: no allocation per line.
+        // (tracing-core drops an event logged while a line is built, from a field's `Debug`
+        // say; should one ever get here, it gets a buffer of its own rather than a panic.)
+        LINE.with(|cell| {
+            let mut own = String::new();
+            let mut shared = cell.try_borrow_mut();
+            let line = match shared.as_deref_mut() {
+                Ok(line) => line,
+                Err(_) => &mut own,
+            };
+            line.clear();
+            build_line(ctx, line, event)?;
+            let written = writer.write_str(line);
+            if line.capacity() > LINE_KEPT {
+                *line = String::new();
             }
-        }
-        line.push_str("}\n");
-        writer.write_str(&line)
+            written
+        })
     }
 }
 
+/// A line's buffer larger than this (a huge field) is not kept for the next line.
+const LINE_KEPT: usize = 16 << 10;
+
+/// One event as a JSON object and a newline, appended to `line`.
+fn build_line<S>(
+    ctx: &FmtContext<'_, S, SpanJson>,
+    line: &mut String,
+    event: &Event<'_>,
+) -> stdfmt::Result
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let meta = event.metadata();
+    line.push_str("{\"timestamp\":\"");
+    push_timestamp(line, SystemTime::now());
+    line.push_str("\",\"level\":\"");
+    line.push_str(meta.level().as_str());
+    line.push('"');
+    let mut v = JsonObject::new(line, false);
+    event.record(&mut v);
+    v.result?;
+    line.push_str(",\"target\":\"");
+    escape_json(line, meta.target());
+    line.push('"');
+    let span = event
+        .parent()
+        .and_then(|id| ctx.span(id))
+        .or_else(|| ctx.lookup_current());
+    if let Some(span) = span {
+        let ext = span.extensions();
+        if let Some(object) = ext.get::<FormattedFields<SpanJson>>() {
+            // `{…}` from SpanJson: the span's name goes in before the closing brace.
+            let members = object
+                .fields
+                .strip_prefix('{')
+                .and_then(|o| o.strip_suffix('}'))
+                .unwrap_or_default();
+            line.push_str(",\"span\":{");
+            line.push_str(members);
+            if !members.is_empty() {
+                line.push(',');
+            }
+            line.push_str("\"name\":\"");
+            escape_json(line, span.name());
+            line.push_str("\"}");
+        }
+    }
+    line.push_str("}\n");
+    Ok(())
+}
+
 thread_local! {
+    /// The line being built on this thread.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
     /// The second last formatted on this thread, and its `YYYY-MM-DDTHH:MM:SS.`.
     static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
 }
@@ -476,12 +509,12 @@ impl Visit for JsonObject<'_> {
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.name(field);
-        self.result = self.result.and(write!(self.out, "{value}"));
+        self.out.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.name(field);
-        self.result = self.result.and(write!(self.out, "{value}"));
+        self.out.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -674,6 +707,53 @@ mod tests {
         assert_eq!(sink.lines().len(), 1000);
     }
 
+    /// A field whose `Debug` logs an event of its own.
+    struct Chatty;
+
+    impl stdfmt::Debug for Chatty {
+        fn fmt(&self, f: &mut stdfmt::Formatter<'_>) -> stdfmt::Result {
+            tracing::warn!(inner = true, "logged while a line is built");
+            f.write_str("chatty")
+        }
+    }
+
+    #[test]
+    fn lines_are_whole_and_apart_with_an_event_logged_while_one_is_built() {
+        let sink = Gate::default();
+        sink.open();
+        let (writer, guard) = log_writer(sink.clone(), LOG_QUEUE_BYTES);
+        tracing::subscriber::with_default(subscriber(writer), || {
+            tracing::info!(field = ?Chatty, n = 1, "outer");
+            tracing::info!(n = 2, "after");
+            let long = "x".repeat(LINE_KEPT * 2);
+            tracing::info!(long = long.as_str(), n = 3, "long");
+            tracing::info!(n = 4, "after the long one");
+        });
+        drop(guard);
+        let lines = sink.lines();
+        let messages: Vec<_> = lines.iter().map(|l| l["message"].clone()).collect();
+        // tracing does not dispatch an event from inside another one's formatting, or does
+        // and gets a line of its own; either way the outer line is whole and the next clean.
+        assert!(
+            messages == ["outer", "after", "long", "after the long one"]
+                || messages
+                    == [
+                        "logged while a line is built",
+                        "outer",
+                        "after",
+                        "long",
+                        "after the long one"
+                    ],
+            "{lines:?}"
+        );
+        let outer = lines.iter().find(|l| l["message"] == "outer").unwrap();
+        assert_eq!(outer["field"], "chatty");
+        assert_eq!(outer["n"], 1);
+        let long = lines.iter().find(|l| l["message"] == "long").unwrap();
+        assert_eq!(long["long"].as_str().unwrap().len(), LINE_KEPT * 2);
+        assert_eq!(lines.last().unwrap()["n"], 4);
+    }
+
     #[test]
     fn span_fields_recorded_later_reach_events_inside_the_span() {
         let sink = Gate::default();
@@ -741,7 +821,8 @@ mod tests {
             .with(reference);
         tracing::subscriber::with_default(sub, || {
             tracing::info!("plain");
-            tracing::warn!(target: "taskgate::access", n = -3, u = 7u64, f = 1.25, whole = 2.0,
+            tracing::warn!(target: "taskgate::access", n = -3, u = 7u64, lo = i64::MIN,
+                hi = u64::MAX, zero = 0u64, f = 1.25, whole = 2.0,
                 ok = false, s = "a \"q\" \\ \n\t\u{1} é", none = Option::<&str>::None,
                 r#type = "raw", shape = ?Shape { name: "x\"y", sizes: [1, 2] },
                 shown = %"display", "request {} of {}", 1, 2);
