@@ -162,6 +162,11 @@ mod tests {
                 .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
             "{a:?}"
         );
+        // 128 random bits: neither half is blank (each is, by chance, once in 2^64).
+        for id in [&a, &b] {
+            let (high, low) = id.as_bytes().split_at(16);
+            assert!(high.iter().any(|&c| c != b'0') && low.iter().any(|&c| c != b'0'));
+        }
     }
 
     #[test]

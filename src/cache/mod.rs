@@ -233,6 +233,9 @@ impl Cache {
             match inflight.get(&key) {
                 Some(f) => (f.slot.clone(), None),
                 None => {
+                    // Built before the key is marked in flight: should building it panic, the
+                    // key is not left behind with nobody to remove it.
+                    let fut = fetch();
                     let (tx, rx) = watch::channel(None);
                     inflight.insert(
                         key,
@@ -242,7 +245,6 @@ impl Cache {
                         },
                     );
                     let this = Arc::clone(self);
-                    let fut = fetch();
                     let lead: Pin<Box<dyn Future<Output = ()> + Send>> =
                         Box::pin(async move { this.lead(key, fut, tx).await });
                     (rx, Some(Leading { lead: Some(lead) }))
@@ -489,6 +491,75 @@ mod tests {
         assert_eq!(fetched.cache, CacheStatus::Miss);
         assert!(cache.get(&key).is_some(), "and was stored");
         assert!(!cache.is_in_flight(&key));
+    }
+
+    #[tokio::test]
+    async fn the_leader_fetches_in_its_own_task_and_waiters_join_it() {
+        let cache = Arc::new(Cache::new(1 << 20, Duration::ZERO, SharedLevel::off()));
+        let key = Key::new(Kind::Task, "t1").unwrap();
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let (fetched_in, task_of_fetch) = tokio::sync::oneshot::channel();
+        let leader = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                let own = tokio::task::id();
+                let got = cache
+                    .fetch_coalesced(key, move || async move {
+                        let _ = fetched_in.send(tokio::task::id());
+                        let _ = wait.await;
+                        completed("t1")
+                    })
+                    .await;
+                (own, got)
+            })
+        };
+        while !cache.is_in_flight(&key) {
+            tokio::task::yield_now().await;
+        }
+        let waiter = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .fetch_coalesced(key, || async { unreachable!("joins, never fetches") })
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        release.send(()).unwrap();
+        let (leader_task, (got, coalesced)) = leader.await.unwrap();
+        assert_eq!(
+            task_of_fetch.await.unwrap(),
+            leader_task,
+            "no hand-over to another task while the leader is there"
+        );
+        assert!(!coalesced);
+        assert_eq!(got.unwrap().cache, CacheStatus::Miss);
+        let (joined, coalesced) = waiter.await.unwrap();
+        assert!(coalesced);
+        assert_eq!(joined.unwrap().cache, CacheStatus::Miss);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_cannot_be_built_leaves_no_key_behind() {
+        let cache = Arc::new(Cache::new(1 << 20, Duration::ZERO, SharedLevel::off()));
+        let key = Key::new(Kind::Task, "t1").unwrap();
+        let building = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .fetch_coalesced(key, || -> std::future::Ready<Fetch> {
+                        panic!("a bug while building the fetch")
+                    })
+                    .await
+            })
+        };
+        assert!(building.await.unwrap_err().is_panic());
+        assert!(!cache.is_in_flight(&key));
+        let (next, coalesced) = cache
+            .fetch_coalesced(key, || async { completed("t1") })
+            .await;
+        assert!(!coalesced);
+        assert_eq!(next.unwrap().cache, CacheStatus::Miss);
     }
 
     #[tokio::test]
