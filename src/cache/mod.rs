@@ -452,33 +452,62 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_fetch_outlives_its_leader_for_the_requests_waiting_on_it() {
+    type Outcome = (Option<Fetched>, bool);
+
+    /// An empty cache and the key the tests fetch.
+    fn cache_and_key() -> (Arc<Cache>, Key) {
         let cache = Arc::new(Cache::new(1 << 20, Duration::ZERO, SharedLevel::off()));
-        let key = Key::new(Kind::Task, "t1").unwrap();
-        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        (cache, Key::new(Kind::Task, "t1").unwrap())
+    }
+
+    /// A request leading the fetch of `key` (the fetch waits for `wait` before `then`), in a
+    /// task of its own, running once the fetch is in flight. Gives the task's id beside the
+    /// outcome, and the id of the task the fetch ran in.
+    async fn lead(
+        cache: &Arc<Cache>,
+        key: Key,
+        wait: tokio::sync::oneshot::Receiver<()>,
+        then: impl FnOnce() -> Fetch + Send + 'static,
+    ) -> (
+        tokio::task::JoinHandle<(tokio::task::Id, Outcome)>,
+        tokio::sync::oneshot::Receiver<tokio::task::Id>,
+    ) {
+        let (fetched_in, task_of_fetch) = tokio::sync::oneshot::channel();
         let leader = {
-            let cache = Arc::clone(&cache);
+            let cache = Arc::clone(cache);
             tokio::spawn(async move {
-                cache
+                let got = cache
                     .fetch_coalesced(key, move || async move {
+                        let _ = fetched_in.send(tokio::task::id());
                         let _ = wait.await;
-                        completed("t1")
+                        then()
                     })
-                    .await
+                    .await;
+                (tokio::task::id(), got)
             })
         };
         while !cache.is_in_flight(&key) {
             tokio::task::yield_now().await;
         }
-        let waiter = {
-            let cache = Arc::clone(&cache);
-            tokio::spawn(async move {
-                cache
-                    .fetch_coalesced(key, || async { unreachable!("joins, never fetches") })
-                    .await
-            })
-        };
+        (leader, task_of_fetch)
+    }
+
+    /// A request that joins the fetch in flight for `key`, in a task of its own.
+    fn join(cache: &Arc<Cache>, key: Key) -> tokio::task::JoinHandle<Outcome> {
+        let cache = Arc::clone(cache);
+        tokio::spawn(async move {
+            cache
+                .fetch_coalesced(key, || async { unreachable!("joins, never fetches") })
+                .await
+        })
+    }
+
+    #[tokio::test]
+    async fn the_fetch_outlives_its_leader_for_the_requests_waiting_on_it() {
+        let (cache, key) = cache_and_key();
+        let (release, wait) = tokio::sync::oneshot::channel();
+        let (leader, _) = lead(&cache, key, wait, || completed("t1")).await;
+        let waiter = join(&cache, key);
         // The leader's client hangs up: hyper drops its request, fetch and all.
         leader.abort();
         assert!(leader.await.unwrap_err().is_cancelled());
@@ -495,35 +524,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_leader_fetches_in_its_own_task_and_waiters_join_it() {
-        let cache = Arc::new(Cache::new(1 << 20, Duration::ZERO, SharedLevel::off()));
-        let key = Key::new(Kind::Task, "t1").unwrap();
-        let (release, wait) = tokio::sync::oneshot::channel::<()>();
-        let (fetched_in, task_of_fetch) = tokio::sync::oneshot::channel();
-        let leader = {
-            let cache = Arc::clone(&cache);
-            tokio::spawn(async move {
-                let own = tokio::task::id();
-                let got = cache
-                    .fetch_coalesced(key, move || async move {
-                        let _ = fetched_in.send(tokio::task::id());
-                        let _ = wait.await;
-                        completed("t1")
-                    })
-                    .await;
-                (own, got)
-            })
-        };
-        while !cache.is_in_flight(&key) {
-            tokio::task::yield_now().await;
-        }
-        let waiter = {
-            let cache = Arc::clone(&cache);
-            tokio::spawn(async move {
-                cache
-                    .fetch_coalesced(key, || async { unreachable!("joins, never fetches") })
-                    .await
-            })
-        };
+        let (cache, key) = cache_and_key();
+        let (release, wait) = tokio::sync::oneshot::channel();
+        let (leader, task_of_fetch) = lead(&cache, key, wait, || completed("t1")).await;
+        let waiter = join(&cache, key);
         tokio::task::yield_now().await;
         release.send(()).unwrap();
         let (leader_task, (got, coalesced)) = leader.await.unwrap();
@@ -541,8 +545,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fetch_that_cannot_be_built_leaves_no_key_behind() {
-        let cache = Arc::new(Cache::new(1 << 20, Duration::ZERO, SharedLevel::off()));
-        let key = Key::new(Kind::Task, "t1").unwrap();
+        let (cache, key) = cache_and_key();
         let building = {
             let cache = Arc::clone(&cache);
             tokio::spawn(async move {
@@ -564,35 +567,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_fetch_that_panics_fails_its_requests_and_frees_its_key() {
-        let cache = Arc::new(Cache::new(1 << 20, Duration::ZERO, SharedLevel::off()));
-        let key = Key::new(Kind::Task, "t1").unwrap();
-        let (release, wait) = tokio::sync::oneshot::channel::<()>();
-        let leader = {
-            let cache = Arc::clone(&cache);
-            tokio::spawn(async move {
-                cache
-                    .fetch_coalesced(key, move || async move {
-                        let _ = wait.await;
-                        panic!("a bug in the fetch");
-                    })
-                    .await
-            })
-        };
-        while !cache.is_in_flight(&key) {
-            tokio::task::yield_now().await;
-        }
-        let waiter = {
-            let cache = Arc::clone(&cache);
-            tokio::spawn(async move {
-                cache
-                    .fetch_coalesced(key, || async { unreachable!("joins, never fetches") })
-                    .await
-            })
-        };
+        let (cache, key) = cache_and_key();
+        let (release, wait) = tokio::sync::oneshot::channel();
+        let (leader, _) = lead(&cache, key, wait, || panic!("a bug in the fetch")).await;
+        let waiter = join(&cache, key);
         tokio::task::yield_now().await;
         release.send(()).unwrap();
         // The leader's request is answered (no panic reaches its connection), as is the waiter's.
-        assert!(matches!(leader.await.unwrap(), (None, false)));
+        assert!(matches!(leader.await.unwrap().1, (None, false)));
         assert!(matches!(waiter.await.unwrap(), (None, true)));
         assert!(
             !cache.is_in_flight(&key),
@@ -606,31 +588,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalidation_during_a_fetch_keeps_its_answer_out_of_the_cache() {
-        let cache = Arc::new(Cache::new(1 << 20, Duration::ZERO, SharedLevel::off()));
-        let key = Key::new(Kind::Task, "t1").unwrap();
-        let (release, wait) = tokio::sync::oneshot::channel::<()>();
-        let completed = Bytes::from_static(br#"{"id":"t1","status":{"phase":"completed"}}"#);
-        let fetching = {
-            let cache = Arc::clone(&cache);
-            tokio::spawn(async move {
-                cache
-                    .fetch_coalesced(key, move || async move {
-                        let _ = wait.await;
-                        Fetch {
-                            answer: answer(completed),
-                            upstream: UpstreamReport::default(),
-                        }
-                    })
-                    .await
-            })
-        };
+        let (cache, key) = cache_and_key();
+        let (release, wait) = tokio::sync::oneshot::channel();
         // Let the fetch start, then invalidate while it is in flight.
-        while lock(&cache.inflight).is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let (fetching, _) = lead(&cache, key, wait, || completed("t1")).await;
         cache.invalidate(&key);
         release.send(()).unwrap();
-        let (fetched, _) = fetching.await.unwrap();
+        let (_, (fetched, _)) = fetching.await.unwrap();
         let fetched = fetched.unwrap();
         assert_eq!(fetched.cache, CacheStatus::Pass, "served to its waiters");
         assert_eq!(fetched.no_store, Some(NoStore::Superseded));
