@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, Method, Response, Version};
 use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::Body as HttpBody;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{field, Instrument};
 
 use crate::{
@@ -22,7 +23,7 @@ use crate::{
         respond::{self, full, Body, Head},
         Allow, Answer, Audience, CacheStatus, Error, NoStore, Policy, Side,
     },
-    cache::{self, Cache, Fetch, Held, SharedLevel},
+    cache::{self, Cache, Fetch, Fetched, Held, SharedLevel},
     clock::unix_ms_now,
     config::Config,
     cors::{Cors, Options},
@@ -34,7 +35,7 @@ use crate::{
     secrets::Secrets,
     sync::lock,
     telemetry::{self, Metrics},
-    upstream::{self, FetchError, SetupError, Upstream, UpstreamReport},
+    upstream::{self, FetchError, Reply, SetupError, Upstream, UpstreamReport},
     viewer::{self, Carried},
     watch::{Refused, Watchers},
     webhook::{self, Changed, Webhooks},
@@ -133,6 +134,27 @@ impl Found {
             cache,
             upstream: None,
             coalesced: false,
+        }
+    }
+
+    /// What a fetch gave, or the `stale` answer if the fetch failed and there is one.
+    fn fetched(f: Fetched, coalesced: bool, stale: Option<Arc<Answer>>) -> Self {
+        if let Some(stale) = stale.filter(|_| f.answer.is_upstream_failure()) {
+            // The failure was logged where it happened; the client gets what it had.
+            return Self {
+                answer: stale,
+                cache: CacheStatus::Stale,
+                upstream: f.upstream,
+                coalesced,
+                no_store: None,
+            };
+        }
+        Self {
+            answer: f.answer,
+            cache: f.cache,
+            upstream: f.upstream,
+            coalesced,
+            no_store: f.no_store,
         }
     }
 }
@@ -479,15 +501,50 @@ impl Proxy {
                 None => Found::local(Arc::new(Answer::backoff(left)), CacheStatus::Pass),
             });
         }
+        // A request that would start a fetch first takes a slot of its client's share, and
+        // only then leads: while it waits behind its own client's other fetches, another
+        // client's request for the same id leads with its own share rather than joining a
+        // fetch held back in someone else's queue. It still joins a fetch of the id that
+        // starts while it waits.
+        let mut share = None;
         if let Some(client) = client.filter(|_| !self.cache.is_in_flight(&key)) {
             self.spend_miss_budget(client)?;
+            let waited = Instant::now();
+            let acquire = self.client_slots.acquire(client, self.upstream_timeout);
+            tokio::pin!(acquire);
+            share = loop {
+                let started = self.cache.fetch_started();
+                tokio::pin!(started);
+                started.as_mut().enable();
+                if self.cache.is_in_flight(&key) {
+                    break None;
+                }
+                tokio::select! {
+                    permit = &mut acquire => match permit {
+                        Some(permit) => break Some(permit),
+                        None => {
+                            let failed =
+                                self.classify(key, Err(FetchError::Saturated), waited.elapsed());
+                            let fetched = Fetched {
+                                answer: Arc::new(failed.answer),
+                                cache: CacheStatus::Pass,
+                                upstream: Some(failed.upstream),
+                                no_store: None,
+                            };
+                            return Ok(Found::fetched(fetched, false, stale));
+                        }
+                    },
+                    () = &mut started => {}
+                }
+            };
         }
         let this = Arc::clone(self);
         let request_id = request_id.clone();
         let (fetched, coalesced) = self
             .cache
             .fetch_coalesced(key, move || {
-                this.fetch(key, client, request_id, trace).in_current_span()
+                this.fetch(key, client, share, request_id, trace)
+                    .in_current_span()
             })
             .await;
         match fetched {
@@ -498,23 +555,7 @@ impl Proxy {
                 if f.no_store == Some(NoStore::Behind) && !coalesced {
                     Arc::clone(self).catch_up(key);
                 }
-                if let Some(stale) = stale.filter(|_| f.answer.is_upstream_failure()) {
-                    // The failure was logged where it happened; the client gets what it had.
-                    return Ok(Found {
-                        answer: stale,
-                        cache: CacheStatus::Stale,
-                        upstream: f.upstream,
-                        coalesced,
-                        no_store: None,
-                    });
-                }
-                Ok(Found {
-                    answer: f.answer,
-                    cache: f.cache,
-                    upstream: f.upstream,
-                    coalesced,
-                    no_store: f.no_store,
-                })
+                Ok(Found::fetched(f, coalesced, stale))
             }
             // The fetch died (a panic): nothing to share.
             None => Ok(Found::local(
@@ -557,25 +598,34 @@ impl Proxy {
         self: Arc<Self>,
         key: Key,
         client: Option<IpAddr>,
+        share: Option<OwnedSemaphorePermit>,
         request_id: HeaderValue,
         trace: TraceContext,
     ) -> Fetch {
         let _in_flight = self.metrics.upstream_started();
         let (reply, elapsed) = upstream::timed(async {
-            let _share = match client {
-                Some(client) => Some(
+            // Taken before leading, except when the fetch this request meant to join ended
+            // in between: then here, so that no fetch of a client goes outside its share.
+            let _share = match (share, client) {
+                (Some(share), _) => Some(share),
+                (None, Some(client)) => Some(
                     self.client_slots
                         .acquire(client, self.upstream_timeout)
                         .await
                         .ok_or(FetchError::Saturated)?,
                 ),
-                None => None,
+                (None, None) => None,
             };
             self.upstream
                 .fetch(key, &request_id, trace.to_header())
                 .await
         })
         .await;
+        self.classify(key, reply, elapsed)
+    }
+
+    /// An upstream exchange (or the failure to have one), logged, counted and made an answer.
+    fn classify(&self, key: Key, reply: Result<Reply, FetchError>, elapsed: Duration) -> Fetch {
         let report = UpstreamReport::of(&reply, elapsed);
         log_upstream_fault(&report);
         self.metrics.upstream_finished(&report);

@@ -492,6 +492,106 @@ async fn one_clients_slow_misses_queue_behind_its_own_share_of_upstream_slots() 
     assert_eq!(at, 2, "{order:?}");
 }
 
+/// Sends `GET path` as `client` (an `X-Forwarded-For` address), in a task of its own.
+fn get_as(
+    public: std::net::SocketAddr,
+    client: &'static str,
+    path: String,
+) -> tokio::task::JoinHandle<common::Got> {
+    tokio::spawn(async move {
+        HttpClient::default()
+            .send(public, "GET", &path, &[("x-forwarded-for", client)])
+            .await
+    })
+}
+
+fn calls_for(mock: &MockUpstream, id: &str) -> usize {
+    let path = format!("/task/{id}");
+    mock.seen()
+        .iter()
+        .filter(|s| s.uri.ends_with(&path))
+        .count()
+}
+
+#[tokio::test]
+async fn a_client_waiting_for_its_own_share_does_not_hold_back_an_id_others_want() {
+    let mock = MockUpstream::start().await;
+    mock.set(
+        "slow",
+        Reply::task("slow", "running").delay(Duration::from_secs(2)),
+    );
+    mock.set("popular", Reply::task("popular", "completed"));
+    // 4 slots, 1 per client.
+    let tg = taskgate(&mock, |c| {
+        c.upstream_concurrency = 4;
+        c.miss_rate = 0.0;
+        c.trust_forwarded = true;
+    })
+    .await;
+    let public = tg.public_addr();
+    // 203.0.113.1 fills its share with a slow fetch, then asks for the popular id.
+    let slow = get_as(public, "203.0.113.1", "/task/slow".into());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = get_as(public, "203.0.113.1", "/task/popular".into());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another client's request for it is not held behind that queue: it leads its own fetch.
+    let started = std::time::Instant::now();
+    let other = get_as(public, "203.0.113.2", "/task/popular".into())
+        .await
+        .unwrap();
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.header("x-cache"), Some("MISS"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered in {:?}, not after the other client's 2 s fetch",
+        started.elapsed()
+    );
+    // The queued request joined the other client's fetch when it started: answered too,
+    // long before its own share came free.
+    let queued = queued.await.unwrap();
+    assert_eq!(queued.status, StatusCode::OK);
+    assert_eq!(queued.header("x-cache"), Some("MISS"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(!slow.is_finished());
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    assert_eq!(calls_for(&mock, "popular"), 1);
+}
+
+#[tokio::test]
+async fn requests_waiting_for_their_share_still_join_one_fetch() {
+    let mock = MockUpstream::start().await;
+    mock.set(
+        "slow",
+        Reply::task("slow", "running").delay(Duration::from_millis(600)),
+    );
+    mock.set(
+        "busy",
+        Reply::task("busy", "running").delay(Duration::from_millis(200)),
+    );
+    let tg = taskgate(&mock, |c| {
+        c.upstream_concurrency = 4;
+        c.miss_rate = 0.0;
+        c.trust_forwarded = true;
+    })
+    .await;
+    let public = tg.public_addr();
+    let slow = get_as(public, "203.0.113.1", "/task/slow".into());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Five requests for one running task while the client's share is taken: when it frees,
+    // the first leads and the other four join it (a running task is never stored, so each
+    // would otherwise cost a call of its own).
+    let burst: Vec<_> = (0..5)
+        .map(|_| get_as(public, "203.0.113.1", "/task/busy".into()))
+        .collect();
+    for got in burst {
+        let got = got.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.header("x-cache"), Some("PASS"));
+    }
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    assert_eq!(calls_for(&mock, "busy"), 1);
+}
+
 #[tokio::test]
 async fn origin_patterns_allow_any_subdomain_with_their_scheme_and_port_only() {
     let mock = MockUpstream::start().await;

@@ -79,6 +79,56 @@ async fn each_way_the_api_can_fail_gives_the_kept_answer_as_stale() {
 }
 
 #[tokio::test]
+async fn no_upstream_slot_in_time_gives_the_kept_answer_as_stale() {
+    let mock = MockUpstream::start().await;
+    for hog in ["hog-1", "hog-2"] {
+        mock.set(
+            hog,
+            Reply::task(hog, "running").delay(Duration::from_secs(2)),
+        );
+    }
+    // One slot for this client (and 500 ms to wait for it): `hog-1` holds it until its own
+    // upstream timeout, `hog-2` queues next and holds it as long, so the refresh, queued
+    // behind them, gets none in time.
+    let tg = taskgate(&mock, |c| {
+        c.ttl_completed = TTL;
+        c.upstream_concurrency = 1;
+        c.upstream_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let c = HttpClient::default();
+    let body = expired(&mock, &tg, &c).await;
+    let addr = tg.public_addr();
+    let hogs: Vec<_> = ["hog-1", "hog-2"]
+        .into_iter()
+        .map(|hog| {
+            let path = format!("/task/{hog}");
+            tokio::spawn(async move { HttpClient::default().get(addr, &path).await })
+        })
+        .collect();
+    while !mock.seen().iter().any(|s| s.uri.contains("/task/hog-")) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got = c.get(tg.public_addr(), "/task/t1").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.header("x-cache"), Some("STALE"));
+    assert_eq!(got.text(), body);
+    assert_eq!(
+        mock.seen()
+            .iter()
+            .filter(|s| s.uri.ends_with("/task/t1"))
+            .count(),
+        1,
+        "no refresh went upstream"
+    );
+    for hog in hogs {
+        // Each timed out upstream (504); not the point here.
+        hog.await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn a_404_replaces_a_kept_answer() {
     let mock = MockUpstream::start().await;
     let tg = taskgate(&mock, |c| c.ttl_completed = TTL).await;

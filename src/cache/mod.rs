@@ -32,7 +32,7 @@ use std::{
 };
 
 use moka::{sync::Cache as Moka, Expiry};
-use tokio::sync::watch;
+use tokio::sync::{futures::Notified, watch, Notify};
 
 pub use shared::{namespace, SharedLevel};
 
@@ -86,6 +86,8 @@ pub struct Cache {
     /// Versions (`status.updatedAt`) that webhooks announced: an older answer is never stored.
     announced: Moka<Key, u64>,
     inflight: Mutex<HashMap<Key, InFlight>>,
+    /// Notified each time a fetch starts (see [`Cache::fetch_started`]).
+    started: Notify,
     shared: SharedLevel,
 }
 
@@ -153,6 +155,7 @@ impl Cache {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             inflight: Mutex::new(HashMap::new()),
+            started: Notify::new(),
             shared,
         }
     }
@@ -201,6 +204,13 @@ impl Cache {
         lock(&self.inflight).contains_key(key)
     }
 
+    /// Completes when a fetch (of any key) starts after this call and the future's `enable`
+    /// (or first poll): a request waiting to lead one can check whether it should join
+    /// instead.
+    pub fn fetch_started(&self) -> Notified<'_> {
+        self.started.notified()
+    }
+
     /// Drops `key` from this replica's memory, and makes a fetch of it in flight store nothing.
     pub fn invalidate(&self, key: &Key) {
         let mut inflight = lock(&self.inflight);
@@ -244,6 +254,7 @@ impl Cache {
                             superseded: false,
                         },
                     );
+                    self.started.notify_waiters();
                     let this = Arc::clone(self);
                     let lead: Pin<Box<dyn Future<Output = ()> + Send>> =
                         Box::pin(async move { this.lead(key, fut, tx).await });
