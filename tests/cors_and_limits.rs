@@ -438,58 +438,15 @@ async fn behind_a_trusted_ingress_each_browser_has_its_own_budget() {
     assert_eq!(a2.status, StatusCode::TOO_MANY_REQUESTS);
 }
 
-#[tokio::test]
-async fn one_clients_slow_misses_queue_behind_its_own_share_of_upstream_slots() {
-    let mock = MockUpstream::start().await;
-    for i in 0..8 {
-        mock.set(
-            &format!("slow-{i}"),
-            Reply::task("s", "running").delay(Duration::from_millis(600)),
-        );
-    }
-    mock.set("mine", Reply::task("mine", "running"));
-    // 8 slots, 2 per client: the flood from 203.0.113.1 holds at most 2.
-    let tg = taskgate(&mock, |c| {
-        c.upstream_concurrency = 8;
+/// taskgate with `slots` upstream slots (a quarter per client), clients told apart by
+/// `X-Forwarded-For`, and no miss budget.
+async fn with_client_shares(mock: &MockUpstream, slots: usize) -> taskgate::Running {
+    taskgate(mock, |c| {
+        c.upstream_concurrency = slots;
         c.miss_rate = 0.0;
         c.trust_forwarded = true;
     })
-    .await;
-    let public = tg.public_addr();
-    let mut flood = Vec::new();
-    for i in 0..8 {
-        flood.push(tokio::spawn(async move {
-            HttpClient::default()
-                .send(
-                    public,
-                    "GET",
-                    &format!("/task/slow-{i}"),
-                    &[("x-forwarded-for", "203.0.113.1")],
-                )
-                .await
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mine = HttpClient::default()
-        .send(
-            public,
-            "GET",
-            "/task/mine",
-            &[("x-forwarded-for", "203.0.113.2")],
-        )
-        .await;
-    assert_eq!(mine.status, StatusCode::OK);
-    for f in flood {
-        assert_eq!(f.await.unwrap().status, StatusCode::OK);
-    }
-    // The upstream saw the other client's request right after the flood's first two: the
-    // flood's other six waited for its own share, not in front of everyone else.
-    let order: Vec<String> = mock.seen().into_iter().map(|s| s.uri).collect();
-    let at = order
-        .iter()
-        .position(|u| u.ends_with("/task/mine"))
-        .unwrap();
-    assert_eq!(at, 2, "{order:?}");
+    .await
 }
 
 /// Sends `GET path` as `client` (an `X-Forwarded-For` address), in a task of its own.
@@ -514,6 +471,40 @@ fn calls_for(mock: &MockUpstream, id: &str) -> usize {
 }
 
 #[tokio::test]
+async fn one_clients_slow_misses_queue_behind_its_own_share_of_upstream_slots() {
+    let mock = MockUpstream::start().await;
+    for i in 0..8 {
+        mock.set(
+            &format!("slow-{i}"),
+            Reply::task("s", "running").delay(Duration::from_millis(600)),
+        );
+    }
+    mock.set("mine", Reply::task("mine", "running"));
+    // 8 slots, 2 per client: the flood from 203.0.113.1 holds at most 2.
+    let tg = with_client_shares(&mock, 8).await;
+    let public = tg.public_addr();
+    let flood: Vec<_> = (0..8)
+        .map(|i| get_as(public, "203.0.113.1", format!("/task/slow-{i}")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mine = get_as(public, "203.0.113.2", "/task/mine".into())
+        .await
+        .unwrap();
+    assert_eq!(mine.status, StatusCode::OK);
+    for f in flood {
+        assert_eq!(f.await.unwrap().status, StatusCode::OK);
+    }
+    // The upstream saw the other client's request right after the flood's first two: the
+    // flood's other six waited for its own share, not in front of everyone else.
+    let order: Vec<String> = mock.seen().into_iter().map(|s| s.uri).collect();
+    let at = order
+        .iter()
+        .position(|u| u.ends_with("/task/mine"))
+        .unwrap();
+    assert_eq!(at, 2, "{order:?}");
+}
+
+#[tokio::test]
 async fn a_client_waiting_for_its_own_share_does_not_hold_back_an_id_others_want() {
     let mock = MockUpstream::start().await;
     mock.set(
@@ -522,12 +513,7 @@ async fn a_client_waiting_for_its_own_share_does_not_hold_back_an_id_others_want
     );
     mock.set("popular", Reply::task("popular", "completed"));
     // 4 slots, 1 per client.
-    let tg = taskgate(&mock, |c| {
-        c.upstream_concurrency = 4;
-        c.miss_rate = 0.0;
-        c.trust_forwarded = true;
-    })
-    .await;
+    let tg = with_client_shares(&mock, 4).await;
     let public = tg.public_addr();
     // 203.0.113.1 fills its share with a slow fetch, then asks for the popular id.
     let slow = get_as(public, "203.0.113.1", "/task/slow".into());
@@ -568,12 +554,7 @@ async fn requests_waiting_for_their_share_still_join_one_fetch() {
         "busy",
         Reply::task("busy", "running").delay(Duration::from_millis(200)),
     );
-    let tg = taskgate(&mock, |c| {
-        c.upstream_concurrency = 4;
-        c.miss_rate = 0.0;
-        c.trust_forwarded = true;
-    })
-    .await;
+    let tg = with_client_shares(&mock, 4).await;
     let public = tg.public_addr();
     let slow = get_as(public, "203.0.113.1", "/task/slow".into());
     tokio::time::sleep(Duration::from_millis(100)).await;
