@@ -107,12 +107,19 @@ impl ClientSlots {
         }
     }
 
+    fn shares(&self, client: IpAddr) -> Arc<Semaphore> {
+        self.clients
+            .get_with(client, || Arc::new(Semaphore::new(self.per_client)))
+    }
+
+    /// One of `client`'s shares if one is free now (none is while others wait for one).
+    pub fn try_acquire(&self, client: IpAddr) -> Option<OwnedSemaphorePermit> {
+        self.shares(client).try_acquire_owned().ok()
+    }
+
     /// Waits (at most `wait`) for one of `client`'s shares.
     pub async fn acquire(&self, client: IpAddr, wait: Duration) -> Option<OwnedSemaphorePermit> {
-        let shares = self
-            .clients
-            .get_with(client, || Arc::new(Semaphore::new(self.per_client)));
-        tokio::time::timeout(wait, shares.acquire_owned())
+        tokio::time::timeout(wait, self.shares(client).acquire_owned())
             .await
             .ok()?
             .ok()

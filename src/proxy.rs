@@ -509,33 +509,21 @@ impl Proxy {
         let mut share = None;
         if let Some(client) = client.filter(|_| !self.cache.is_in_flight(&key)) {
             self.spend_miss_budget(client)?;
-            let waited = Instant::now();
-            let acquire = self.client_slots.acquire(client, self.upstream_timeout);
-            tokio::pin!(acquire);
-            share = loop {
-                let started = self.cache.fetch_started();
-                tokio::pin!(started);
-                started.as_mut().enable();
-                if self.cache.is_in_flight(&key) {
-                    break None;
-                }
-                tokio::select! {
-                    permit = &mut acquire => match permit {
-                        Some(permit) => break Some(permit),
-                        None => {
-                            let failed =
-                                self.classify(key, Err(FetchError::Saturated), waited.elapsed());
-                            let fetched = Fetched {
-                                answer: Arc::new(failed.answer),
-                                cache: CacheStatus::Pass,
-                                upstream: Some(failed.upstream),
-                                no_store: None,
-                            };
-                            return Ok(Found::fetched(fetched, false, stale));
-                        }
-                    },
-                    () = &mut started => {}
-                }
+            share = match self.client_slots.try_acquire(client) {
+                Some(permit) => Some(permit),
+                None => match self.wait_to_lead(key, client).await {
+                    Ok(share) => share,
+                    Err(waited) => {
+                        let failed = self.classify(key, Err(FetchError::Saturated), waited);
+                        let fetched = Fetched {
+                            no_store: failed.answer.no_store(),
+                            answer: Arc::new(failed.answer),
+                            cache: CacheStatus::Pass,
+                            upstream: Some(failed.upstream),
+                        };
+                        return Ok(Found::fetched(fetched, false, stale));
+                    }
+                },
             };
         }
         let this = Arc::clone(self);
@@ -562,6 +550,32 @@ impl Proxy {
                 Arc::new(Answer::error(Error::Internal)),
                 CacheStatus::Pass,
             )),
+        }
+    }
+
+    /// Waits for a slot of `client`'s share to lead a fetch of `key` (`Some`), unless a fetch
+    /// of `key` starts meanwhile, to be joined (`None`). `Err`: no slot came free within the
+    /// upstream timeout, after waiting that long.
+    async fn wait_to_lead(
+        &self,
+        key: Key,
+        client: IpAddr,
+    ) -> Result<Option<OwnedSemaphorePermit>, Duration> {
+        let waited = Instant::now();
+        let watch = self.cache.watch_start(key);
+        let acquire = self.client_slots.acquire(client, self.upstream_timeout);
+        tokio::pin!(acquire);
+        loop {
+            let started = watch.started();
+            tokio::pin!(started);
+            started.as_mut().enable();
+            if self.cache.is_in_flight(&key) {
+                return Ok(None);
+            }
+            tokio::select! {
+                permit = &mut acquire => return permit.map(Some).ok_or(waited.elapsed()),
+                () = &mut started => {}
+            }
         }
     }
 

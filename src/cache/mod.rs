@@ -86,8 +86,9 @@ pub struct Cache {
     /// Versions (`status.updatedAt`) that webhooks announced: an older answer is never stored.
     announced: Moka<Key, u64>,
     inflight: Mutex<HashMap<Key, InFlight>>,
-    /// Notified each time a fetch starts (see [`Cache::fetch_started`]).
-    started: Notify,
+    /// Keys that requests wait to lead a fetch of (for a slot of their client's share), and
+    /// how many wait: a fetch of one of them that starts wakes its waiters, and only them.
+    leaders_waiting: Mutex<HashMap<Key, (Arc<Notify>, usize)>>,
     shared: SharedLevel,
 }
 
@@ -155,7 +156,7 @@ impl Cache {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             inflight: Mutex::new(HashMap::new()),
-            started: Notify::new(),
+            leaders_waiting: Mutex::new(HashMap::new()),
             shared,
         }
     }
@@ -204,11 +205,23 @@ impl Cache {
         lock(&self.inflight).contains_key(key)
     }
 
-    /// Completes when a fetch (of any key) starts after this call and the future's `enable`
-    /// (or first poll): a request waiting to lead one can check whether it should join
-    /// instead.
-    pub fn fetch_started(&self) -> Notified<'_> {
-        self.started.notified()
+    /// Registers a request that waits to lead a fetch of `key`: the returned watch's
+    /// [`StartWatch::started`] completes when a fetch of `key` starts, so that the request can
+    /// join it instead.
+    pub fn watch_start(&self, key: Key) -> StartWatch<'_> {
+        let notify = {
+            let mut waiting = lock(&self.leaders_waiting);
+            let (notify, count) = waiting
+                .entry(key)
+                .or_insert_with(|| (Arc::new(Notify::new()), 0));
+            *count += 1;
+            Arc::clone(notify)
+        };
+        StartWatch {
+            cache: self,
+            key,
+            notify,
+        }
     }
 
     /// Drops `key` from this replica's memory, and makes a fetch of it in flight store nothing.
@@ -254,7 +267,9 @@ impl Cache {
                             superseded: false,
                         },
                     );
-                    self.started.notify_waiters();
+                    if let Some((waiters, _)) = lock(&self.leaders_waiting).get(&key) {
+                        waiters.notify_waiters();
+                    }
                     let this = Arc::clone(self);
                     let lead: Pin<Box<dyn Future<Output = ()> + Send>> =
                         Box::pin(async move { this.lead(key, fut, tx).await });
@@ -389,6 +404,33 @@ impl Drop for Leading {
         if let (Some(lead), Ok(runtime)) = (self.lead.take(), tokio::runtime::Handle::try_current())
         {
             runtime.spawn(lead);
+        }
+    }
+}
+
+/// A request waiting to lead a fetch of its key (see [`Cache::watch_start`]).
+pub struct StartWatch<'a> {
+    cache: &'a Cache,
+    key: Key,
+    notify: Arc<Notify>,
+}
+
+impl StartWatch<'_> {
+    /// Completes when a fetch of the key starts after this call and the future's `enable`
+    /// (or first poll).
+    pub fn started(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for StartWatch<'_> {
+    fn drop(&mut self) {
+        let mut waiting = lock(&self.cache.leaders_waiting);
+        if let Some((_, count)) = waiting.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                waiting.remove(&self.key);
+            }
         }
     }
 }
@@ -552,6 +594,40 @@ mod tests {
         let (joined, coalesced) = waiter.await.unwrap();
         assert!(coalesced);
         assert_eq!(joined.unwrap().cache, CacheStatus::Miss);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_start_wakes_the_requests_waiting_to_lead_its_key_only() {
+        let (cache, key) = cache_and_key();
+        let other = Key::new(Kind::Task, "t2").unwrap();
+        let watch = cache.watch_start(key);
+        let second = cache.watch_start(key);
+        {
+            let started = watch.started();
+            tokio::pin!(started);
+            started.as_mut().enable();
+            cache
+                .fetch_coalesced(other, || async { completed("t2") })
+                .await;
+            let quiet = tokio::time::timeout(Duration::from_millis(50), started.as_mut()).await;
+            assert!(quiet.is_err(), "a fetch of another key wakes nobody here");
+            cache
+                .fetch_coalesced(key, || async { completed("t1") })
+                .await;
+            tokio::time::timeout(Duration::from_secs(5), started)
+                .await
+                .expect("a fetch of its key wakes it");
+        }
+        drop(watch);
+        assert!(
+            lock(&cache.leaders_waiting).contains_key(&key),
+            "one still waits"
+        );
+        drop(second);
+        assert!(
+            lock(&cache.leaders_waiting).is_empty(),
+            "nothing left behind"
+        );
     }
 
     #[tokio::test]
