@@ -11,7 +11,7 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | leaves | `secret`, `viewer`, `config`, `clock`, `ids`, `resource`, `route`, `redact`, `limit`, `cors` | secrets, viewer tokens (JWT checks), settings, time, request ids, the resource kinds (tasks, assets: phases, lifetimes, webhook events), the route table, scrubbing (rules per kind), rate limits, CORS decisions |
+//! | leaves | `secret`, `viewer`, `config`, `clock`, `ids`, `workers`, `resource`, `route`, `redact`, `limit`, `cors` | the per-core request threads, secrets, viewer tokens (JWT checks), settings, time, request ids, the resource kinds (tasks, assets: phases, lifetimes, webhook events), the route table, scrubbing (rules per kind), rate limits, CORS decisions |
 //! | answers | `answer` (`error`, `respond`, `encode`) | classifying what the API said, the one error type (with its side and reason), the one place responses are built |
 //! | levels | `secrets`, `upstream`, `cache` (`shared`, `redis`), `telemetry` (`metrics`) | the secrets in force and their live reload, the API client, memory + Redis + coalescing, logs, traces and metrics |
 //! | features | `watch`, `webhook` | Server-Sent Events, Studio webhooks |
@@ -47,6 +47,7 @@ mod upstream;
 pub mod viewer;
 mod watch;
 mod webhook;
+mod workers;
 
 pub use admin::probe;
 pub use answer::{

@@ -37,13 +37,13 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::watch,
     task::JoinHandle,
     time::Sleep,
 };
 
-use crate::{answer::respond::Body, limit::client_key, sync::lock};
+use crate::{answer::respond::Body, limit::client_key, sync::lock, workers::Workers};
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -136,10 +136,12 @@ impl Drop for ClientSlot {
 }
 
 /// Serves connections from `listener` with `handler` until `stop` turns true, then drains.
+/// Each connection runs on the next of `workers`, or on the caller's runtime without them.
 pub fn serve<H, F>(
     listener: TcpListener,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
+    workers: Option<Arc<Workers>>,
     handler: H,
 ) -> JoinHandle<()>
 where
@@ -184,18 +186,37 @@ where
             };
             let _ = stream.set_nodelay(true);
             let handler = handler.clone();
-            let svc = service_fn(move |req| {
-                let fut = handler(req, peer);
-                async move { Ok::<_, Infallible>(fut.await) }
-            });
-            let io = TokioIo::new(WriteStall::new(stream, limits.write_stall));
-            let conn = graceful.watch(builder.serve_connection(io, svc));
-            tokio::spawn(async move {
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let run = move |stream: TcpStream| async move {
+                let svc = service_fn(move |req| {
+                    let fut = handler(req, peer);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let io = TokioIo::new(WriteStall::new(stream, limits.write_stall));
+                let conn = watcher.watch(builder.serve_connection(io, svc));
                 if let Err(error) = conn.await {
                     tracing::debug!(%error, "connection ended with an error");
                 }
-                drop((permit, client_slot));
-            });
+                // The client's count first: the permit wakes the accept loop (on another
+                // thread), which would otherwise find this client still at its cap.
+                drop(client_slot);
+                drop(permit);
+            };
+            match &workers {
+                // Moved to the worker's own reactor, so that its readiness events wake that
+                // thread and no other.
+                Some(workers) => match stream.into_std() {
+                    Ok(stream) => drop(workers.spawn(async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => run(stream).await,
+                            Err(error) => tracing::warn!(%error, "cannot hand a connection over"),
+                        }
+                    })),
+                    Err(error) => tracing::warn!(%error, "cannot hand a connection over"),
+                },
+                None => drop(tokio::spawn(run(stream))),
+            }
         }
         drop(listener);
         if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())

@@ -143,7 +143,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread for the admin listener, the accept loops and the background tasks; the
+    // public connections run on the workers (`taskgate::start`), one thread per core.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("the tokio runtime starts");

@@ -22,6 +22,7 @@ use crate::{
     listener::{self, Limits},
     proxy::Proxy,
     upstream::SetupError,
+    workers::{self, Workers},
 };
 
 /// Why taskgate could not start.
@@ -116,6 +117,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         addr: cfg.admin_listen,
         error,
     })?;
+    // The admin listener, the shutdown sequence and the background tasks stay on the caller's
+    // runtime; public connections run on the workers, which stop once they are drained.
+    let workers = Workers::start(workers::count())
+        .map_err(|e| StartError::Setup(SetupError(format!("cannot start the workers: {e}"))))?;
+    let workers = Arc::new(workers);
     let ready = Arc::new(AtomicBool::new(true));
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let (stop_accepting, stop_rx) = watch::channel(false);
@@ -134,11 +140,15 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     ));
     let public_task = {
         let proxy = Arc::clone(&proxy);
-        listener::serve(public, limits, stop_rx.clone(), move |req, peer| {
-            Arc::clone(&proxy).handle(req, peer)
-        })
+        listener::serve(
+            public,
+            limits,
+            stop_rx.clone(),
+            Some(workers),
+            move |req, peer| Arc::clone(&proxy).handle(req, peer),
+        )
     };
-    let admin_task = listener::serve(admin, limits, stop_rx, move |req, peer| {
+    let admin_task = listener::serve(admin, limits, stop_rx, None, move |req, peer| {
         Arc::clone(&admin_state).handle(req, peer)
     });
 

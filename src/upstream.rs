@@ -1,7 +1,7 @@
 //! The one exchange taskgate has with the Studio API: `GET {base}/{kind}/{id}`.
 //!
-//! The request is built from nothing — no client header is ever copied — over one pooled
-//! hyper-util client speaking HTTP/1.1 or HTTP/2 (by ALPN) through rustls. Certificates and
+//! The request is built from nothing — no client header is ever copied — over a pooled
+//! hyper-util client (one per worker) speaking HTTP/1.1 or HTTP/2 (by ALPN) through rustls. Certificates and
 //! host names are always verified; redirects are never followed (the legacy client does not
 //! follow them, and a 3xx is classified as an upstream fault). The whole exchange, headers
 //! and body, runs under one deadline, and the body is read through a size limit.
@@ -33,6 +33,7 @@ use crate::{
     ids::{TRACEPARENT, X_REQUEST_ID},
     resource::Key,
     secrets::Secrets,
+    workers,
 };
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -107,7 +108,10 @@ impl fmt::Display for SetupError {
 impl StdError for SetupError {}
 
 pub struct Upstream {
-    client: Client<Connector, Empty<Bytes>>,
+    /// One client (so one connection pool) per worker, and the last for any other thread: a
+    /// pooled connection is driven by a task on the runtime that opened it, so a worker that
+    /// borrowed another's would hand every exchange to that thread and back.
+    clients: Box<[Client<Connector, Empty<Bytes>>]>,
     base: String,
     /// The API key in force (`Authorization`), read per request so a rotation takes effect
     /// at the next fetch.
@@ -143,20 +147,23 @@ impl Upstream {
             inner: https,
             timeout: cfg.connect_timeout,
         };
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(cfg.upstream_concurrency)
             // The pool enforces its idle timeout only when it has a timer.
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+            .timer(TokioTimer::new());
+        let clients = (0..=workers::count())
+            .map(|_| builder.build(connector.clone()))
+            .collect();
 
         let base = cfg.upstream_url.trim_end_matches('/').to_owned();
         format!("{base}/task/x")
             .parse::<Uri>()
             .map_err(|e| SetupError(format!("TASKGATE_UPSTREAM_URL: {e}")))?;
         Ok(Self {
-            client,
+            clients,
             base,
             secrets,
             user_agent: HeaderValue::from_static(USER_AGENT),
@@ -164,6 +171,12 @@ impl Upstream {
             max_body: cfg.max_body,
             slots: Semaphore::new(cfg.upstream_concurrency.max(1)),
         })
+    }
+
+    /// The calling worker's client (the last one off the workers).
+    fn client(&self) -> &Client<Connector, Empty<Bytes>> {
+        let last = self.clients.len() - 1;
+        &self.clients[workers::current().map_or(last, |i| i.min(last))]
     }
 
     pub fn base(&self) -> &str {
@@ -198,7 +211,7 @@ impl Upstream {
 
         let exchange = async {
             let resp = self
-                .client
+                .client()
                 .request(req)
                 .await
                 .map_err(classify_client_error)?;

@@ -747,3 +747,51 @@ async fn the_cache_stays_within_its_byte_bound() {
     assert!(bytes <= max, "{bytes} > {max}");
     assert!(entries > 0 && entries < 200, "{entries}");
 }
+
+// ---- workers -------------------------------------------------------------------------------
+
+/// One keep-alive connection to taskgate.
+async fn connect(addr: std::net::SocketAddr) -> hyper::client::conn::http1::SendRequest<String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn pass(send: &mut hyper::client::conn::http1::SendRequest<String>) -> String {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(path(ID))
+        .header("host", "t")
+        .body(String::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cache = resp.headers()["x-cache"].to_str().unwrap().to_owned();
+    resp.into_body().collect().await.unwrap();
+    cache
+}
+
+/// Client connections are dealt to the workers (one per core) in turn, and each worker keeps
+/// its own upstream connections: two clients taking turns use one upstream connection each
+/// (one in all on a single core), rather than sharing one that hands every exchange to
+/// another thread.
+#[tokio::test]
+async fn each_worker_keeps_its_own_upstream_connections() {
+    let mock = MockUpstream::start().await;
+    mock.set(ID, Reply::task(ID, "running"));
+    let tg = taskgate(&mock, |_| {}).await;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut clients = [
+        connect(tg.public_addr()).await,
+        connect(tg.public_addr()).await,
+    ];
+    for _ in 0..3 {
+        for client in &mut clients {
+            assert_eq!(pass(client).await, "PASS");
+        }
+    }
+    assert_eq!(mock.calls(), 6);
+    assert_eq!(mock.connections(), cores.min(2));
+}

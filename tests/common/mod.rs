@@ -244,6 +244,11 @@ impl MockUpstream {
         self.state.seen.lock().unwrap().clone()
     }
 
+    /// Connections taskgate has opened to this upstream so far.
+    pub fn connections(&self) -> usize {
+        self.connections.lock().unwrap().len()
+    }
+
     pub fn calls(&self) -> usize {
         self.state.seen.lock().unwrap().len()
     }

@@ -1,9 +1,10 @@
 //! `bare-hyper PORT RESPONSES.json`: answers `GET path` with the status, headers and body
 //! recorded for `path` in RESPONSES.json (`{"/task/done-0": {"status": 200, "headers":
 //! [["name", "value"], …], "body": "…"}, …}`), 404 otherwise. Nothing else: no routing beyond
-//! one hash lookup, no cache, no logs, no timers. hyper's HTTP/1 server on a tokio
-//! multi-thread runtime (one worker per core, like taskgate), TCP_NODELAY set, as in taskgate;
-//! hyper adds `date` and `content-length` itself.
+//! one hash lookup, no cache, no logs, no timers. hyper's HTTP/1 server laid out as taskgate
+//! is (src/workers.rs): one thread per core, each a single-threaded tokio runtime, accepted
+//! connections dealt to them in turn and moved to their reactor; TCP_NODELAY set, as in
+//! taskgate; hyper adds `date` and `content-length` itself.
 use std::{collections::HashMap, convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
@@ -63,28 +64,51 @@ fn answer(all: &HashMap<String, Canned>, req: &Request<Incoming>) -> Response<Fu
     r
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let mut args = std::env::args().skip(1);
     let port: u16 = args.next().and_then(|p| p.parse().ok()).expect("PORT");
     let all = Arc::new(load(&args.next().expect("RESPONSES.json")));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("bind");
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let all = Arc::clone(&all);
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let resp = answer(&all, &req);
-                async move { Ok::<_, Infallible>(resp) }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers: Vec<tokio::runtime::Handle> = (0..cores)
+        .map(|_| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let handle = rt.handle().clone();
+            std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
+            handle
+        })
+        .collect();
+    let acceptor = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    acceptor.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind");
+        for turn in (0..workers.len()).cycle() {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok(stream) = stream.into_std() else {
+                continue;
+            };
+            let all = Arc::clone(&all);
+            workers[turn].spawn(async move {
+                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                    return;
+                };
+                let svc = service_fn(move |req| {
+                    let resp = answer(&all, &req);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        }
+    });
 }
