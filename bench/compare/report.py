@@ -143,7 +143,7 @@ print(f"machine: {machine['nproc']} x {machine['cpu']}, {machine['mem_gib']} GiB
 print(f"load average at start {busy0['loadavg']}, at end {busy1['loadavg']}; other busy processes:"
       f" {', '.join(busy0['busy'] + busy1['busy']) or 'none seen'}")
 print("nginx: worker_processes auto (= nproc), proxy_cache on tmpfs, proxy_cache_lock on, access_log off"
-      " (on in (a'));\ntaskgate: tokio multi-thread (= nproc workers), TASKGATE_LOG=warn (no access events;"
+      " (on in (a'));\ntaskgate: one single-threaded tokio runtime per core (= nproc workers), TASKGATE_LOG=warn (no access events;"
       " the default, info, in (a')).")
 print("The load generator, the proxies and the upstreams share the same cores.")
 bodies = load("bodies.json")
