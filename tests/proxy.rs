@@ -795,3 +795,21 @@ async fn each_worker_keeps_its_own_upstream_connections() {
     assert_eq!(mock.calls(), 6);
     assert_eq!(mock.connections(), cores.min(2));
 }
+
+/// `Proxy::handle` called on a thread that is not a worker (an embedding, the criterion
+/// bench) goes upstream through the client kept for such callers.
+#[tokio::test]
+async fn a_request_handled_off_the_workers_still_reaches_the_api() {
+    let mock = MockUpstream::start().await;
+    mock.set(ID, Reply::task(ID, "running"));
+    let tg = taskgate(&mock, |_| {}).await;
+    let req = http::Request::get(path(ID))
+        .header("host", "t")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let peer = "127.0.0.1:40000".parse().unwrap();
+    let resp = std::sync::Arc::clone(tg.proxy()).handle(req, peer).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-cache"], "PASS");
+    assert_eq!(mock.calls(), 1);
+}
