@@ -117,6 +117,16 @@ impl PerClient {
     }
 }
 
+/// What an open connection holds: its client's count, then its place under the connection
+/// cap (dropped in that order: the permit wakes the accept loop, on another thread, which
+/// must not find this client still at its cap). Held by the socket's wrapper and released
+/// when the socket is shut down or dropped, before the client can see the close: released
+/// after the connection's future ends, a client that reconnects at once could be refused.
+struct Admission {
+    _client: ClientSlot,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// One counted connection; dropping it uncounts it.
 struct ClientSlot {
     table: Arc<PerClient>,
@@ -193,15 +203,15 @@ where
                     let fut = handler(req, peer);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let io = TokioIo::new(WriteStall::new(stream, limits.write_stall));
-                let conn = watcher.watch(builder.serve_connection(io, svc));
+                let admission = Admission {
+                    _client: client_slot,
+                    _permit: permit,
+                };
+                let io = WriteStall::new(stream, limits.write_stall).admitted(admission);
+                let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), svc));
                 if let Err(error) = conn.await {
                     tracing::debug!(%error, "connection ended with an error");
                 }
-                // The client's count first: the permit wakes the accept loop (on another
-                // thread), which would otherwise find this client still at its cap.
-                drop(client_slot);
-                drop(permit);
             };
             match &workers {
                 // Moved to the worker's own reactor, so that its readiness events wake that
@@ -231,6 +241,8 @@ where
 /// A connection whose writes must make progress within `limit`: the timer starts when a
 /// write (or flush) finds the socket full and is reset by any progress. Reads pass through.
 struct WriteStall<S> {
+    /// Before `io`, so that it is released before the socket is closed.
+    admission: Option<Admission>,
     io: S,
     limit: Duration,
     /// Armed while a write waits; allocated only then (never on a client that reads).
@@ -240,10 +252,16 @@ struct WriteStall<S> {
 impl<S> WriteStall<S> {
     fn new(io: S, limit: Duration) -> Self {
         Self {
+            admission: None,
             io,
             limit,
             stalled: None,
         }
+    }
+
+    fn admitted(mut self, admission: Admission) -> Self {
+        self.admission = Some(admission);
+        self
     }
 
     /// After the socket said "not now": pending until the limit, then the error that ends the
@@ -316,6 +334,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.admission = None; // the client may see the close from now on
         let polled = Pin::new(&mut self.io).poll_shutdown(cx);
         self.progress(polled, cx)
     }

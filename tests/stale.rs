@@ -88,8 +88,8 @@ async fn no_upstream_slot_in_time_gives_the_kept_answer_as_stale() {
         );
     }
     // One slot for this client (and 500 ms to wait for it): `hog-1` holds it until its own
-    // upstream timeout, `hog-2` queues next and holds it as long, so the refresh, queued
-    // behind them, gets none in time.
+    // upstream timeout; `hog-2`, queued 100 ms later, gets it then (its wait ends 100 ms after
+    // that) and holds it as long; the refresh, queued behind them, gets none in time.
     let tg = taskgate(&mock, |c| {
         c.ttl_completed = TTL;
         c.upstream_concurrency = 1;
@@ -99,17 +99,17 @@ async fn no_upstream_slot_in_time_gives_the_kept_answer_as_stale() {
     let c = HttpClient::default();
     let body = expired(&mock, &tg, &c).await;
     let addr = tg.public_addr();
-    let hogs: Vec<_> = ["hog-1", "hog-2"]
-        .into_iter()
-        .map(|hog| {
-            let path = format!("/task/{hog}");
-            tokio::spawn(async move { HttpClient::default().get(addr, &path).await })
-        })
-        .collect();
-    while !mock.seen().iter().any(|s| s.uri.contains("/task/hog-")) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut hogs = Vec::new();
+    for hog in ["hog-1", "hog-2"] {
+        let path = format!("/task/{hog}");
+        hogs.push(tokio::spawn(async move {
+            HttpClient::default().get(addr, &path).await
+        }));
+        while !mock.seen().iter().any(|s| s.uri.contains("/task/hog-")) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let got = c.get(tg.public_addr(), "/task/t1").await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.header("x-cache"), Some("STALE"));
