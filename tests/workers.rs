@@ -29,6 +29,15 @@ fn worker_threads() -> usize {
         .count()
 }
 
+/// Asserts that no worker thread is (or soon will be) left in the process.
+async fn assert_no_worker_threads(what: &str) {
+    assert!(
+        worker_threads_become(0).await,
+        "{what}: {} worker threads",
+        worker_threads()
+    );
+}
+
 async fn worker_threads_become(n: usize) -> bool {
     for _ in 0..100 {
         if worker_threads() == n {
@@ -107,17 +116,14 @@ async fn metric(admin: SocketAddr, name: &str) -> f64 {
 
 // ---- per-client and global connection bookkeeping ----------------------------------------
 
-/// A client that uses one connection at a time, each closed by the server (`Connection:
-/// close`), must never be refused as over its cap: the server told it the connection is over
-/// (FIN) before it opens the next. Two such clients from 127.0.0.1, cap 2.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sequential_connections_closed_by_the_server_are_never_over_the_cap() {
-    let _serial = SERIAL.lock().await;
+/// Two loops from 127.0.0.1 of 300 requests each, one connection at a time, each closed by
+/// the server after its answer (`Connection: close`); what was not answered 200.
+async fn refused_in_sequential_loops(max_per_client: usize) -> Vec<(usize, String)> {
     let mock = MockUpstream::start().await;
     mock.set("t1", Reply::task("t1", "completed"));
     let tg = taskgate(&mock, |c| {
         c.max_connections = 64;
-        c.max_connections_per_client = 2;
+        c.max_connections_per_client = max_per_client;
     })
     .await;
     let addr = tg.public_addr();
@@ -139,6 +145,16 @@ async fn sequential_connections_closed_by_the_server_are_never_over_the_cap() {
     for l in loops {
         refused.extend(l.await.unwrap());
     }
+    refused
+}
+
+/// A client that uses one connection at a time, each closed by the server, must never be
+/// refused as over its cap (2): the server told it the connection is over (FIN) before it
+/// opens the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_connections_closed_by_the_server_are_never_over_the_cap() {
+    let _serial = SERIAL.lock().await;
+    let refused = refused_in_sequential_loops(2).await;
     assert!(
         refused.is_empty(),
         "{} of 600 sequential connections refused, e.g. {:?}",
@@ -152,33 +168,7 @@ async fn sequential_connections_closed_by_the_server_are_never_over_the_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_sequential_connections_with_a_roomy_cap_are_all_served() {
     let _serial = SERIAL.lock().await;
-    let mock = MockUpstream::start().await;
-    mock.set("t1", Reply::task("t1", "completed"));
-    let tg = taskgate(&mock, |c| {
-        c.max_connections = 64;
-        c.max_connections_per_client = 64;
-    })
-    .await;
-    let addr = tg.public_addr();
-    let loops: Vec<_> = (0..2)
-        .map(|_| {
-            tokio::spawn(async move {
-                let mut refused = 0;
-                for _ in 0..300 {
-                    let got = get_close(addr, "/task/t1").await.expect("no hang");
-                    if !got.starts_with("HTTP/1.1 200") {
-                        refused += 1;
-                    }
-                }
-                refused
-            })
-        })
-        .collect();
-    let mut refused = 0;
-    for l in loops {
-        refused += l.await.unwrap();
-    }
-    assert_eq!(refused, 0);
+    assert_eq!(refused_in_sequential_loops(64).await, []);
 }
 
 /// The same with the idle timeout closing the connection: the client waits for the server to
@@ -342,16 +332,19 @@ async fn churn_leaves_no_connection_slot_behind() {
 
 // ---- coalescing across workers ---------------------------------------------------------------
 
+/// taskgate in front of an API that answers `id`, completed, after `delay`.
+async fn slow_completed(id: &str, delay: Duration) -> (MockUpstream, taskgate::Running) {
+    let mock = MockUpstream::start().await;
+    mock.set(id, Reply::task(id, "completed").delay(delay));
+    let tg = taskgate(&mock, |_| {}).await;
+    (mock, tg)
+}
+
 /// Requests for one id on many connections (so on every worker) share one upstream call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_id_on_many_connections_is_one_upstream_call() {
     let _serial = SERIAL.lock().await;
-    let mock = MockUpstream::start().await;
-    mock.set(
-        "c1",
-        Reply::task("c1", "completed").delay(Duration::from_millis(500)),
-    );
-    let tg = taskgate(&mock, |_| {}).await;
+    let (mock, tg) = slow_completed("c1", Duration::from_millis(500)).await;
     let addr = tg.public_addr();
     let all: Vec<_> = (0..24)
         .map(|_| tokio::spawn(async move { get_close(addr, "/task/c1").await }))
@@ -368,12 +361,7 @@ async fn one_id_on_many_connections_is_one_upstream_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_hanging_up_leaves_its_waiters_on_other_workers_answered() {
     let _serial = SERIAL.lock().await;
-    let mock = MockUpstream::start().await;
-    mock.set(
-        "h1",
-        Reply::task("h1", "completed").delay(Duration::from_millis(800)),
-    );
-    let tg = taskgate(&mock, |_| {}).await;
+    let (mock, tg) = slow_completed("h1", Duration::from_millis(800)).await;
     let addr = tg.public_addr();
     let mut leader = TcpStream::connect(addr).await.unwrap();
     leader
@@ -440,11 +428,7 @@ async fn header_and_idle_timeouts_fire_on_every_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_every_worker_and_ends_their_threads() {
     let _serial = SERIAL.lock().await;
-    assert!(
-        worker_threads_become(0).await,
-        "an earlier test's worker threads never ended"
-    );
-    let before = 0;
+    assert_no_worker_threads("left by an earlier test").await;
     let mock = MockUpstream::start().await;
     mock.set("t1", Reply::task("t1", "completed"));
     mock.set(
@@ -458,7 +442,7 @@ async fn shutdown_drains_every_worker_and_ends_their_threads() {
     })
     .await;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert!(worker_threads_become(before + cores).await);
+    assert!(worker_threads_become(cores).await);
     let addr = tg.public_addr();
     let mut idle = Vec::new();
     let mut streams = Vec::new();
@@ -485,11 +469,7 @@ async fn shutdown_drains_every_worker_and_ends_their_threads() {
     for s in &mut streams {
         assert!(s.ended(WAIT).await);
     }
-    assert!(
-        worker_threads_become(before).await,
-        "worker threads left behind: {} (before: {before})",
-        worker_threads()
-    );
+    assert_no_worker_threads("left behind").await;
 }
 
 /// Past the drain timeout, what is left is closed: the client is not left hanging on a
@@ -497,11 +477,7 @@ async fn shutdown_drains_every_worker_and_ends_their_threads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_timeout_closes_what_is_left_on_the_workers() {
     let _serial = SERIAL.lock().await;
-    assert!(
-        worker_threads_become(0).await,
-        "an earlier test's worker threads never ended"
-    );
-    let before = 0;
+    assert_no_worker_threads("left by an earlier test").await;
     let mock = MockUpstream::start().await;
     mock.set(
         "stuck",
@@ -536,11 +512,7 @@ async fn the_drain_timeout_closes_what_is_left_on_the_workers() {
         );
     }
     assert!(TcpStream::connect(addr).await.is_err());
-    assert!(
-        worker_threads_become(before).await,
-        "worker threads left behind: {} (before: {before})",
-        worker_threads()
-    );
+    assert_no_worker_threads("left behind").await;
 }
 
 /// A `Running` dropped without a shutdown, then its runtime: the workers' threads end with
@@ -548,16 +520,12 @@ async fn the_drain_timeout_closes_what_is_left_on_the_workers() {
 #[test]
 fn dropping_running_and_its_runtime_ends_the_worker_threads() {
     let _serial = SERIAL.blocking_lock();
-    let before = 0;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let (mock, open) = rt.block_on(async {
-        assert!(
-            worker_threads_become(0).await,
-            "an earlier test's worker threads never ended"
-        );
+        assert_no_worker_threads("left by an earlier test").await;
         let mock = MockUpstream::start().await;
         mock.set("t1", Reply::task("t1", "completed"));
         let tg = taskgate(&mock, |_| {}).await;
@@ -572,11 +540,7 @@ fn dropping_running_and_its_runtime_ends_the_worker_threads() {
         .build()
         .unwrap();
     check.block_on(async {
-        assert!(
-            worker_threads_become(before).await,
-            "worker threads left behind: {} (before: {before})",
-            worker_threads()
-        );
+        assert_no_worker_threads("left behind").await;
         let mut open = TcpStream::from_std(open).unwrap();
         assert!(closed_within(&mut open, WAIT).await);
     });
