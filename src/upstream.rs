@@ -1,10 +1,11 @@
 //! The one exchange taskgate has with the Studio API: `GET {base}/{kind}/{id}`.
 //!
 //! The request is built from nothing — no client header is ever copied — over a pooled
-//! hyper-util client (one per worker) speaking HTTP/1.1 or HTTP/2 (by ALPN) through rustls. Certificates and
-//! host names are always verified; redirects are never followed (the legacy client does not
-//! follow them, and a 3xx is classified as an upstream fault). The whole exchange, headers
-//! and body, runs under one deadline, and the body is read through a size limit.
+//! hyper-util client (one per worker) speaking HTTP/1.1 or HTTP/2 (by ALPN) through rustls.
+//! Certificates and host names are always verified; redirects are never followed (the legacy
+//! client does not follow them, and a 3xx is classified as an upstream fault). The whole
+//! exchange, headers and body, runs under one deadline, and the body is read through a size
+//! limit.
 
 use std::{
     error::Error as StdError,
@@ -173,7 +174,8 @@ impl Upstream {
         })
     }
 
-    /// The calling worker's client (the last one off the workers).
+    /// The calling worker's client (the last one off the workers, and for a worker started
+    /// outside `taskgate::start`, numbered past [`workers::count`]).
     fn client(&self) -> &Client<Connector, Empty<Bytes>> {
         let last = self.clients.len() - 1;
         &self.clients[workers::current().map_or(last, |i| i.min(last))]

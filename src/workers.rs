@@ -14,7 +14,10 @@ use std::{
     cell::Cell,
     future::Future,
     io,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        OnceLock,
+    },
     thread,
     time::Duration,
 };
@@ -31,9 +34,11 @@ pub fn current() -> Option<usize> {
 }
 
 /// How many workers a start-up makes: one per core this process may use (cgroup quotas
-/// included).
+/// included). Read once per process (it reads cgroup files), so that the workers and the
+/// upstream clients made for them always agree.
 pub fn count() -> usize {
-    thread::available_parallelism().map_or(1, |n| n.get())
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Longest a stopping worker waits for its blocking tasks (a secret-file read) to end.
