@@ -34,7 +34,7 @@ use crate::{
     route::{self, Route},
     secrets::Secrets,
     sync::lock,
-    telemetry::{self, Metrics},
+    telemetry::{self, AccessEvent, Metrics},
     upstream::{self, FetchError, Reply, SetupError, Upstream, UpstreamReport},
     viewer::{self, Carried},
     watch::{Refused, Watchers},
@@ -854,30 +854,28 @@ impl Proxy {
             self.metrics.access(access);
         }
         let upstream = outcome.upstream;
-        tracing::info!(
-            target: "taskgate::access",
-            request_id = request_id.to_str().unwrap_or_default(),
+        telemetry::access(&AccessEvent {
+            request_id: request_id.to_str().unwrap_or_default(),
             trace_id,
-            method = method.as_str(),
-            route = route.as_str(),
+            method: method.as_str(),
+            route: route.as_str(),
             kind,
-            id = route.id(),
-            task_id = route.id().filter(|_| route.kind() == Some(Kind::Task)),
+            id: route.id(),
+            task_id: route.id().filter(|_| route.kind() == Some(Kind::Task)),
             status,
-            cache = outcome.cache.map(CacheStatus::as_str),
-            phase = outcome.phase.map(Phase::as_str),
-            not_cached = outcome.no_store.map(NoStore::as_str),
+            cache: outcome.cache.map(CacheStatus::as_str),
+            phase: outcome.phase.map(Phase::as_str),
+            not_cached: outcome.no_store.map(NoStore::as_str),
             reason,
-            side = outcome.error.map(|e| e.side().as_str()),
-            coalesced = outcome.coalesced,
-            upstream_status = upstream.and_then(|u| u.status),
-            upstream_error = upstream.and_then(|u| u.error),
-            upstream_ms = upstream.map(|u| u.elapsed.as_secs_f64() * 1e3),
-            webhook = outcome.webhook.map(webhook::Outcome::as_str),
+            side: outcome.error.map(|e| e.side().as_str()),
+            coalesced: outcome.coalesced,
+            upstream_status: upstream.and_then(|u| u.status),
+            upstream_error: upstream.and_then(|u| u.error),
+            upstream_ms: upstream.map(|u| u.elapsed.as_secs_f64() * 1e3),
+            webhook: outcome.webhook.map(webhook::Outcome::as_str),
             access,
-            total_ms = elapsed.as_secs_f64() * 1e3,
-            "request"
-        );
+            total_ms: elapsed.as_secs_f64() * 1e3,
+        });
     }
 }
 

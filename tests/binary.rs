@@ -451,3 +451,37 @@ fn the_demo_prints_the_quota_report_at_exit() {
         ["taskgate demo: requests answered 2, API calls 1, requests that cost no API call 1 (hit 1)"]
     );
 }
+
+/// `TASKGATE_LOG` decides for the access event as for any other: off by its target, on by its
+/// target under a quieter default.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_filter_turns_access_events_off_and_on_by_their_target() {
+    let mock = MockUpstream::start().await;
+    mock.set("done", Reply::task("done", "completed"));
+    let c = HttpClient::default();
+    for (filter, logged) in [
+        ("info,taskgate::access=off", false),
+        ("warn,taskgate::server=info,taskgate::access=info", true),
+    ] {
+        let proc = Binary::spawn(&mock.base_url(), &[("TASKGATE_LOG", filter)]);
+        for cache in ["MISS", "HIT"] {
+            let got = c.get(proc.public, "/task/done").await;
+            assert_eq!(got.header("x-cache"), Some(cache), "{filter}");
+        }
+        let (code, lines, _) = proc.terminate();
+        assert_eq!(code, 0);
+        let events = access_events(&lines);
+        if logged {
+            let caches: Vec<_> = events.iter().map(|e| e["cache"].clone()).collect();
+            assert_eq!(caches, ["MISS", "HIT"], "{filter}: {lines:?}");
+            // Only what the filter lets through: no `info` line of another target.
+            assert!(
+                !lines.iter().any(|l| l.contains("\"target\":\"taskgate\"")),
+                "{filter}: {lines:?}"
+            );
+        } else {
+            assert!(events.is_empty(), "{filter}: {lines:?}");
+            assert!(lines.iter().any(|l| l.contains("shutdown")), "{lines:?}");
+        }
+    }
+}

@@ -77,7 +77,7 @@ struct Pending {
 }
 
 impl LogQueue {
-    fn push(&self, line: &[u8]) {
+    pub(super) fn push(&self, line: &[u8]) {
         let mut p = lock(&self.pending);
         if p.lines.len() + line.len() > self.limit {
             drop(p);
@@ -195,6 +195,11 @@ impl LogWriter {
     /// The count of lines this writer dropped.
     pub(super) fn drops(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.0.dropped)
+    }
+
+    /// The queue this writer appends to.
+    pub(super) fn queue(&self) -> Arc<LogQueue> {
+        Arc::clone(&self.0)
     }
 }
 
@@ -336,25 +341,32 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> stdfmt::Result {
-        // Each thread builds its lines in one buffer of its own: no allocation per line.
-        // (tracing-core drops an event logged while a line is built, from a field's `Debug`
-        // say; should one ever get here, it gets a buffer of its own rather than a panic.)
-        LINE.with(|cell| {
-            let mut own = String::new();
-            let mut shared = cell.try_borrow_mut();
-            let line = match shared.as_deref_mut() {
-                Ok(line) => line,
-                Err(_) => &mut own,
-            };
-            line.clear();
+        with_line(|line| {
             build_line(ctx, line, event)?;
-            let written = writer.write_str(line);
-            if line.capacity() > LINE_KEPT {
-                *line = String::new();
-            }
-            written
+            writer.write_str(line)
         })
     }
+}
+
+/// Runs `f` on this thread's line buffer, emptied: each thread builds its lines in one buffer
+/// of its own, so a line costs no allocation. (tracing-core drops an event logged while a line
+/// is built, from a field's `Debug` say; should one ever get here, it gets a buffer of its own
+/// rather than a panic.)
+pub(super) fn with_line<R>(f: impl FnOnce(&mut String) -> R) -> R {
+    LINE.with(|cell| {
+        let mut own = String::new();
+        let mut shared = cell.try_borrow_mut();
+        let line = match shared.as_deref_mut() {
+            Ok(line) => line,
+            Err(_) => &mut own,
+        };
+        line.clear();
+        let r = f(line);
+        if line.capacity() > LINE_KEPT {
+            *line = String::new();
+        }
+        r
+    })
 }
 
 /// A line's buffer larger than this (a huge field) is not kept for the next line.
@@ -417,7 +429,7 @@ thread_local! {
 
 /// `t` in RFC 3339, UTC, to the microsecond: `2026-12-04T03:30:02.575029Z` (the format of
 /// `tracing-subscriber`'s `SystemTime`).
-fn push_timestamp(out: &mut String, t: SystemTime) {
+pub(super) fn push_timestamp(out: &mut String, t: SystemTime) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (cached, mut prefix) = SECOND.get();
@@ -466,14 +478,14 @@ fn date_time_prefix(secs: u64) -> [u8; 20] {
 }
 
 /// Writes visited fields as `"name":value` members of a JSON object under construction.
-struct JsonObject<'a> {
+pub(super) struct JsonObject<'a> {
     out: &'a mut String,
     first: bool,
     result: stdfmt::Result,
 }
 
 impl<'a> JsonObject<'a> {
-    fn new(out: &'a mut String, first: bool) -> Self {
+    pub(super) fn new(out: &'a mut String, first: bool) -> Self {
         Self {
             out,
             first,
@@ -481,20 +493,16 @@ impl<'a> JsonObject<'a> {
         }
     }
 
-    fn name(&mut self, field: &Field) {
-        if !self.first {
-            self.out.push(',');
-        }
+    /// `name` is a field's name, an identifier: nothing in it needs an escape.
+    fn key(&mut self, name: &str) {
+        self.out.push_str(if self.first { "\"" } else { ",\"" });
         self.first = false;
-        self.out.push('"');
-        escape_json(self.out, member_name(field.name()));
+        self.out.push_str(name);
         self.out.push_str("\":");
     }
-}
 
-impl Visit for JsonObject<'_> {
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.name(field);
+    pub(super) fn f64(&mut self, name: &str, value: f64) {
+        self.key(name);
         if value.is_finite() {
             let start = self.out.len();
             self.result = self.result.and(write!(self.out, "{value}"));
@@ -507,30 +515,48 @@ impl Visit for JsonObject<'_> {
         }
     }
 
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.name(field);
+    pub(super) fn u64(&mut self, name: &str, value: u64) {
+        self.key(name);
         self.out.push_str(itoa::Buffer::new().format(value));
     }
 
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.name(field);
-        self.out.push_str(itoa::Buffer::new().format(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.name(field);
+    pub(super) fn bool(&mut self, name: &str, value: bool) {
+        self.key(name);
         self.out.push_str(if value { "true" } else { "false" });
     }
 
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.name(field);
+    pub(super) fn str(&mut self, name: &str, value: &str) {
+        self.key(name);
         self.out.push('"');
         escape_json(self.out, value);
         self.out.push('"');
     }
+}
+
+impl Visit for JsonObject<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.f64(member_name(field.name()), value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(member_name(field.name()));
+        self.out.push_str(itoa::Buffer::new().format(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.u64(member_name(field.name()), value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.bool(member_name(field.name()), value);
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.str(member_name(field.name()), value);
+    }
 
     fn record_debug(&mut self, field: &Field, value: &dyn stdfmt::Debug) {
-        self.name(field);
+        self.key(member_name(field.name()));
         self.out.push('"');
         self.result = self.result.and(write!(Escaped(self.out), "{value:?}"));
         self.out.push('"');

@@ -29,6 +29,7 @@
 //! - [`Telemetry::shutdown`] flushes what is still queued, bounded in time: a collector
 //!   that is down or hangs never holds the exit; the log queue is written out last.
 
+mod access;
 mod log;
 mod metrics;
 
@@ -42,6 +43,7 @@ use tracing_subscriber::{
     layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer, Registry,
 };
 
+pub use access::{access, AccessEvent};
 pub use log::{log_events_dropped, SpanJson, LOG_QUEUE_BYTES};
 use log::{log_layer, log_writer, LogGuard};
 pub use metrics::{Metrics, Readout, Sample, Snapshot};
@@ -72,6 +74,8 @@ pub fn init(format: LogFormat, filter: &str) -> Telemetry {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = log_writer(io::stdout(), LOG_QUEUE_BYTES);
     let drops = writer.drops();
+    let queue = writer.queue();
+    let access_interest = access::interest(&filter);
     let log = log_layer(format, filter, writer);
 
     #[cfg(feature = "otel")]
@@ -104,6 +108,9 @@ pub fn init(format: LogFormat, filter: &str) -> Telemetry {
     // A second init's writer is never used: its thread ends with the guard.
     let log = if installed {
         log::publish_drops(drops);
+        if format == LogFormat::Json {
+            access::install(&access_interest, queue);
+        }
         Some(guard)
     } else {
         None
