@@ -16,7 +16,7 @@ use http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, Method, R
 use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::Body as HttpBody;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{field, Instrument};
+use tracing::Instrument;
 
 use crate::{
     answer::{
@@ -34,7 +34,7 @@ use crate::{
     route::{self, Route},
     secrets::Secrets,
     sync::lock,
-    telemetry::{self, AccessEvent, Metrics},
+    telemetry::{self, AccessEvent, InRequest, Metrics, RequestFields},
     upstream::{self, FetchError, Reply, SetupError, Upstream, UpstreamReport},
     viewer::{self, Carried},
     watch::{Refused, Watchers},
@@ -316,22 +316,14 @@ impl Proxy {
         let early =
             (!telemetry::spans_exported()).then(|| TraceContext::continue_or_start(traceparent));
         let early_id = early.as_ref().map(TraceContext::trace_id_hex);
-        let span = tracing::info_span!(
-            "request",
-            request_id = request_id.to_str().unwrap_or_default(),
-            trace_id = early_id.as_deref(),
-            method = parts.method.as_str(),
-            route = route.as_str(),
-            kind = route.kind().map(Kind::as_str),
-            id = route.id().unwrap_or_default(),
-            // Kept for tasks, for dashboards and queries written before assets.
-            task_id = route.id().filter(|_| route.kind() == Some(Kind::Task)),
-            status = field::Empty,
-            cache = field::Empty,
-            phase = field::Empty,
-            upstream_status = field::Empty,
-            reason = field::Empty,
-        );
+        // Without a span when only the JSON log would see it: `InRequest` below keeps its
+        // fields for events logged meanwhile (telemetry/request.rs).
+        let light = !telemetry::spans_needed();
+        let span = if light {
+            tracing::Span::none()
+        } else {
+            telemetry::request_span(&request_id, early_id.as_deref(), &parts.method, route)
+        };
         // Continues the client's trace; the context returned is this request's own span,
         // the parent of the `traceparent` sent upstream.
         let (trace, trace_id) = match early.zip(early_id) {
@@ -345,10 +337,14 @@ impl Proxy {
         };
 
         let mut outcome = Outcome::default();
-        let served = self
-            .serve(&parts, body, peer, route, &request_id, trace, &mut outcome)
-            .instrument(span.clone())
-            .await;
+        let fields = light.then(|| RequestFields {
+            request_id: request_id.clone(),
+            trace_id: trace_id.clone(),
+            method: parts.method.clone(),
+            route,
+        });
+        let serve = self.serve(&parts, body, peer, route, &request_id, trace, &mut outcome);
+        let served = InRequest::new(fields, serve.instrument(span.clone())).await;
         let (mut head, body) = served.unwrap_or_else(|error| {
             outcome.error = Some(error);
             (Head::error(error), full(error.body()))

@@ -13,16 +13,9 @@ use std::{
     time::SystemTime,
 };
 
-use tracing::{
-    callsite::{Callsite, Identifier},
-    field::FieldSet,
-    metadata::Kind,
-    subscriber::Interest,
-    Level, Metadata,
-};
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing::subscriber::Interest;
 
-use super::log::{push_timestamp, with_line, JsonObject, LogQueue};
+use super::log::{escape_json, push_f64, push_timestamp, with_line, LogQueue};
 
 /// The event's target, as filters name it.
 pub const TARGET: &str = "taskgate::access";
@@ -76,11 +69,6 @@ pub fn access(event: &AccessEvent<'_>) {
     }
 }
 
-/// The filter's verdict on the access event, read before the filter goes into the log layer.
-pub(super) fn interest(filter: &EnvFilter) -> Interest {
-    <EnvFilter as Layer<Registry>>::register_callsite(filter, &PROBE_META)
-}
-
 /// Chooses the path for good, once the JSON log layer writing to `queue` is the global
 /// subscriber: direct when `interest` says always, nothing when never, and the `tracing`
 /// event when it depends (a directive on span fields).
@@ -95,55 +83,58 @@ pub(super) fn install(interest: &Interest, queue: Arc<LogQueue>) {
     let _ = PATH.set(path);
 }
 
-/// The line the JSON log layer prints for the `tracing` event [`emit`] sends.
+/// The line the JSON log layer prints for the `tracing` event [`emit`] sends. Each member is
+/// written with its name, quotes and separators as one literal: a line is a few dozen short
+/// copies.
 fn push_line(line: &mut String, e: &AccessEvent<'_>, now: SystemTime) {
+    line.reserve(512);
     line.push_str("{\"timestamp\":\"");
     push_timestamp(line, now);
-    line.push_str("\",\"level\":\"INFO\"");
-    let mut o = JsonObject::new(line, false);
-    o.str("message", "request");
-    o.str("request_id", e.request_id);
-    o.str("trace_id", e.trace_id);
-    o.str("method", e.method);
-    o.str("route", e.route);
-    let texts = [("kind", e.kind), ("id", e.id), ("task_id", e.task_id)];
-    for (name, value) in texts {
-        if let Some(value) = value {
-            o.str(name, value);
-        }
-    }
-    o.u64("status", e.status.into());
-    let texts = [
-        ("cache", e.cache),
-        ("phase", e.phase),
-        ("not_cached", e.not_cached),
-        ("reason", e.reason),
-        ("side", e.side),
-    ];
-    for (name, value) in texts {
-        if let Some(value) = value {
-            o.str(name, value);
-        }
-    }
-    o.bool("coalesced", e.coalesced);
+    line.push_str("\",\"level\":\"INFO\",\"message\":\"request\"");
+    text(line, ",\"request_id\":\"", Some(e.request_id));
+    text(line, ",\"trace_id\":\"", Some(e.trace_id));
+    text(line, ",\"method\":\"", Some(e.method));
+    text(line, ",\"route\":\"", Some(e.route));
+    text(line, ",\"kind\":\"", e.kind);
+    text(line, ",\"id\":\"", e.id);
+    text(line, ",\"task_id\":\"", e.task_id);
+    line.push_str(",\"status\":");
+    line.push_str(itoa::Buffer::new().format(e.status));
+    text(line, ",\"cache\":\"", e.cache);
+    text(line, ",\"phase\":\"", e.phase);
+    text(line, ",\"not_cached\":\"", e.not_cached);
+    text(line, ",\"reason\":\"", e.reason);
+    text(line, ",\"side\":\"", e.side);
+    line.push_str(if e.coalesced {
+        ",\"coalesced\":true"
+    } else {
+        ",\"coalesced\":false"
+    });
     if let Some(status) = e.upstream_status {
-        o.u64("upstream_status", status.into());
+        line.push_str(",\"upstream_status\":");
+        line.push_str(itoa::Buffer::new().format(status));
     }
-    if let Some(error) = e.upstream_error {
-        o.str("upstream_error", error);
-    }
+    text(line, ",\"upstream_error\":\"", e.upstream_error);
     if let Some(ms) = e.upstream_ms {
-        o.f64("upstream_ms", ms);
+        line.push_str(",\"upstream_ms\":");
+        push_f64(line, ms);
     }
-    for (name, value) in [("webhook", e.webhook), ("access", e.access)] {
-        if let Some(value) = value {
-            o.str(name, value);
-        }
-    }
-    o.f64("total_ms", e.total_ms);
+    text(line, ",\"webhook\":\"", e.webhook);
+    text(line, ",\"access\":\"", e.access);
+    line.push_str(",\"total_ms\":");
+    push_f64(line, e.total_ms);
     line.push_str(",\"target\":\"");
     line.push_str(TARGET);
     line.push_str("\"}\n");
+}
+
+/// `key` (`,"name":"`), `value` escaped and the closing quote; nothing for `None`.
+fn text(line: &mut String, key: &str, value: Option<&str>) {
+    if let Some(value) = value {
+        line.push_str(key);
+        escape_json(line, value);
+        line.push('"');
+    }
 }
 
 /// The access event as a `tracing` event.
@@ -174,73 +165,14 @@ fn emit(e: &AccessEvent<'_>) {
     );
 }
 
-/// A callsite with the access event's target and level, for asking the filter about it.
-struct Probe;
-
-static PROBE: Probe = Probe;
-
-static PROBE_META: Metadata<'static> = Metadata::new(
-    "request",
-    TARGET,
-    Level::INFO,
-    None,
-    None,
-    None,
-    FieldSet::new(&[], Identifier(&PROBE)),
-    Kind::EVENT,
-);
-
-impl Callsite for Probe {
-    fn set_interest(&self, _: Interest) {}
-
-    fn metadata(&self) -> &Metadata<'_> {
-        &PROBE_META
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::{
-        io::{self, Write},
-        sync::Mutex,
-    };
-
-    use tracing_subscriber::layer::SubscriberExt as _;
-
     use super::*;
-    use crate::{
-        config::LogFormat,
-        telemetry::log::{log_layer, log_writer},
-    };
-
-    /// A sink that keeps what it is given.
-    #[derive(Clone, Default)]
-    struct Kept(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Kept {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::log::capture;
 
     /// The line the JSON log layer prints for `e` sent as a `tracing` event.
     fn through_tracing(e: &AccessEvent<'_>) -> String {
-        let kept = Kept::default();
-        let (writer, guard) = log_writer(kept.clone(), 1 << 20);
-        let sub = Registry::default().with(log_layer(
-            LogFormat::Json,
-            EnvFilter::new("info"),
-            writer,
-        ));
-        tracing::subscriber::with_default(sub, || emit(e));
-        drop(guard); // writes out the queue
-        let out = String::from_utf8(kept.0.lock().unwrap().clone()).unwrap();
-        out
+        capture(|| emit(e))
     }
 
     fn direct(e: &AccessEvent<'_>) -> String {
@@ -260,7 +192,10 @@ mod tests {
         let traced = through_tracing(e);
         let built = direct(e);
         assert_eq!(traced.lines().count(), 1, "{traced}");
-        assert!(built.ends_with('\n') && built.lines().count() == 1, "{built}");
+        assert!(
+            built.ends_with('\n') && built.lines().count() == 1,
+            "{built}"
+        );
         assert_eq!(after_timestamp(&built), after_timestamp(&traced));
         serde_json::from_str::<serde_json::Value>(&built).expect("the line is JSON");
     }
@@ -306,20 +241,5 @@ mod tests {
         assert_eq!(v.as_object().unwrap().len(), 11, "{v}");
         assert_eq!(v["target"], TARGET);
         assert_eq!(v["coalesced"], false);
-    }
-
-    #[test]
-    fn the_filter_decides_the_path_once() {
-        let verdict = |filter: &str| {
-            let i = interest(&EnvFilter::new(filter));
-            (i.is_always(), i.is_never())
-        };
-        assert_eq!(verdict("info"), (true, false));
-        assert_eq!(verdict("warn,taskgate::access=info"), (true, false));
-        assert_eq!(verdict("warn"), (false, true));
-        assert_eq!(verdict("info,taskgate::access=off"), (false, true));
-        assert_eq!(verdict("off"), (false, true));
-        // A directive on a span: whether an event is on depends on the span it is in.
-        assert_eq!(verdict("warn,[request{id=done-1}]=info"), (false, false));
     }
 }

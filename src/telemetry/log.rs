@@ -28,7 +28,7 @@ use tracing_subscriber::{
     EnvFilter, Layer,
 };
 
-use super::DynLayer;
+use super::{request, DynLayer};
 use crate::{config::LogFormat, sync::lock};
 
 /// Bytes of log lines waiting for the writer thread at most (about 8000 access events);
@@ -415,6 +415,17 @@ where
             escape_json(line, span.name());
             line.push_str("\"}");
         }
+    } else {
+        // No span: inside a request served without one, its fields as the span's.
+        request::with_current(|fields| {
+            if let Some(fields) = fields {
+                line.push_str(",\"span\":{");
+                fields.push_members(line);
+                line.push_str(",\"name\":\"");
+                line.push_str(request::SPAN_NAME);
+                line.push_str("\"}");
+            }
+        });
     }
     line.push_str("}\n");
     Ok(())
@@ -478,14 +489,14 @@ fn date_time_prefix(secs: u64) -> [u8; 20] {
 }
 
 /// Writes visited fields as `"name":value` members of a JSON object under construction.
-pub(super) struct JsonObject<'a> {
+struct JsonObject<'a> {
     out: &'a mut String,
     first: bool,
     result: stdfmt::Result,
 }
 
 impl<'a> JsonObject<'a> {
-    pub(super) fn new(out: &'a mut String, first: bool) -> Self {
+    fn new(out: &'a mut String, first: bool) -> Self {
         Self {
             out,
             first,
@@ -500,42 +511,22 @@ impl<'a> JsonObject<'a> {
         self.out.push_str(name);
         self.out.push_str("\":");
     }
+}
 
-    pub(super) fn f64(&mut self, name: &str, value: f64) {
-        self.key(name);
-        if value.is_finite() {
-            let start = self.out.len();
-            self.result = self.result.and(write!(self.out, "{value}"));
-            // Still a float to a typed reader (`2.0`, not `2`), as serde_json writes it.
-            if !self.out[start..].contains(['.', 'e']) {
-                self.out.push_str(".0");
-            }
-        } else {
-            self.out.push_str("null");
-        }
-    }
-
-    pub(super) fn u64(&mut self, name: &str, value: u64) {
-        self.key(name);
-        self.out.push_str(itoa::Buffer::new().format(value));
-    }
-
-    pub(super) fn bool(&mut self, name: &str, value: bool) {
-        self.key(name);
-        self.out.push_str(if value { "true" } else { "false" });
-    }
-
-    pub(super) fn str(&mut self, name: &str, value: &str) {
-        self.key(name);
-        self.out.push('"');
-        escape_json(self.out, value);
-        self.out.push('"');
+/// `value` as a JSON number, as serde_json writes it: the shortest digits that read back as
+/// `value`, still a float to a typed reader (`2.0`, not `2`), `null` when not finite.
+pub(super) fn push_f64(out: &mut String, value: f64) {
+    if value.is_finite() {
+        out.push_str(ryu::Buffer::new().format_finite(value));
+    } else {
+        out.push_str("null");
     }
 }
 
 impl Visit for JsonObject<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.f64(member_name(field.name()), value);
+        self.key(member_name(field.name()));
+        push_f64(self.out, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -544,15 +535,20 @@ impl Visit for JsonObject<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.u64(member_name(field.name()), value);
+        self.key(member_name(field.name()));
+        self.out.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.bool(member_name(field.name()), value);
+        self.key(member_name(field.name()));
+        self.out.push_str(if value { "true" } else { "false" });
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.str(member_name(field.name()), value);
+        self.key(member_name(field.name()));
+        self.out.push('"');
+        escape_json(self.out, value);
+        self.out.push('"');
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn stdfmt::Debug) {
@@ -574,10 +570,13 @@ impl stdfmt::Write for Escaped<'_> {
 }
 
 /// Appends `s` to `out` as the inside of a JSON string.
-fn escape_json(out: &mut String, s: &str) {
+pub(super) fn escape_json(out: &mut String, s: &str) {
     // Most values (ids, routes, phases) need no escape: they are copied in one piece.
     let mut start = clean_prefix(s.as_bytes());
     out.push_str(&s[..start]);
+    if start == s.len() {
+        return;
+    }
     for (i, b) in s.bytes().enumerate().skip(start) {
         let short = match b {
             b'"' => "\\\"",
@@ -620,6 +619,34 @@ fn clean_prefix(b: &[u8]) -> usize {
         .iter()
         .take_while(|&&c| c >= 0x20 && c != b'"' && c != b'\\')
         .count()
+}
+
+/// What `f` logs through the JSON log layer (filter `info`), written out.
+#[cfg(test)]
+pub(super) fn capture(f: impl FnOnce()) -> String {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Kept {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            lock(&self.0).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let kept = Kept::default();
+    let (writer, guard) = log_writer(kept.clone(), 1 << 20);
+    let layer = log_layer(LogFormat::Json, EnvFilter::new("info"), writer);
+    tracing::subscriber::with_default(tracing_subscriber::Registry::default().with(layer), f);
+    drop(guard); // writes out the queue
+    let out = lock(&kept.0).clone();
+    String::from_utf8(out).expect("lines are UTF-8")
 }
 
 #[cfg(test)]

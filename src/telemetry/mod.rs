@@ -32,6 +32,8 @@
 mod access;
 mod log;
 mod metrics;
+mod probe;
+mod request;
 
 use std::{
     io,
@@ -47,6 +49,7 @@ pub use access::{access, AccessEvent};
 pub use log::{log_events_dropped, SpanJson, LOG_QUEUE_BYTES};
 use log::{log_layer, log_writer, LogGuard};
 pub use metrics::{Metrics, Readout, Sample, Snapshot};
+pub use request::{request_span, spans_needed, InRequest, RequestFields};
 
 use crate::{config::LogFormat, ids::TraceContext};
 
@@ -75,7 +78,7 @@ pub fn init(format: LogFormat, filter: &str) -> Telemetry {
     let (writer, guard) = log_writer(io::stdout(), LOG_QUEUE_BYTES);
     let drops = writer.drops();
     let queue = writer.queue();
-    let access_interest = access::interest(&filter);
+    let verdicts = probe::ask(&filter);
     let log = log_layer(format, filter, writer);
 
     #[cfg(feature = "otel")]
@@ -109,7 +112,10 @@ pub fn init(format: LogFormat, filter: &str) -> Telemetry {
     let log = if installed {
         log::publish_drops(drops);
         if format == LogFormat::Json {
-            access::install(&access_interest, queue);
+            access::install(&verdicts.access, queue);
+            request::install(
+                verdicts.access.is_always() && verdicts.span.is_always() && !verdicts.dynamic,
+            );
         }
         Some(guard)
     } else {
