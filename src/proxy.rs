@@ -850,7 +850,7 @@ impl Proxy {
             self.metrics.access(access);
         }
         let upstream = outcome.upstream;
-        telemetry::access(&AccessEvent {
+        telemetry::access(|| AccessEvent {
             request_id: request_id.to_str().unwrap_or_default(),
             trace_id,
             method: method.as_str(),

@@ -57,15 +57,19 @@ enum Path {
 /// Unset: a `tracing` event.
 static PATH: OnceLock<Path> = OnceLock::new();
 
-/// Writes the access event of one request.
-pub fn access(event: &AccessEvent<'_>) {
+/// Writes the access event of one request, built by `event` only when it is written.
+pub fn access<'a>(event: impl FnOnce() -> AccessEvent<'a>) {
     match PATH.get() {
         Some(Path::Direct(queue)) => with_line(|line| {
-            push_line(line, event, SystemTime::now());
+            push_line(line, &event(), SystemTime::now());
             queue.push(line.as_bytes());
         }),
         Some(Path::Off) => {}
-        None => emit(event),
+        None => {
+            if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+                emit(&event());
+            }
+        }
     }
 }
 
