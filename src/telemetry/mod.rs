@@ -24,8 +24,10 @@
 //!   are kept as one JSON object that a later `span.record` extends in place ([`SpanJson`]),
 //!   instead of `tracing-subscriber`'s default of parsing the object back and re-serialising
 //!   it for every recorded field. The access event is emitted outside the request span and
-//!   carries every field itself, so formatting it reads no span at all; other events inside
-//!   a request show the request span's fields under `span`.
+//!   carries every field itself; with the JSON log it is built straight from typed fields
+//!   ([`access`]). Other events inside a request show the request span's fields under
+//!   `span`; when only the JSON log would see the span, the request has none and its fields
+//!   are kept beside it instead ([`InRequest`]), printed the same way.
 //! - [`Telemetry::shutdown`] flushes what is still queued, bounded in time: a collector
 //!   that is down or hangs never holds the exit; the log queue is written out last.
 
