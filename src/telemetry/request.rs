@@ -148,7 +148,7 @@ impl<F: Future> Future for InRequest<F> {
     }
 }
 
-/// Whether requests get a `tracing` span: unless [`install`] found that only the JSON log
+/// Whether requests get a `tracing` span: unless `install` found that only the JSON log
 /// sees it.
 pub fn spans_needed() -> bool {
     !LIGHT.get().copied().unwrap_or(false) || super::spans_exported()
