@@ -55,11 +55,7 @@ say() { echo "compare: $*" >&2; }
 # --- tools --------------------------------------------------------------------------------
 missing=()
 for t in nginx wrk curl python3; do command -v "$t" >/dev/null || missing+=("$t"); done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing ${missing[*]} from Debian"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing compare "${missing[@]}"
 oha=$root/bench/.tools/bin/oha
 if [ ! -x "$oha" ]; then
     say "building oha $oha_version into bench/.tools (once; a few minutes)"

@@ -32,11 +32,7 @@ say() { echo "instructions: $*" >&2; }
 
 missing=()
 for t in valgrind nginx curl python3; do command -v "$t" >/dev/null || missing+=("$t"); done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing ${missing[*]} from Debian"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing instructions "${missing[@]}"
 [ ${#bins[@]} -gt 0 ] || bins=("$(taskgate_bin)")
 
 tmp=$(mktemp -d -p /dev/shm taskgate-instr.XXXXXX 2>/dev/null || mktemp -d /tmp/taskgate-instr.XXXXXX)

@@ -13,6 +13,14 @@ taskgate_bin() {
     fi
 }
 
+install_missing() {  # WHO PACKAGE...: the Debian packages given, if any (apt-get update first)
+    local who=$1; shift
+    [ $# -gt 0 ] || return 0
+    echo "$who: installing $* from Debian" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 wait_http() {   # URL: until it answers at all (any status), at most 10 s
     for _ in $(seq 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done
     echo "$1 never answered" >&2; return 1

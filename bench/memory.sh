@@ -43,11 +43,7 @@ for a in "${allocs[@]}"; do
         mimalloc) [ -e $libdir/libmimalloc.so.2 ] || missing+=(libmimalloc2.0) ;;
     esac
 done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing ${missing[*]} from Debian"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+install_missing memory "${missing[@]}"
 bin=$(taskgate_bin)
 
 tmp=$(mktemp -d -p /dev/shm taskgate-memory.XXXXXX 2>/dev/null || mktemp -d /tmp/taskgate-memory.XXXXXX)
