@@ -504,11 +504,11 @@ impl<'a> JsonObject<'a> {
         }
     }
 
-    /// `name` is a field's name, an identifier: nothing in it needs an escape.
     fn key(&mut self, name: &str) {
         self.out.push_str(if self.first { "\"" } else { ",\"" });
         self.first = false;
-        self.out.push_str(name);
+        // Field names are identifiers, but `tracing` accepts any string literal as one.
+        escape_json(self.out, name);
         self.out.push_str("\":");
     }
 }
@@ -1017,5 +1017,12 @@ mod tests {
         let mut out = String::new();
         escape_json(&mut out, "plain é \" \\ \n \r \t \u{0} \u{1f} end");
         assert_eq!(out, r#"plain é \" \\ \n \r \t \u0000 \u001f end"#);
+    }
+
+    #[test]
+    fn a_field_named_by_any_string_still_makes_a_json_line() {
+        let out = capture(|| tracing::info!("we\"ird\\name" = 1, "odd field"));
+        let v: serde_json::Value = serde_json::from_str(out.trim_end()).expect("one JSON line");
+        assert_eq!(v["we\"ird\\name"], 1, "{out}");
     }
 }
