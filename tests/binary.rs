@@ -485,3 +485,66 @@ async fn the_log_filter_turns_access_events_off_and_on_by_their_target() {
         }
     }
 }
+
+/// With `TASKGATE_LOG_FORMAT=pretty` the request keeps its `tracing` span: an event logged
+/// while it is served shows the span and its fields, as the JSON log shows them under `span`.
+#[test]
+fn the_pretty_log_shows_the_request_span_of_an_event_inside_a_request() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(MockUpstream::start());
+    mock.set(
+        "denied",
+        Reply::json(401, format!(r#"{{"errors":["no token {KEY} found"]}}"#)),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskgate"))
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .env("TASKGATE_API_KEY", KEY)
+        .env("TASKGATE_UPSTREAM_URL", mock.base_url())
+        .env("TASKGATE_LISTEN", "127.0.0.1:0")
+        .env("TASKGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("TASKGATE_LOG_FORMAT", "pretty")
+        .env("TASKGATE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let public: std::net::SocketAddr = loop {
+        let line = stdout.next().expect("listens before stdout ends").unwrap();
+        if let Some(rest) = line.split_once("public=").map(|(_, r)| r) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    runtime.block_on(async {
+        let got = HttpClient::default()
+            .send(
+                public,
+                "GET",
+                "/task/denied",
+                &[("x-request-id", "pretty-1")],
+            )
+            .await;
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let lines: Vec<String> = stdout.map_while(Result::ok).collect();
+    let refused = lines
+        .iter()
+        .find(|l| l.contains("upstream refused the API key"))
+        .unwrap_or_else(|| panic!("the refusal is logged: {lines:?}"));
+    // The compact layout: the span's name before the target, its fields after the event's.
+    assert!(refused.contains(" request: taskgate::proxy: "), "{refused}");
+    assert!(refused.contains("request_id=\"pretty-1\""), "{refused}");
+    assert!(refused.contains("task_id=\"denied\""), "{refused}");
+    assert!(!lines.iter().any(|l| l.contains(KEY)));
+}
