@@ -857,7 +857,7 @@ impl Proxy {
             route: route.as_str(),
             kind,
             id: route.id(),
-            task_id: route.id().filter(|_| route.kind() == Some(Kind::Task)),
+            task_id: route.task_id(),
             status,
             cache: outcome.cache.map(CacheStatus::as_str),
             phase: outcome.phase.map(Phase::as_str),

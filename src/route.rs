@@ -60,6 +60,12 @@ impl Route {
     pub fn id(&self) -> Option<&str> {
         self.key().map(Key::id)
     }
+
+    /// The id when it names a task: the `task_id` that logs and spans carry, kept for
+    /// dashboards and queries written before assets.
+    pub fn task_id(&self) -> Option<&str> {
+        self.key().filter(|k| k.kind() == Kind::Task).map(Key::id)
+    }
 }
 
 /// Classifies a raw path (no query string: `Uri::path()` never includes one).
@@ -97,6 +103,15 @@ mod tests {
 
     fn task(id: &str) -> Key {
         Key::new(Kind::Task, id).unwrap()
+    }
+
+    #[test]
+    fn task_id_is_the_id_of_a_task_route_only() {
+        assert_eq!(parse("/task/done-1").task_id(), Some("done-1"));
+        assert_eq!(parse("/api/task/done-1/events").task_id(), Some("done-1"));
+        assert_eq!(parse("/asset/a-1").task_id(), None);
+        assert_eq!(parse("/task/%2e").task_id(), None);
+        assert_eq!(parse("/metrics").task_id(), None);
     }
 
     #[test]

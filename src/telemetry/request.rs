@@ -55,10 +55,8 @@ impl RequestFields {
             text(",\"kind\":\"", kind.as_str());
         }
         text(",\"id\":\"", self.route.id().unwrap_or_default());
-        if self.route.kind() == Some(resource::Kind::Task) {
-            if let Some(id) = self.route.id() {
-                text(",\"task_id\":\"", id);
-            }
+        if let Some(id) = self.route.task_id() {
+            text(",\"task_id\":\"", id);
         }
     }
 }
@@ -72,7 +70,6 @@ pub fn request_span(
     method: &Method,
     route: Route,
 ) -> tracing::Span {
-    let kind = route.kind();
     tracing::info_span!(
         target: SPAN_TARGET,
         SPAN_NAME,
@@ -80,10 +77,9 @@ pub fn request_span(
         trace_id,
         method = method.as_str(),
         route = route.as_str(),
-        kind = kind.map(resource::Kind::as_str),
+        kind = route.kind().map(resource::Kind::as_str),
         id = route.id().unwrap_or_default(),
-        // Kept for tasks, for dashboards and queries written before assets.
-        task_id = route.id().filter(|_| kind == Some(resource::Kind::Task)),
+        task_id = route.task_id(),
         status = field::Empty,
         cache = field::Empty,
         phase = field::Empty,
