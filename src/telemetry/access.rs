@@ -15,7 +15,7 @@ use std::{
 
 use tracing::subscriber::Interest;
 
-use super::log::{escape_json, push_f64, push_timestamp, with_line, LogQueue};
+use super::log::{push_f64, push_str_member, push_timestamp, with_line, LogQueue};
 
 /// The event's target, as filters name it.
 pub const TARGET: &str = "taskgate::access";
@@ -95,10 +95,10 @@ fn push_line(line: &mut String, e: &AccessEvent<'_>, now: SystemTime) {
     line.push_str("{\"timestamp\":\"");
     push_timestamp(line, now);
     line.push_str("\",\"level\":\"INFO\",\"message\":\"request\"");
-    text(line, ",\"request_id\":\"", Some(e.request_id));
-    text(line, ",\"trace_id\":\"", Some(e.trace_id));
-    text(line, ",\"method\":\"", Some(e.method));
-    text(line, ",\"route\":\"", Some(e.route));
+    push_str_member(line, ",\"request_id\":\"", e.request_id);
+    push_str_member(line, ",\"trace_id\":\"", e.trace_id);
+    push_str_member(line, ",\"method\":\"", e.method);
+    push_str_member(line, ",\"route\":\"", e.route);
     text(line, ",\"kind\":\"", e.kind);
     text(line, ",\"id\":\"", e.id);
     text(line, ",\"task_id\":\"", e.task_id);
@@ -132,12 +132,10 @@ fn push_line(line: &mut String, e: &AccessEvent<'_>, now: SystemTime) {
     line.push_str("\"}\n");
 }
 
-/// `key` (`,"name":"`), `value` escaped and the closing quote; nothing for `None`.
+/// The member for `value`; nothing for `None`.
 fn text(line: &mut String, key: &str, value: Option<&str>) {
     if let Some(value) = value {
-        line.push_str(key);
-        escape_json(line, value);
-        line.push('"');
+        push_str_member(line, key, value);
     }
 }
 

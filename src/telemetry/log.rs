@@ -504,13 +504,21 @@ impl<'a> JsonObject<'a> {
         }
     }
 
-    fn key(&mut self, name: &str) {
+    fn name(&mut self, field: &Field) {
         self.out.push_str(if self.first { "\"" } else { ",\"" });
         self.first = false;
         // Field names are identifiers, but `tracing` accepts any string literal as one.
-        escape_json(self.out, name);
+        escape_json(self.out, member_name(field.name()));
         self.out.push_str("\":");
     }
+}
+
+/// A string member whose name is written with its quotes and separators as one literal:
+/// `key` (`,"name":"`), then `value` escaped and the closing quote.
+pub(super) fn push_str_member(out: &mut String, key: &str, value: &str) {
+    out.push_str(key);
+    escape_json(out, value);
+    out.push('"');
 }
 
 /// `value` as a JSON number, as serde_json writes it: the shortest digits that read back as
@@ -525,34 +533,34 @@ pub(super) fn push_f64(out: &mut String, value: f64) {
 
 impl Visit for JsonObject<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(member_name(field.name()));
+        self.name(field);
         push_f64(self.out, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(member_name(field.name()));
+        self.name(field);
         self.out.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(member_name(field.name()));
+        self.name(field);
         self.out.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(member_name(field.name()));
+        self.name(field);
         self.out.push_str(if value { "true" } else { "false" });
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(member_name(field.name()));
+        self.name(field);
         self.out.push('"');
         escape_json(self.out, value);
         self.out.push('"');
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn stdfmt::Debug) {
-        self.key(member_name(field.name()));
+        self.name(field);
         self.out.push('"');
         self.result = self.result.and(write!(Escaped(self.out), "{value:?}"));
         self.out.push('"');

@@ -17,7 +17,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use super::log::escape_json;
+use super::log::push_str_member;
 use crate::{resource, route::Route};
 use http::{HeaderValue, Method};
 use tracing::field;
@@ -39,24 +39,17 @@ impl RequestFields {
     /// The members of the span's JSON object, as the JSON log's span formatter writes them
     /// for the span `proxy.rs` makes (`"request_id":"…",…`, no braces).
     pub(super) fn push_members(&self, out: &mut String) {
-        let mut text = |key: &str, value: &str| {
-            out.push_str(key);
-            escape_json(out, value);
-            out.push('"');
-        };
-        text(
-            "\"request_id\":\"",
-            self.request_id.to_str().unwrap_or_default(),
-        );
-        text(",\"trace_id\":\"", &self.trace_id);
-        text(",\"method\":\"", self.method.as_str());
-        text(",\"route\":\"", self.route.as_str());
+        let request_id = self.request_id.to_str().unwrap_or_default();
+        push_str_member(out, "\"request_id\":\"", request_id);
+        push_str_member(out, ",\"trace_id\":\"", &self.trace_id);
+        push_str_member(out, ",\"method\":\"", self.method.as_str());
+        push_str_member(out, ",\"route\":\"", self.route.as_str());
         if let Some(kind) = self.route.kind() {
-            text(",\"kind\":\"", kind.as_str());
+            push_str_member(out, ",\"kind\":\"", kind.as_str());
         }
-        text(",\"id\":\"", self.route.id().unwrap_or_default());
+        push_str_member(out, ",\"id\":\"", self.route.id().unwrap_or_default());
         if let Some(id) = self.route.task_id() {
-            text(",\"task_id\":\"", id);
+            push_str_member(out, ",\"task_id\":\"", id);
         }
     }
 }
