@@ -403,29 +403,11 @@ fn the_token_subcommand_mints_an_hs256_token_or_exits_64_without_a_secret() {
 #[cfg(feature = "demo")]
 #[test]
 fn the_demo_prints_the_quota_report_at_exit() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_taskgate"))
-        .arg("--demo")
-        .env_clear()
-        .current_dir(std::env::temp_dir())
-        .env("TASKGATE_LISTEN", "127.0.0.1:0")
-        .env("TASKGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let public: std::net::SocketAddr = loop {
-        let line = stdout.next().expect("listens before stdout ends").unwrap();
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue; // the demo's own lines: the simulated API's address, curl lines
-        };
-        if v["message"] == "listening" {
-            break v["public"].as_str().unwrap().parse().unwrap();
-        }
-    };
+    let (child, stdout, public) = spawn_plain(&["--demo"], &[], |line| {
+        // The demo's own lines (the simulated API's address, curl lines) are not JSON.
+        let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+        (v["message"] == "listening").then(|| v["public"].as_str()?.parse().ok())?
+    });
     let path = format!("/task/{}", taskgate::demo::UNKNOWN_TASK_ID);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -436,14 +418,8 @@ fn the_demo_prints_the_quota_report_at_exit() {
             assert_eq!(got.header("x-cache"), Some(cache));
         }
     });
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let report: Vec<String> = stdout
-        .map_while(Result::ok)
+    let report: Vec<String> = terminate_plain(child, stdout)
+        .into_iter()
         .filter(|l| l.starts_with("taskgate demo: requests answered"))
         .collect();
     assert_eq!(
@@ -490,36 +466,24 @@ async fn the_log_filter_turns_access_events_off_and_on_by_their_target() {
 /// while it is served shows the span and its fields, as the JSON log shows them under `span`.
 #[test]
 fn the_pretty_log_shows_the_request_span_of_an_event_inside_a_request() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mock = runtime.block_on(MockUpstream::start());
     mock.set(
         "denied",
         Reply::json(401, format!(r#"{{"errors":["no token {KEY} found"]}}"#)),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_taskgate"))
-        .env_clear()
-        .current_dir(std::env::temp_dir())
-        .env("TASKGATE_API_KEY", KEY)
-        .env("TASKGATE_UPSTREAM_URL", mock.base_url())
-        .env("TASKGATE_LISTEN", "127.0.0.1:0")
-        .env("TASKGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("TASKGATE_LOG_FORMAT", "pretty")
-        .env("TASKGATE_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let public: std::net::SocketAddr = loop {
-        let line = stdout.next().expect("listens before stdout ends").unwrap();
-        if let Some(rest) = line.split_once("public=").map(|(_, r)| r) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let base_url = mock.base_url();
+    let env = [
+        ("TASKGATE_API_KEY", KEY),
+        ("TASKGATE_UPSTREAM_URL", base_url.as_str()),
+        ("TASKGATE_LOG_FORMAT", "pretty"),
+        ("TASKGATE_LOG", "info"),
+        ("NO_COLOR", "1"),
+    ];
+    let (child, stdout, public) = spawn_plain(&[], &env, |line| {
+        let (_, rest) = line.split_once("public=")?;
+        rest.split_whitespace().next()?.parse().ok()
+    });
     runtime.block_on(async {
         let got = HttpClient::default()
             .send(
@@ -531,13 +495,7 @@ fn the_pretty_log_shows_the_request_span_of_an_event_inside_a_request() {
             .await;
         assert_eq!(got.status, StatusCode::BAD_GATEWAY);
     });
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let lines: Vec<String> = stdout.map_while(Result::ok).collect();
+    let lines = terminate_plain(child, stdout);
     let refused = lines
         .iter()
         .find(|l| l.contains("upstream refused the API key"))
@@ -547,4 +505,49 @@ fn the_pretty_log_shows_the_request_span_of_an_event_inside_a_request() {
     assert!(refused.contains("request_id=\"pretty-1\""), "{refused}");
     assert!(refused.contains("task_id=\"denied\""), "{refused}");
     assert!(!lines.iter().any(|l| l.contains(KEY)));
+}
+
+type StdoutLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// The binary with `args` and `env` on free loopback ports, for output that is not JSON
+/// throughout (`common::Binary` reads it as JSON): the child, its stdout, and the public
+/// address `listening` finds in a line.
+fn spawn_plain(
+    args: &[&str],
+    env: &[(&str, &str)],
+    listening: impl Fn(&str) -> Option<std::net::SocketAddr>,
+) -> (std::process::Child, StdoutLines, std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskgate"))
+        .args(args)
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .env("TASKGATE_LISTEN", "127.0.0.1:0")
+        .env("TASKGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let public = loop {
+        let line = stdout.next().expect("listens before stdout ends").unwrap();
+        if let Some(public) = listening(&line) {
+            break public;
+        }
+    };
+    (child, stdout, public)
+}
+
+/// SIGTERM; the process must exit 0. What it printed after the lines already read.
+fn terminate_plain(mut child: std::process::Child, stdout: StdoutLines) -> Vec<String> {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    stdout.map_while(Result::ok).collect()
 }
