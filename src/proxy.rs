@@ -840,11 +840,15 @@ impl Proxy {
                 span.record("reason", reason);
             }
         }
-        self.metrics
-            .request(route.as_str(), kind, status, outcome.cache, reason, elapsed);
-        if let Some(avoided) = outcome.call_avoided(status) {
-            self.metrics.call_avoided(avoided);
-        }
+        self.metrics.request(
+            route.as_str(),
+            kind,
+            status,
+            outcome.cache,
+            reason,
+            outcome.call_avoided(status),
+            elapsed,
+        );
         let access = outcome.access.map(viewer::Outcome::as_str);
         if let Some(access) = access {
             self.metrics.access(access);
