@@ -153,12 +153,12 @@ fn scrub_asset(asset: &mut Map<String, Value>) -> bool {
     for (name, value) in asset.iter_mut() {
         changed |= match name.as_str() {
             "source" => {
-                let encryption = value.pointer_mut("/encryption");
+                let encryption = field_mut(value, &["encryption"]);
                 mask_fields(encryption, &["encryptedKey", "key"])
                     | walk_strings(value, &mut clean_param_url)
             }
             "playbackPolicy" => {
-                let context = value.pointer_mut("/webhookContext");
+                let context = field_mut(value, &["webhookContext"]);
                 let masked = context.is_some_and(|context| match context {
                     Value::Object(entries) => {
                         entries.values_mut().fold(false, |c, v| mask_all(v) | c)
@@ -168,7 +168,7 @@ fn scrub_asset(asset: &mut Map<String, Value>) -> bool {
                 masked | walk_strings(value, &mut scrub_text)
             }
             "storage" => {
-                let metadata = value.pointer_mut("/ipfs/spec/nftMetadata");
+                let metadata = field_mut(value, &["ipfs", "spec", "nftMetadata"]);
                 let mut clean = |s: &mut String| strip_url_queries(s) | scrub_text(s);
                 metadata.is_some_and(|m| walk_strings(m, &mut clean))
                     | walk_strings(value, &mut scrub_text)
@@ -266,23 +266,36 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
 /// order: masking a parameter value may remove the `?` that ended an authority, and the
 /// userinfo is then read up to the next one.
 fn scrub_text(s: &mut String) -> bool {
+    // Each rule needs one of these bytes (`name=` or its encoded `%3D`, `://`, `%3A%2F%2F`);
+    // most strings of a body (ids, names, phases) hold none and are passed over in one scan.
+    if !s.bytes().any(|b| matches!(b, b'=' | b'%' | b':')) {
+        return false;
+    }
     mask_secret_params(s) | mask_userinfo(s) | mask_encoded_userinfo(s)
+}
+
+/// The value under the object keys `path`, if every one of them is there (what
+/// `pointer_mut` finds, without building a string per key from the pointer).
+fn field_mut<'v>(value: &'v mut Value, path: &[&str]) -> Option<&'v mut Value> {
+    path.iter()
+        .try_fold(value, |value, key| value.get_mut(*key))
 }
 
 /// `params`: the user's own input, where the named credential fields and presigned URLs live.
 fn scrub_params(params: &mut Value) -> bool {
     let mut changed = false;
-    if let Some(headers) = params.pointer_mut("/export/custom/headers") {
+    if let Some(headers) = field_mut(params, &["export", "custom", "headers"]) {
         if let Some(headers) = headers.as_object_mut() {
             for value in headers.values_mut() {
                 changed |= mask(value);
             }
         }
     }
-    for pinata in ["/export/ipfs/pinata", "/exportData/ipfs/pinata"] {
-        changed |= mask_fields(params.pointer_mut(pinata), &["jwt", "apiSecret", "apiKey"]);
+    for export in ["export", "exportData"] {
+        let pinata = field_mut(params, &[export, "ipfs", "pinata"]);
+        changed |= mask_fields(pinata, &["jwt", "apiSecret", "apiKey"]);
     }
-    let encryption = params.pointer_mut("/upload/encryption");
+    let encryption = field_mut(params, &["upload", "encryption"]);
     changed |= mask_fields(encryption, &["key", "encryptedKey"]);
 
     let Some(kinds) = params.as_object_mut() else {
@@ -769,6 +782,36 @@ mod tests {
     fn all_secret_bodies() -> [Value; 4] {
         let url = "ftp://u:p@x.example/a?token=1";
         [custom_export(), ipfs_export(), transcode_w3s(), upload(url)]
+    }
+
+    /// `field_mut` finds what a pointer to the same keys does, through objects, past an array
+    /// or a string, for missing keys and for keys a pointer has to escape.
+    #[test]
+    fn field_mut_finds_what_a_pointer_finds() {
+        let mut body = json!({
+            "export": {"custom": {"headers": {"a": "1"}}, "ipfs": ["pinata"]},
+            "upload": "text",
+            "a/b": {"c~d": 1},
+            "": {"": 2},
+        });
+        let paths: [&[&str]; 7] = [
+            &["export", "custom", "headers"],
+            &["export", "ipfs", "pinata"],
+            &["upload", "encryption"],
+            &["missing"],
+            &["a/b", "c~d"],
+            &["", ""],
+            &[],
+        ];
+        for path in paths {
+            let pointer: String = path
+                .iter()
+                .map(|k| format!("/{}", k.replace('~', "~0").replace('/', "~1")))
+                .collect();
+            let expected = body.pointer(&pointer).cloned();
+            let found = field_mut(&mut body, path).map(|v| v.clone());
+            assert_eq!(found, expected, "{pointer}");
+        }
     }
 
     #[test]

@@ -314,7 +314,15 @@ fn names_registered_in_source() -> BTreeSet<String> {
 /// `# TYPE`; OpenMetrics would not, so it is added when missing).
 fn registered_metrics() -> BTreeMap<String, String> {
     let m = Metrics::new();
-    m.request("task", Some("task"), 200, None, None, Some("hit"), Duration::ZERO);
+    m.request(
+        "task",
+        Some("task"),
+        200,
+        None,
+        None,
+        Some("hit"),
+        Duration::ZERO,
+    );
     m.upstream_finished(&UpstreamReport {
         status: Some(200),
         error: None,
