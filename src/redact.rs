@@ -95,12 +95,17 @@ pub struct Scrubbed {
     pub value: Value,
     /// Whether scrubbing changed any string (the served bytes are re-serialised either way).
     pub changed: bool,
+    /// The length of the body as it arrived: about the length served, so the bytes are
+    /// written into one buffer of that size instead of one grown by doubling from 128.
+    received_len: usize,
 }
 
 impl Scrubbed {
     /// The scrubbed tree as compact JSON: what is hashed, cached and served.
     pub fn to_bytes(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(&self.value).expect("a JSON tree always serialises"))
+        let mut out = Vec::with_capacity(self.received_len);
+        serde_json::to_writer(&mut out, &self.value).expect("a JSON tree always serialises");
+        Bytes::from(out)
     }
 }
 
@@ -116,7 +121,11 @@ pub fn scrub(kind: Kind, body: &[u8], secret: &[u8]) -> Result<Scrubbed, Refusal
         return Err(Refusal::HoldsKey);
     }
     let changed = scrub_value(kind, &mut value);
-    Ok(Scrubbed { value, changed })
+    Ok(Scrubbed {
+        value,
+        changed,
+        received_len: body.len(),
+    })
 }
 
 /// Scrubs a parsed body in place: the rules of `kind` when it is an object, the rules that
