@@ -901,7 +901,7 @@ fn check_request_shape(req: &Parts) -> Result<(), Error> {
     // hyper bounds its read buffer, but a head that arrives in one large read can still parse
     // whole; the limit is enforced here on what was parsed (each line counted with its CRLF).
     let head_bytes = req.method.as_str().len()
-        + req.uri.to_string().len()
+        + target_len(&req.uri)
         + 12
         + req
             .headers
@@ -933,6 +933,15 @@ fn check_request_shape(req: &Parts) -> Result<(), Error> {
     Ok(())
 }
 
+/// The length of the request target as the client wrote it (`Uri`'s `Display`, without
+/// writing it out).
+fn target_len(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| "?".len() + q.len())
+}
+
 /// `host[:port]`, a registered name or an IP literal: no userinfo, path or whitespace.
 fn valid_host(h: &[u8]) -> bool {
     (1..=255).contains(&h.len())
@@ -953,5 +962,28 @@ fn log_upstream_fault(report: &UpstreamReport) {
             tracing::warn!(upstream_status = status, "upstream error")
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_is_measured_as_it_would_be_written() {
+        let targets = [
+            "/task/abc",
+            "/api/task/abc?x=1&y=%20",
+            "/?",
+            "*",
+            "http://example.com/task/a?q",
+            "https://user@example.com:8443",
+            "example.com:443",
+            "/",
+        ];
+        for target in targets {
+            let uri: http::Uri = target.parse().expect(target);
+            assert_eq!(target_len(&uri), uri.to_string().len(), "{target}");
+        }
     }
 }

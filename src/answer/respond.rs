@@ -134,12 +134,8 @@ pub fn build(head: Head, body: Body, request_id: &HeaderValue) -> Response<Body>
     let cache_control = match (head.revalidate, head.cache_control) {
         (true, _) => REVALIDATE,
         (false, CacheControl::NoStore) => NO_STORE,
-        (false, CacheControl::Public(left)) => {
-            HeaderValue::from_str(&format!("public, max-age={left}")).expect("ascii digits")
-        }
-        (false, CacheControl::Private(left)) => {
-            HeaderValue::from_str(&format!("private, max-age={left}")).expect("ascii digits")
-        }
+        (false, CacheControl::Public(left)) => max_age("public, max-age=", left),
+        (false, CacheControl::Private(left)) => max_age("private, max-age=", left),
     };
     h.insert(header::CACHE_CONTROL, cache_control);
     if let Some(age) = head.age {
@@ -196,6 +192,17 @@ pub fn build(head: Head, body: Body, request_id: &HeaderValue) -> Response<Body>
     resp
 }
 
+/// `prefix` and then `secs` in decimal, written in place (every hit carries one).
+fn max_age(prefix: &str, secs: u64) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(secs).as_bytes();
+    let mut buf = [0u8; 40];
+    let len = prefix.len() + digits.len();
+    buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    buf[prefix.len()..len].copy_from_slice(digits);
+    HeaderValue::from_bytes(&buf[..len]).expect("ascii digits")
+}
+
 /// Whole seconds, rounded up so a client that waits that long is not refused again.
 pub fn retry_after_secs(wait: Duration) -> HeaderValue {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -225,5 +232,24 @@ impl http_body::Body for EventStream {
         self.queue
             .poll_recv(cx)
             .map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_written_in_decimal() {
+        for secs in [0, 7, 86_400, u64::MAX] {
+            assert_eq!(
+                max_age("public, max-age=", secs),
+                format!("public, max-age={secs}")
+            );
+            assert_eq!(
+                max_age("private, max-age=", secs),
+                format!("private, max-age={secs}")
+            );
+        }
     }
 }
