@@ -96,7 +96,10 @@ pub struct Scrubbed {
     /// Whether scrubbing changed any string (the served bytes are re-serialised either way).
     pub changed: bool,
     /// The length of the body as it arrived: about the length served, so the bytes are
-    /// written into one buffer of that size instead of one grown by doubling from 128.
+    /// written into one buffer of that size instead of one grown by doubling from 128. When
+    /// scrubbing shortened the body a lot, the buffer is larger than what it holds; an answer
+    /// kept in the cache is copied to its own size first (`cache::compact`), so the cache
+    /// never holds the slack.
     received_len: usize,
 }
 
@@ -846,6 +849,10 @@ mod tests {
         // The same pieces with the bytes put back are scrubbed: the check above is not empty.
         let mut url = "https://user:pass@host/?sig=1".to_owned();
         assert!(may_need_text_rules(&url) && text_rules(&mut url));
+        // Each rule that changes the string counts, also when two of them do.
+        let mut both = "https://a:b@host https%3A%2F%2Fc%3Ad%40host".to_owned();
+        assert!(text_rules(&mut both), "{both}");
+        assert_eq!(both, "https://***:***@host https%3A%2F%2F***%3A***%40host");
     }
 
     /// `field_mut` finds what a pointer to the same keys does, through objects, past an array
