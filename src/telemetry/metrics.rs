@@ -663,6 +663,8 @@ mod read_tests {
                 count(&a, status, None);
             }
         }
+        // The thread keeps no more than its bound.
+        assert_eq!(RECENT.with_borrow(Vec::len), RECENT_MAX);
         let (ra, rb) = (a.read(Snapshot::default()), b.read(Snapshot::default()));
         let ok = [("status", "200")];
         assert_eq!(ra.sum("taskgate_requests_total", &ok), 6.0);
