@@ -96,10 +96,7 @@ pub struct Scrubbed {
     /// Whether scrubbing changed any string (the served bytes are re-serialised either way).
     pub changed: bool,
     /// The length of the body as it arrived: about the length served, so the bytes are
-    /// written into one buffer of that size instead of one grown by doubling from 128. When
-    /// scrubbing shortened the body a lot, the buffer is larger than what it holds; an answer
-    /// kept in the cache is copied to its own size first (`cache::compact`), so the cache
-    /// never holds the slack.
+    /// written into one buffer of that size instead of one grown by doubling from 128.
     received_len: usize,
 }
 
@@ -108,7 +105,17 @@ impl Scrubbed {
     pub fn to_bytes(&self) -> Bytes {
         let mut out = Vec::with_capacity(self.received_len);
         serde_json::to_writer(&mut out, &self.value).expect("a JSON tree always serialises");
+        trim_slack(&mut out);
         Bytes::from(out)
+    }
+}
+
+/// A body that scrubbing shortened a lot (a 1 MiB query string cut from a URL) would keep the
+/// received length's buffer for as long as its bytes are served; past twice its length, it
+/// is copied to its own size. (A kept answer is also copied by `cache::compact`.)
+fn trim_slack(out: &mut Vec<u8>) {
+    if out.capacity() > 2 * out.len() {
+        out.shrink_to_fit();
     }
 }
 
@@ -865,6 +872,25 @@ mod tests {
         let mut both = "https://a:b@host https%3A%2F%2Fc%3Ad%40host".to_owned();
         assert!(text_rules(&mut both), "{both}");
         assert_eq!(both, "https://***:***@host https%3A%2F%2F***%3A***%40host");
+    }
+
+    #[test]
+    fn a_body_shortened_by_scrubbing_keeps_no_large_buffer() {
+        let huge = format!("https://h.example/a.mp4?sig={}", "x".repeat(1 << 20));
+        let body = json!({"id": "t", "params": {"upload": {"url": huge}}}).to_string();
+        let scrubbed = scrub(Kind::Task, body.as_bytes(), b"").expect("scrubbed");
+        let served = scrubbed.to_bytes().try_into_mut().expect("the only handle");
+        assert!(served.len() < 100, "{}", served.len());
+        assert!(
+            served.capacity() <= 2 * served.len(),
+            "{}",
+            served.capacity()
+        );
+        // A body about as long as it arrived keeps its buffer (no copy).
+        let mut same = Vec::with_capacity(100);
+        same.extend_from_slice(&[b'x'; 90]);
+        trim_slack(&mut same);
+        assert_eq!(same.capacity(), 100);
     }
 
     /// `field_mut` finds what a pointer to the same keys does, through objects, past an array
