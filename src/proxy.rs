@@ -849,10 +849,10 @@ impl Proxy {
             outcome.call_avoided(status),
             elapsed,
         );
-        let access = outcome.access.map(viewer::Outcome::as_str);
-        if let Some(access) = access {
+        if let Some(access) = outcome.access {
             self.metrics.access(access);
         }
+        let access = outcome.access.map(viewer::Outcome::as_str);
         let upstream = outcome.upstream;
         telemetry::access(|| AccessEvent {
             request_id: request_id.to_str().unwrap_or_default(),

@@ -330,7 +330,7 @@ fn registered_metrics() -> BTreeMap<String, String> {
     });
     m.l2("get", "hit");
     m.webhook("accepted");
-    m.access("granted");
+    m.access(taskgate::viewer::Outcome::Granted);
     m.secret_reload("TASKGATE_API_KEY_FILE", "changed");
     let text = m.render(Snapshot {
         cache_entries: 0,

@@ -47,6 +47,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Off,
+        Outcome::Granted,
+        Outcome::Missing,
+        Outcome::Invalid,
+        Outcome::Forbidden,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Off => "off",
