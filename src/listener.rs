@@ -145,6 +145,24 @@ impl Drop for ClientSlot {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// The handler's answer as the `Ok` a hyper service gives. Not an `async` block awaiting
+    /// the handler's future: that block would hold the future twice (as captured and as
+    /// awaited), and hyper keeps and moves it once per request.
+    struct NeverFails<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for NeverFails<F> {
+    type Output = Result<F::Output, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map(Ok)
+    }
+}
+
 /// Serves connections from `listener` with `handler` until `stop` turns true, then drains.
 /// Each connection runs on the next of `workers`, or on the caller's runtime without them.
 pub fn serve<H, F>(
@@ -199,9 +217,8 @@ where
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let run = move |stream: TcpStream| async move {
-                let svc = service_fn(move |req| {
-                    let fut = handler(req, peer);
-                    async move { Ok::<_, Infallible>(fut.await) }
+                let svc = service_fn(move |req| NeverFails {
+                    inner: handler(req, peer),
                 });
                 let admission = Admission {
                     _client: client_slot,
