@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::sync::lock;
@@ -126,13 +126,16 @@ impl ClientSlots {
     }
 }
 
+/// A name, not a `&str`: a string is parsed into a header name on every lookup.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// The address a client is counted under: the peer, or with `TASKGATE_TRUST_FORWARDED` the
 /// last `X-Forwarded-For` hop (the one the trusted proxy in front of taskgate added), as a
 /// [`client_key`].
 pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trust_forwarded: bool) -> IpAddr {
     if trust_forwarded {
         let last_hop = headers
-            .get_all("x-forwarded-for")
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .next_back()
             .and_then(|v| v.to_str().ok())
