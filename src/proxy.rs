@@ -29,7 +29,7 @@ use crate::{
     cors::{Cors, Options},
     ids::{self, TraceContext, TRACEPARENT, X_REQUEST_ID},
     limit::{self, Backoff, ClientSlots, RateLimiter},
-    listener::MAX_HEADER_BYTES,
+    listener::{self, MAX_HEADER_BYTES},
     resource::{self, Key, Kind, Phase},
     route::{self, Route},
     secrets::Secrets,
@@ -490,6 +490,9 @@ impl Proxy {
             Held::Stale(answer) => Some(answer),
             Held::Nothing => None,
         };
+        if listener::probing() {
+            listener::NotYet::default().await;
+        }
         // Boxed: a hit's future then holds none of a fetch's state (the request's future is
         // moved whole several times per request; unboxed, a fetch made it 2.7 KB).
         Box::pin(self.lookup_miss(key, stale, client, request_id, trace)).await
