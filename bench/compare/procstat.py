@@ -1,7 +1,8 @@
 """Memory and CPU time of a process and its children, from /proc (stdlib only).
 
-  procstat.py PID     prints JSON: pids, rss_kib, pss_kib, hwm_kib (peak RSS), cpu_s
-                      (user + system), each summed over PID and its direct children (an
+  procstat.py PID     prints JSON: pids, rss_kib, anon_kib and file_kib (RSS's anonymous and
+                      file-backed parts), pss_kib, hwm_kib (peak RSS), cpu_s (user + system),
+                      each summed over PID and its direct children (an
                       nginx master and its workers; taskgate is one process)
   procstat.py busy PID
                       prints JSON: the load average, and the processes outside PID's tree that
@@ -100,6 +101,8 @@ pids = [root] + children(root)
 print(json.dumps({
     "pids": pids,
     "rss_kib": sum(status(p, "VmRSS") for p in pids),
+    "anon_kib": sum(status(p, "RssAnon") for p in pids),
+    "file_kib": sum(status(p, "RssFile") for p in pids),
     "pss_kib": sum(pss(p) for p in pids),
     "hwm_kib": sum(status(p, "VmHWM") for p in pids),
     "cpu_s": round(sum(cpu_s(p) for p in pids), 3),
