@@ -4,7 +4,9 @@
 //!
 //! Read the request path first: [`Proxy::handle`] (in `proxy.rs`) takes one request through
 //! route → request checks → limits → lookup (cache → back-off → coalesced fetch: the shared
-//! level, then the API) → classify → store → respond → one access event.
+//! level, then the API) → classify → store → respond → one access event. All of it up to
+//! the cache lookup runs as hyper hands the request over (`Proxy::serve_now`): a hit is
+//! answered there; what has to wait goes on in one boxed future (`Proxy::serve_later`).
 //!
 //! Dependencies point one way, from the leaves up (a CI step, `.ci/module-graph`, fails on
 //! an import cycle):

@@ -19,7 +19,6 @@
 //!   its /64); one past that is closed at once.
 
 use std::{
-    cell::Cell,
     collections::HashMap,
     convert::Infallible,
     future::Future,
@@ -27,7 +26,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -146,100 +145,21 @@ impl Drop for ClientSlot {
     }
 }
 
-/// The handler's future for one request, polled once as hyper hands the request over.
-///
-/// Why: right after taking a request, hyper reads ahead on the connection (to notice a client
-/// that hung up) before it polls the handler, and its read buffer cannot be reused while any
-/// part of the request is alive. A handler that had not run yet made it allocate a new 8 KiB
-/// buffer for every request, about 500 instructions. A cache hit completes in this first poll
-/// and drops the request before that read.
-///
-/// The first poll's waker does nothing. A future still pending is polled again by hyper, with
-/// the connection's waker, in the same pass (hyper's dispatcher polls the request it has just
-/// taken); a future registers the waker of its latest poll, and checks its state on every poll,
-/// so nothing that happened in between is missed. Boxed, as the future must stay where it was
-/// first polled. It is the service's future itself, not an `async` block awaiting it: that
-/// block would hold the future twice (as captured and as awaited).
-enum Eager<F: Future> {
-    Done(Option<F::Output>),
-    Waiting(Pin<Box<F>>),
-}
-
-impl<F: Future> Eager<F> {
-    fn new(future: F) -> Self {
-        let mut future = Box::pin(future);
-        let first = {
-            let _probe = Probe::start();
-            future
-                .as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()))
-        };
-        match first {
-            Poll::Ready(out) => Eager::Done(Some(out)),
-            Poll::Pending => Eager::Waiting(future),
-        }
+pin_project_lite::pin_project! {
+    /// The handler's answer as the `Ok` a hyper service gives. Not an `async` block awaiting
+    /// the handler's future: that block would hold the future twice (as captured and as
+    /// awaited), and hyper keeps and moves it once per request.
+    struct NeverFails<F> {
+        #[pin]
+        inner: F,
     }
 }
 
-thread_local! {
-    static PROBING: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks the thread as making a request's first poll ([`Eager`]) while it lives, also when
-/// the poll panics.
-struct Probe;
-
-impl Probe {
-    fn start() -> Self {
-        PROBING.set(true);
-        Probe
-    }
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        PROBING.set(false);
-    }
-}
-
-/// Whether the running poll is a request's first, made as hyper hands the request over. A
-/// handler that finds it cannot answer at once (a fetch is needed) stops there with
-/// [`NotYet`] instead of setting out in this poll: otherwise it would do the way down to the
-/// fetch's first wait twice, once here and again in hyper's poll (about 1.4k instructions).
-pub fn probing() -> bool {
-    PROBING.get()
-}
-
-/// Pending once, without a waker, then ready: for the first poll only ([`probing`]), which
-/// hyper follows with its own poll of the same future with the connection's waker: at once
-/// when it can write the answer, else as soon as the answer before it is written (hyper
-/// 1.x's dispatcher polls the future of the request it holds after each read and write).
-#[derive(Default)]
-pub struct NotYet(bool);
-
-impl Future for NotYet {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        Poll::Pending
-    }
-}
-
-impl<F: Future> Future for Eager<F>
-where
-    F::Output: Unpin,
-{
+impl<F: Future> Future for NeverFails<F> {
     type Output = Result<F::Output, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Eager::Done(out) => Poll::Ready(Ok(out.take().expect("polled after it completed"))),
-            Eager::Waiting(future) => future.as_mut().poll(cx).map(Ok),
-        }
+        self.project().inner.poll(cx).map(Ok)
     }
 }
 
@@ -297,7 +217,9 @@ where
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let run = move |stream: TcpStream| async move {
-                let svc = service_fn(move |req| Eager::new(handler(req, peer)));
+                let svc = service_fn(move |req| NeverFails {
+                    inner: handler(req, peer),
+                });
                 let admission = Admission {
                     _client: client_slot,
                     _permit: permit,
@@ -440,56 +362,6 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-
-    #[tokio::test]
-    async fn a_request_answered_at_once_is_answered_in_its_first_poll() {
-        let polls = Cell::new(0);
-        let eager = Eager::new(async {
-            polls.set(polls.get() + 1);
-            assert!(probing());
-            7
-        });
-        assert!(matches!(eager, Eager::Done(Some(7))));
-        assert!(!probing());
-        assert_eq!(eager.await.unwrap(), 7);
-        assert_eq!(polls.get(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_request_that_must_wait_stops_at_not_yet_and_goes_on_in_the_next_poll() {
-        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
-        let reached = Cell::new(0);
-        let eager = Eager::new(async {
-            reached.set(1);
-            if probing() {
-                NotYet::default().await;
-            }
-            assert!(
-                !probing(),
-                "the fetch is made in hyper's poll, not the probe"
-            );
-            reached.set(2);
-            rx.await.unwrap()
-        });
-        assert!(matches!(eager, Eager::Waiting(_)));
-        assert_eq!(reached.get(), 1);
-        assert!(!probing());
-        // The answer comes later, through the waker of a real poll.
-        let answer = tokio::spawn(async move {
-            tokio::task::yield_now().await;
-            tx.send(5).unwrap();
-        });
-        assert_eq!(eager.await.unwrap(), 5);
-        assert_eq!(reached.get(), 2);
-        answer.await.unwrap();
-    }
-
-    #[test]
-    fn a_first_poll_that_panics_leaves_no_probe_behind() {
-        let caught = std::panic::catch_unwind(|| Eager::new(async { panic!("handler bug") }));
-        assert!(caught.is_err());
-        assert!(!probing());
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_the_client_never_reads_fails_after_the_limit() {

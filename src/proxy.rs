@@ -1,4 +1,5 @@
-//! The public request path, top to bottom in [`Proxy::handle`] and [`Proxy::serve`]:
+//! The public request path, top to bottom in [`Proxy::handle`], [`Proxy::serve_now`] and
+//! [`Proxy::serve_later`]:
 //! route → request checks → limits → lookup (cache → back-off → coalesced fetch: the shared
 //! level, then the API) → classify → store → respond (+ CORS) → one access event.
 //! Watches (`/events`) and webhooks branch off after the request checks and reuse the lookup.
@@ -6,8 +7,11 @@
 use std::{
     collections::HashSet,
     error::Error as StdError,
+    future::Future,
     net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -29,7 +33,7 @@ use crate::{
     cors::{Cors, Options},
     ids::{self, TraceContext, TRACEPARENT, X_REQUEST_ID},
     limit::{self, Backoff, ClientSlots, RateLimiter},
-    listener::{self, MAX_HEADER_BYTES},
+    listener::MAX_HEADER_BYTES,
     resource::{self, Key, Kind, Phase},
     route::{self, Route},
     secrets::Secrets,
@@ -118,6 +122,61 @@ impl Outcome {
 }
 
 /// An answer as one lookup found it.
+/// How far [`Proxy::serve_now`] got. Returned once per request and taken apart at once: a
+/// box for the large answered variant would cost a hit an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// A hit, or a preflight.
+    Answered((Head, Body)),
+    /// A webhook, whose body is still to be read.
+    Webhook,
+    /// A watch of `key`.
+    Watch { key: Key, client: IpAddr },
+    /// No fresh answer for `key` here: one is fetched, or joined.
+    Miss {
+        key: Key,
+        client: IpAddr,
+        stale: Option<Arc<Answer>>,
+        audience: Audience,
+    },
+}
+
+/// A request's response: [`Proxy::handle`]'s answer at once, or the future that will give it.
+pub enum Handled<F> {
+    Now(Option<Response<Body>>),
+    Later(Pin<Box<F>>),
+}
+
+impl<F: Future<Output = Response<Body>>> Future for Handled<F> {
+    type Output = Response<Body>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<Body>> {
+        match self.get_mut() {
+            Handled::Now(resp) => Poll::Ready(resp.take().expect("polled after it completed")),
+            Handled::Later(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The head and body of what the cache or the API gave, and the request's outcome from it.
+fn answer_found(req: &Parts, found: Found, audience: Audience, out: &mut Outcome) -> (Head, Body) {
+    let (head, bytes) = found
+        .answer
+        .head_for(&req.method, &req.headers, found.cache, audience);
+    *out = Outcome {
+        access: out.access,
+        cache: Some(found.cache),
+        phase: found.answer.phase,
+        upstream: found.upstream,
+        coalesced: found.coalesced,
+        no_store: found.no_store.filter(|_| found.cache == CacheStatus::Pass),
+        error: found.answer.error,
+        webhook: None,
+        watch_shared: false,
+    };
+    (head, full(bytes))
+}
+
 struct Found {
     answer: Arc<Answer>,
     cache: CacheStatus,
@@ -292,13 +351,22 @@ impl Proxy {
     }
 
     /// One request, start to end: serve it, add the request's own headers, record it once.
-    pub async fn handle<B>(
+    ///
+    /// Everything up to the cache lookup is done here, as hyper hands the request over: a hit
+    /// (or a refusal) is answered at once, and the returned future is ready. Why: right after
+    /// taking a request, hyper reads ahead on the connection (to notice a client that hung
+    /// up) before it polls the request's future, and its read buffer cannot be reused while
+    /// any part of the request is alive; a hit answered inside a future made it allocate a
+    /// new 8 KiB buffer for every request. What needs to wait (a fetch, a watch, a webhook's
+    /// body) goes on in a boxed future, which is then the only thing hyper keeps and moves.
+    pub fn handle<B>(
         self: Arc<Self>,
         req: http::Request<B>,
         peer: SocketAddr,
-    ) -> Response<Body>
+    ) -> Handled<impl Future<Output = Response<Body>> + Send>
     where
-        B: HttpBody,
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         let start = Instant::now();
@@ -337,14 +405,73 @@ impl Proxy {
         };
 
         let mut outcome = Outcome::default();
-        let fields = light.then(|| RequestFields {
-            request_id: request_id.clone(),
-            trace_id: trace_id.clone(),
-            method: parts.method.clone(),
-            route,
+        let fields = light.then(|| {
+            Arc::new(RequestFields {
+                request_id: request_id.clone(),
+                trace_id: trace_id.clone(),
+                method: parts.method.clone(),
+                route,
+            })
         });
-        let serve = self.serve(&parts, body, peer, route, &request_id, trace, &mut outcome);
-        let served = InRequest::new(fields, serve.instrument(span.clone())).await;
+        let now = span.in_scope(|| {
+            telemetry::in_request(fields.as_ref(), || {
+                self.serve_now(&parts, &body, peer, route, &mut outcome)
+            })
+        });
+        let served = match now {
+            Ok(Step::Answered(served)) => Ok(served),
+            Err(error) => Err(error),
+            Ok(step) => {
+                return Handled::Later(Box::pin(async move {
+                    let later = self.serve_later(
+                        step,
+                        &parts,
+                        body,
+                        peer,
+                        &request_id,
+                        trace,
+                        &mut outcome,
+                    );
+                    let served = InRequest::shared(fields, later.instrument(span.clone())).await;
+                    self.finish(
+                        served,
+                        &parts,
+                        route,
+                        &request_id,
+                        &trace_id,
+                        &span,
+                        outcome,
+                        start,
+                    )
+                }));
+            }
+        };
+        let resp = self.finish(
+            served,
+            &parts,
+            route,
+            &request_id,
+            &trace_id,
+            &span,
+            outcome,
+            start,
+        );
+        Handled::Now(Some(resp))
+    }
+
+    /// The response, from what serving came to, and the request's record.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        served: Result<(Head, Body), Error>,
+        parts: &Parts,
+        route: Route,
+        request_id: &HeaderValue,
+        trace_id: &str,
+        span: &tracing::Span,
+        mut outcome: Outcome,
+        start: Instant,
+    ) -> Response<Body> {
         let (mut head, body) = served.unwrap_or_else(|error| {
             outcome.error = Some(error);
             (Head::error(error), full(error.body()))
@@ -352,14 +479,13 @@ impl Proxy {
         if parts.method != Method::OPTIONS {
             head.cors = self.cors.for_request(&parts.headers);
         }
-        let resp = respond::build(head, body, &request_id);
-
+        let resp = respond::build(head, body, request_id);
         self.record(
-            &span,
+            span,
             &parts.method,
             route,
-            &request_id,
-            &trace_id,
+            request_id,
+            trace_id,
             resp.status().as_u16(),
             &outcome,
             start.elapsed(),
@@ -367,39 +493,29 @@ impl Proxy {
         resp
     }
 
-    /// The steps of one request, in order; each refusal is an [`Error`] that knows its side.
-    #[allow(clippy::too_many_arguments)]
-    async fn serve<B>(
-        self: &Arc<Self>,
+    /// The steps of one request that need no waiting, in order: each refusal is an [`Error`]
+    /// that knows its side; a hit is [`Step::Answered`]; the rest is for [`Proxy::serve_later`].
+    fn serve_now<B: HttpBody>(
+        &self,
         req: &Parts,
-        body: B,
+        body: &B,
         peer: SocketAddr,
         route: Route,
-        request_id: &HeaderValue,
-        trace: TraceContext,
         out: &mut Outcome,
-    ) -> Result<(Head, Body), Error>
-    where
-        B: HttpBody,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    {
+    ) -> Result<Step, Error> {
         // Request checks.
         check_request_shape(req)?;
         let (key, events) = match route {
             Route::Read(key) => (key, false),
             Route::Events(key) => (key, true),
             Route::BadId(kind) => return Err(Error::BadId(kind)),
-            Route::Webhook if self.webhooks.is_some() => {
-                // Boxed, as every path but a hit's: a future is as large as its largest
-                // await, and the request's future is moved whole several times per request.
-                return Box::pin(self.webhook(req, body, peer, out)).await;
-            }
+            Route::Webhook if self.webhooks.is_some() => return Ok(Step::Webhook),
             Route::Webhook | Route::NotFound => return Err(Error::NoRoute),
         };
         match req.method {
             Method::GET => {}
             Method::HEAD if !events => {}
-            Method::OPTIONS => return self.options(&req.headers),
+            Method::OPTIONS => return self.options(&req.headers).map(Step::Answered),
             _ => return Err(Error::Method(Allow::Read)),
         }
         if !body.is_end_stream() {
@@ -412,25 +528,57 @@ impl Proxy {
         // call the API.
         let audience = self.check_access(req, key, out)?;
         if events {
-            return self.watch(req, key, client, out).await;
+            return Ok(Step::Watch { key, client });
         }
-        // Lookup, classify and store (inside the cache), respond.
-        let found = self.lookup(key, Some(client), request_id, trace).await?;
-        let (head, bytes) = found
-            .answer
-            .head_for(&req.method, &req.headers, found.cache, audience);
-        *out = Outcome {
-            access: out.access,
-            cache: Some(found.cache),
-            phase: found.answer.phase,
-            upstream: found.upstream,
-            coalesced: found.coalesced,
-            no_store: found.no_store.filter(|_| found.cache == CacheStatus::Pass),
-            error: found.answer.error,
-            webhook: None,
-            watch_shared: false,
+        // Lookup; on a miss, classify and store (inside the cache) later.
+        let stale = match self.cache.lookup(&key) {
+            Held::Fresh(answer) => {
+                let found = Found::local(answer, CacheStatus::Hit);
+                return Ok(Step::Answered(answer_found(req, found, audience, out)));
+            }
+            Held::Stale(answer) => Some(answer),
+            Held::Nothing => None,
         };
-        Ok((head, full(bytes)))
+        Ok(Step::Miss {
+            key,
+            client,
+            stale,
+            audience,
+        })
+    }
+
+    /// The steps [`Proxy::serve_now`] left for later.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_later<B>(
+        self: &Arc<Self>,
+        step: Step,
+        req: &Parts,
+        body: B,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+        trace: TraceContext,
+        out: &mut Outcome,
+    ) -> Result<(Head, Body), Error>
+    where
+        B: HttpBody,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        match step {
+            Step::Answered(served) => Ok(served),
+            Step::Webhook => self.webhook(req, body, peer, out).await,
+            Step::Watch { key, client } => self.watch(req, key, client, out).await,
+            Step::Miss {
+                key,
+                client,
+                stale,
+                audience,
+            } => {
+                let found = self
+                    .lookup_miss(key, stale, Some(client), request_id, trace)
+                    .await?;
+                Ok(answer_found(req, found, audience, out))
+            }
+        }
     }
 
     /// The viewer token of a read of `key`, judged: who the answer is for, or why it is
@@ -490,12 +638,8 @@ impl Proxy {
             Held::Stale(answer) => Some(answer),
             Held::Nothing => None,
         };
-        if listener::probing() {
-            listener::NotYet::default().await;
-        }
-        // Boxed: a hit's future then holds none of a fetch's state (the request's future is
-        // moved whole several times per request; unboxed, a fetch made it 2.7 KB).
-        Box::pin(self.lookup_miss(key, stale, client, request_id, trace)).await
+        self.lookup_miss(key, stale, client, request_id, trace)
+            .await
     }
 
     /// The rest of [`Proxy::lookup`] when the cache held no fresh answer.

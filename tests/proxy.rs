@@ -796,6 +796,72 @@ async fn each_worker_keeps_its_own_upstream_connections() {
     assert_eq!(mock.connections(), cores.min(2));
 }
 
+/// A hit (and a refusal) is answered as the request is handed over, before the returned
+/// future is polled: the request is gone by then (here: its body is dropped), so hyper can
+/// reuse its read buffer for the next one. A miss keeps the request for the future, which
+/// goes upstream when polled.
+#[tokio::test]
+async fn a_hit_is_answered_and_its_request_dropped_before_its_future_is_polled() {
+    use std::{
+        convert::Infallible,
+        pin::Pin,
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        },
+        task::{Context, Poll},
+    };
+
+    /// An empty body that tells when it is dropped.
+    struct Watched(Arc<AtomicBool>);
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    impl http_body::Body for Watched {
+        type Data = bytes::Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
+            Poll::Ready(None)
+        }
+        fn is_end_stream(&self) -> bool {
+            true
+        }
+    }
+
+    let mock = MockUpstream::start().await;
+    mock.set(ID, Reply::task(ID, "completed"));
+    let tg = taskgate(&mock, |_| {}).await;
+    let peer = "127.0.0.1:40000".parse().unwrap();
+    let handle = |p: &str| {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let req = http::Request::get(p)
+            .header("host", "t")
+            .body(Watched(Arc::clone(&dropped)))
+            .unwrap();
+        let handled = Arc::clone(tg.proxy()).handle(req, peer);
+        (handled, dropped.load(Ordering::SeqCst))
+    };
+    // The miss: the request is kept, and nothing has gone upstream until the future runs.
+    let (miss, dropped) = handle(&path(ID));
+    assert!(!dropped);
+    assert_eq!(mock.calls(), 0);
+    assert_eq!(miss.await.headers()["x-cache"], "MISS");
+    assert_eq!(mock.calls(), 1);
+    // The hit and a refusal: answered, and the request dropped, before any poll.
+    let (hit, dropped) = handle(&path(ID));
+    assert!(dropped, "a hit's request outlived the call");
+    assert_eq!(hit.await.headers()["x-cache"], "HIT");
+    let (bad, dropped) = handle("/task/a.b");
+    assert!(dropped, "a refusal's request outlived the call");
+    assert_eq!(bad.await.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(mock.calls(), 1);
+}
+
 /// `Proxy::handle` called on a thread that is not a worker (an embedding, the criterion
 /// bench) goes upstream through the client kept for such callers.
 #[tokio::test]

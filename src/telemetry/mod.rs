@@ -51,7 +51,7 @@ pub use access::{access, AccessEvent};
 pub use log::{log_events_dropped, SpanJson, LOG_QUEUE_BYTES};
 use log::{log_layer, log_writer, LogGuard};
 pub use metrics::{Metrics, Readout, Sample, Snapshot};
-pub use request::{request_span, spans_needed, InRequest, RequestFields};
+pub use request::{in_request, request_span, spans_needed, InRequest, RequestFields};
 
 use crate::{config::LogFormat, ids::TraceContext};
 

@@ -106,11 +106,24 @@ pin_project_lite::pin_project! {
 
 impl<F> InRequest<F> {
     pub fn new(fields: Option<RequestFields>, inner: F) -> Self {
-        Self {
-            fields: fields.map(Arc::new),
-            inner,
-        }
+        Self::shared(fields.map(Arc::new), inner)
     }
+
+    /// With fields already made current once by [`in_request`].
+    pub fn shared(fields: Option<Arc<RequestFields>>, inner: F) -> Self {
+        Self { fields, inner }
+    }
+}
+
+/// Runs `f` with `fields` made current, as a poll of an [`InRequest`] would: for the part of
+/// a request served before (or instead of) its future.
+pub fn in_request<R>(fields: Option<&Arc<RequestFields>>, f: impl FnOnce() -> R) -> R {
+    let Some(fields) = fields else {
+        return f();
+    };
+    let previous = CURRENT.with(|c| c.replace(Some(Arc::clone(fields))));
+    let _restore = Restore(previous);
+    f()
 }
 
 /// Puts back what was current when it was made, also when a poll panics.
