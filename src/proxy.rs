@@ -121,13 +121,17 @@ impl Outcome {
     }
 }
 
-/// An answer as one lookup found it.
 /// How far [`Proxy::serve_now`] got. Returned once per request and taken apart at once: a
 /// box for the large answered variant would cost a hit an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Step {
     /// A hit, or a preflight.
     Answered((Head, Body)),
+    Later(Later),
+}
+
+/// What a request still waits for, in its boxed future ([`Proxy::serve_later`]).
+enum Later {
     /// A webhook, whose body is still to be read.
     Webhook,
     /// A watch of `key`.
@@ -177,6 +181,7 @@ fn answer_found(req: &Parts, found: Found, audience: Audience, out: &mut Outcome
     (head, full(bytes))
 }
 
+/// An answer as one lookup found it.
 struct Found {
     answer: Arc<Answer>,
     cache: CacheStatus,
@@ -421,7 +426,7 @@ impl Proxy {
         let served = match now {
             Ok(Step::Answered(served)) => Ok(served),
             Err(error) => Err(error),
-            Ok(step) => {
+            Ok(Step::Later(step)) => {
                 return Handled::Later(Box::pin(async move {
                     let later = self.serve_later(
                         step,
@@ -509,7 +514,7 @@ impl Proxy {
             Route::Read(key) => (key, false),
             Route::Events(key) => (key, true),
             Route::BadId(kind) => return Err(Error::BadId(kind)),
-            Route::Webhook if self.webhooks.is_some() => return Ok(Step::Webhook),
+            Route::Webhook if self.webhooks.is_some() => return Ok(Step::Later(Later::Webhook)),
             Route::Webhook | Route::NotFound => return Err(Error::NoRoute),
         };
         match req.method {
@@ -528,7 +533,7 @@ impl Proxy {
         // call the API.
         let audience = self.check_access(req, key, out)?;
         if events {
-            return Ok(Step::Watch { key, client });
+            return Ok(Step::Later(Later::Watch { key, client }));
         }
         // Lookup; on a miss, classify and store (inside the cache) later.
         let stale = match self.cache.lookup(&key) {
@@ -539,19 +544,19 @@ impl Proxy {
             Held::Stale(answer) => Some(answer),
             Held::Nothing => None,
         };
-        Ok(Step::Miss {
+        Ok(Step::Later(Later::Miss {
             key,
             client,
             stale,
             audience,
-        })
+        }))
     }
 
     /// The steps [`Proxy::serve_now`] left for later.
     #[allow(clippy::too_many_arguments)]
     async fn serve_later<B>(
         self: &Arc<Self>,
-        step: Step,
+        step: Later,
         req: &Parts,
         body: B,
         peer: SocketAddr,
@@ -564,10 +569,9 @@ impl Proxy {
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         match step {
-            Step::Answered(served) => Ok(served),
-            Step::Webhook => self.webhook(req, body, peer, out).await,
-            Step::Watch { key, client } => self.watch(req, key, client, out).await,
-            Step::Miss {
+            Later::Webhook => self.webhook(req, body, peer, out).await,
+            Later::Watch { key, client } => self.watch(req, key, client, out).await,
+            Later::Miss {
                 key,
                 client,
                 stale,
