@@ -121,6 +121,16 @@ impl Outcome {
     }
 }
 
+/// One request as it was asked: what its response and its record need.
+struct Asked {
+    parts: Parts,
+    route: Route,
+    request_id: HeaderValue,
+    trace_id: String,
+    span: tracing::Span,
+    start: Instant,
+}
+
 /// How far [`Proxy::serve_now`] got. Returned once per request and taken apart at once: a
 /// box for the large answered variant would cost a hit an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -418,9 +428,17 @@ impl Proxy {
                 route,
             })
         });
-        let now = span.in_scope(|| {
+        let asked = Asked {
+            parts,
+            route,
+            request_id,
+            trace_id,
+            span,
+            start,
+        };
+        let now = asked.span.in_scope(|| {
             telemetry::in_request(fields.as_ref(), || {
-                self.serve_now(&parts, &body, peer, route, &mut outcome)
+                self.serve_now(&asked.parts, &body, peer, route, &mut outcome)
             })
         });
         let served = match now {
@@ -428,73 +446,41 @@ impl Proxy {
             Err(error) => Err(error),
             Ok(Step::Later(step)) => {
                 return Handled::Later(Box::pin(async move {
+                    let a = &asked;
                     let later = self.serve_later(
                         step,
-                        &parts,
+                        &a.parts,
                         body,
                         peer,
-                        &request_id,
+                        &a.request_id,
                         trace,
                         &mut outcome,
                     );
-                    let served = InRequest::shared(fields, later.instrument(span.clone())).await;
-                    self.finish(
-                        served,
-                        &parts,
-                        route,
-                        &request_id,
-                        &trace_id,
-                        &span,
-                        outcome,
-                        start,
-                    )
+                    let served = InRequest::shared(fields, later.instrument(a.span.clone())).await;
+                    self.finish(served, a, outcome)
                 }));
             }
         };
-        let resp = self.finish(
-            served,
-            &parts,
-            route,
-            &request_id,
-            &trace_id,
-            &span,
-            outcome,
-            start,
-        );
+        let resp = self.finish(served, &asked, outcome);
         Handled::Now(Some(resp))
     }
 
     /// The response, from what serving came to, and the request's record.
-    #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         served: Result<(Head, Body), Error>,
-        parts: &Parts,
-        route: Route,
-        request_id: &HeaderValue,
-        trace_id: &str,
-        span: &tracing::Span,
+        asked: &Asked,
         mut outcome: Outcome,
-        start: Instant,
     ) -> Response<Body> {
         let (mut head, body) = served.unwrap_or_else(|error| {
             outcome.error = Some(error);
             (Head::error(error), full(error.body()))
         });
-        if parts.method != Method::OPTIONS {
-            head.cors = self.cors.for_request(&parts.headers);
+        if asked.parts.method != Method::OPTIONS {
+            head.cors = self.cors.for_request(&asked.parts.headers);
         }
-        let resp = respond::build(head, body, request_id);
-        self.record(
-            span,
-            &parts.method,
-            route,
-            request_id,
-            trace_id,
-            resp.status().as_u16(),
-            &outcome,
-            start.elapsed(),
-        );
+        let resp = respond::build(head, body, &asked.request_id);
+        self.record(asked, resp.status().as_u16(), &outcome);
         resp
     }
 
@@ -976,18 +962,16 @@ impl Proxy {
     }
 
     /// Metrics, span fields and the one access event of a request.
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        span: &tracing::Span,
-        method: &Method,
-        route: Route,
-        request_id: &HeaderValue,
-        trace_id: &str,
-        status: u16,
-        outcome: &Outcome,
-        elapsed: Duration,
-    ) {
+    fn record(&self, asked: &Asked, status: u16, outcome: &Outcome) {
+        let Asked {
+            parts,
+            route,
+            request_id,
+            trace_id,
+            span,
+            start,
+        } = asked;
+        let (method, route, elapsed) = (&parts.method, *route, start.elapsed());
         let kind = route.kind().map(Kind::as_str);
         let reason = outcome.error.map(Error::reason);
         // For the exported span's attributes. The log needs none of them: no event inside
