@@ -522,13 +522,9 @@ impl Proxy {
             return Ok(Step::Later(Later::Watch { key, client }));
         }
         // Lookup; on a miss, classify and store (inside the cache) later.
-        let stale = match self.cache.lookup(&key) {
-            Held::Fresh(answer) => {
-                let found = Found::local(answer, CacheStatus::Hit);
-                return Ok(Step::Answered(answer_found(req, found, audience, out)));
-            }
-            Held::Stale(answer) => Some(answer),
-            Held::Nothing => None,
+        let stale = match self.cached(&key) {
+            Ok(hit) => return Ok(Step::Answered(answer_found(req, hit, audience, out))),
+            Err(stale) => stale,
         };
         Ok(Step::Later(Later::Miss {
             key,
@@ -623,13 +619,23 @@ impl Proxy {
         request_id: &HeaderValue,
         trace: TraceContext,
     ) -> Result<Found, Error> {
-        let stale = match self.cache.lookup(&key) {
-            Held::Fresh(answer) => return Ok(Found::local(answer, CacheStatus::Hit)),
-            Held::Stale(answer) => Some(answer),
-            Held::Nothing => None,
+        let stale = match self.cached(&key) {
+            Ok(hit) => return Ok(hit),
+            Err(stale) => stale,
         };
         self.lookup_miss(key, stale, client, request_id, trace)
             .await
+    }
+
+    /// This replica's fresh answer for `key`, as a hit (`Ok`); else (`Err`) the stale answer
+    /// it holds, if any, for the fetch to fall back on. One place for what counts as a hit,
+    /// for requests ([`Proxy::serve_now`]) and for watchers ([`Proxy::lookup`]) alike.
+    fn cached(&self, key: &Key) -> Result<Found, Option<Arc<Answer>>> {
+        match self.cache.lookup(key) {
+            Held::Fresh(answer) => Ok(Found::local(answer, CacheStatus::Hit)),
+            Held::Stale(answer) => Err(Some(answer)),
+            Held::Nothing => Err(None),
+        }
     }
 
     /// The rest of [`Proxy::lookup`] when the cache held no fresh answer.

@@ -396,12 +396,15 @@ impl Metrics {
 
     /// One viewer access check (`off` when viewer access is not configured).
     pub fn access(&self, outcome: viewer::Outcome) {
-        self.access_kept[outcome as usize]
-            .get_or_init(|| {
-                let outcome = outcome.as_str();
-                self.access.get_or_create(&OutcomeLabel { outcome }).clone()
-            })
-            .inc();
+        let series = || {
+            let outcome = outcome.as_str();
+            self.access.get_or_create(&OutcomeLabel { outcome }).clone()
+        };
+        // An outcome missing from `Outcome::ALL` is still counted, through its family.
+        match self.access_kept.get(outcome as usize) {
+            Some(kept) => kept.get_or_init(series).inc(),
+            None => series().inc(),
+        };
     }
 
     /// One re-read of a secret file that changed something (`changed`) or failed (`failed`).

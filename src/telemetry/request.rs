@@ -141,12 +141,7 @@ impl<F: Future> Future for InRequest<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let Some(fields) = this.fields else {
-            return this.inner.poll(cx);
-        };
-        let previous = CURRENT.with(|c| c.replace(Some(Arc::clone(fields))));
-        let _restore = Restore(previous);
-        this.inner.poll(cx)
+        in_request(this.fields.as_ref(), || this.inner.poll(cx))
     }
 }
 
