@@ -1,7 +1,7 @@
 """Memory and CPU time of a process and its children, from /proc (stdlib only).
 
   procstat.py PID     prints JSON: pids, rss_kib, anon_kib and file_kib (RSS's anonymous and
-                      file-backed parts), pss_kib, hwm_kib (peak RSS), cpu_s (user + system),
+                      file-backed parts), pss_kib, hwm_kib (peak RSS), cpu_s (user + system), sys_s (system),
                       each summed over PID and its direct children (an
                       nginx master and its workers; taskgate is one process)
   procstat.py busy PID
@@ -49,10 +49,11 @@ def pss(pid):
     return 0
 
 
-def cpu_s(pid):
+def cpu_s(pid, user=True):
+    """CPU time of pid: user + system, or only system (user=False)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return ((int(fields[11]) if user else 0) + int(fields[12])) / TICK
 
 
 def busy(ours):
@@ -106,4 +107,5 @@ print(json.dumps({
     "pss_kib": sum(pss(p) for p in pids),
     "hwm_kib": sum(status(p, "VmHWM") for p in pids),
     "cpu_s": round(sum(cpu_s(p) for p in pids), 3),
+    "sys_s": round(sum(cpu_s(p, user=False) for p in pids), 3),
 }))

@@ -45,8 +45,10 @@ def wrk(name):
            "requests": int(m.group(1)), "p50": lat(50), "p99": lat(99),
            "errors": (int(bad.group(1)) if bad else 0) + (sum(map(int, sock.groups())) if sock else 0)}
     if exists(name + ".cpu0.json"):
-        cpu = load(name + ".cpu1.json")["cpu_s"] - load(name + ".cpu0.json")["cpu_s"]
-        out["cpu_us"] = cpu * 1e6 / max(1, out["requests"])
+        c0, c1 = load(name + ".cpu0.json"), load(name + ".cpu1.json")
+        out["cpu_us"] = (c1["cpu_s"] - c0["cpu_s"]) * 1e6 / max(1, out["requests"])
+        # Kernel time: the same syscalls cost any proxy the same (older results lack it).
+        out["sys_us"] = (c1.get("sys_s", float("nan")) - c0.get("sys_s", float("nan"))) * 1e6 / max(1, out["requests"])
     return out
 
 
@@ -77,7 +79,7 @@ def metric(metrics_text, name):
 
 
 def ratio(a, b):
-    return f"{a / b:.2f}x" if b else "-"
+    return f"{a / b:.2f}x" if b and a == a and b == b else "-"  # x == x: not NaN
 
 
 def ms(v):
@@ -189,6 +191,7 @@ for label, t, n, tr, nr in (("hits", sh, sn, sh_runs, sn_runs), ("pass-through",
               " / ".join(f"{r['rps']:.0f}" for r in nr), ""],
              [f"{label}: p99 ms", ms(t["p99"]), ms(n["p99"]), ratio(t["p99"], n["p99"])],
              [f"{label}: server CPU us/request", f"{t['cpu_us']:.1f}", f"{n['cpu_us']:.1f}", ratio(t["cpu_us"], n["cpu_us"])],
+             [f"{label}: of it in the kernel", f"{t['sys_us']:.1f}", f"{n['sys_us']:.1f}", ratio(t["sys_us"], n["sys_us"])],
              [f"{label}: errors", t["errors"], n["errors"], ""]]
 table(["as shipped", "taskgate", "nginx", "taskgate/nginx"], rows)
 print(f"  log lines: taskgate wrote {lines['taskgate_access_events']:.0f} access events for {served:.0f} requests"
@@ -219,7 +222,8 @@ target("hits as shipped: >= 1.3x nginx as shipped, p99 and CPU/request below",
 target("pass-through as shipped: >= 1.2x nginx proxy_pass, p99 and CPU/request below",
        ph["rps"] >= 1.2 * pn["rps"] and ph["p99"] <= pn["p99"] and ph["cpu_us"] < pn["cpu_us"],
        f"{ph['rps']:.0f} vs {pn['rps']:.0f} req/s ({ratio(ph['rps'], pn['rps'])}); p99 {ms(ph['p99'])} vs"
-       f" {ms(pn['p99'])} ms; CPU {ph['cpu_us']:.1f} vs {pn['cpu_us']:.1f} us/req")
+       f" {ms(pn['p99'])} ms; CPU {ph['cpu_us']:.1f} vs {pn['cpu_us']:.1f} us/req"
+       f" (kernel {ph['sys_us']:.1f} vs {pn['sys_us']:.1f})")
 
 # (b)
 (d, d_runs), (t, t_runs), (n, n_runs) = (best_rate("pass-" + w, True) for w in ("direct", "taskgate", "nginx"))
