@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{taskgate, HttpClient, MockUpstream, Reply};
+use common::{taskgate, HttpClient, MockUpstream, Reply, SseReader};
 use http::StatusCode;
 
 /// The value of one sample line (`name{labels} value`) in Prometheus text, or 0 if absent.
@@ -345,6 +345,72 @@ async fn each_request_without_its_own_upstream_call_is_counted_once_by_what_save
     assert_eq!(avoided("coalesced"), 1.0);
     assert_eq!(avoided("refused"), 1.0);
     assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test]
+async fn the_quota_report_counts_stale_backoff_and_shared_watches_but_not_a_full_watch_table() {
+    let mock = MockUpstream::start().await;
+    mock.set("kept", Reply::task("kept", "completed"));
+    mock.set(
+        "slowdown",
+        Reply::json(429, r#"{"errors":["slow down"]}"#).header("retry-after", "30"),
+    );
+    mock.set("w1", Reply::task("w1", "running"));
+    mock.set("w2", Reply::task("w2", "running"));
+    let tg = taskgate(&mock, |c| {
+        c.ttl_completed = Duration::from_millis(200);
+        c.watch_max = 1;
+    })
+    .await;
+    let c = HttpClient::default();
+    let public = tg.public_addr();
+    let avoided = |m: &str, reason: &str| {
+        sample(
+            m,
+            &format!("taskgate_upstream_calls_avoided_total{{reason=\"{reason}\"}}"),
+        )
+    };
+
+    // Stale after a failed refresh: that request made its call, so it is not counted.
+    assert_eq!(
+        c.get(public, "/task/kept").await.header("x-cache"),
+        Some("MISS")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    mock.set("kept", Reply::json(503, r#"{"errors":["down"]}"#));
+    let refreshed = c.get(public, "/task/kept").await;
+    assert_eq!(refreshed.header("x-cache"), Some("STALE"));
+    // Watches: the first starts the poller (API calls of its own), the second shares it.
+    let first = SseReader::open(public, "/task/w1/events", &[]).await;
+    let second = SseReader::open(public, "/task/w1/events", &[]).await;
+    assert_eq!(
+        (first.status, second.status),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    // A full watch table refuses a new id: not the client's doing, so not counted as
+    // refused, and no call was avoided by it either.
+    let full = SseReader::open(public, "/task/w2/events", &[]).await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    // The API says slow down: that 429 made its call. During the back-off, the kept answer
+    // is served stale and another read is held back, neither with a call.
+    let limited = c.get(public, "/task/slowdown").await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let calls = mock.calls();
+    let stale = c.get(public, "/task/kept").await;
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    let held = c.get(public, "/task/slowdown").await;
+    assert_eq!(held.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(mock.calls(), calls, "neither called the API");
+
+    let m = c.get(tg.admin_addr(), "/metrics").await.text();
+    assert_eq!(avoided(&m, "stale"), 1.0, "{m}");
+    assert_eq!(avoided(&m, "watch_shared"), 1.0, "{m}");
+    assert_eq!(avoided(&m, "backoff"), 1.0, "{m}");
+    assert_eq!(avoided(&m, "refused"), 0.0, "{m}");
+    for reason in ["hit", "coalesced", "not_modified"] {
+        assert_eq!(avoided(&m, reason), 0.0, "{reason}: {m}");
+    }
+    drop((first, second));
 }
 
 #[tokio::test]

@@ -91,6 +91,11 @@ async fn logs_are_json_events_with_spec_fields_and_never_hold_the_key() {
         "a hit makes no upstream call"
     );
     assert_eq!(events[2]["cache"], "PASS");
+    // Why an answer was not kept is named for what was passed, and only for that.
+    assert!(miss["not_cached"].is_null(), "{miss}");
+    assert!(events[1]["not_cached"].is_null(), "{}", events[1]);
+    assert_eq!(events[2]["not_cached"], "pending", "{}", events[2]);
+    assert_eq!(events[3]["not_cached"], "error", "{}", events[3]);
     assert_eq!(events[3]["status"], 502);
     assert_eq!(events[3]["upstream_status"], 401);
     assert_eq!(events[4]["status"], 400);

@@ -151,6 +151,16 @@ async fn a_reconnect_with_last_event_id_gets_no_duplicate() {
     )
     .await;
     assert_eq!(again.status, StatusCode::NO_CONTENT);
+    // A reconnect that missed the last event gets it, and then the end.
+    let mut behind = SseReader::open(
+        tg.public_addr(),
+        "/task/t1/events",
+        &[("last-event-id", "8")],
+    )
+    .await;
+    assert_eq!(behind.status, StatusCode::OK);
+    assert_eq!(behind.next(WAIT).await.unwrap().id.as_deref(), Some("9"));
+    assert!(behind.ended(WAIT).await);
 }
 
 #[tokio::test]
@@ -166,6 +176,30 @@ async fn a_404_or_an_upstream_failure_is_an_error_event_then_the_end() {
         assert_eq!(v["errors"][0], message);
         assert!(s.ended(WAIT).await);
     }
+}
+
+#[tokio::test]
+async fn a_stream_is_not_served_to_head_or_post_and_costs_the_api_nothing() {
+    let mock = MockUpstream::start().await;
+    mock.set("t1", running("t1", 0.1, 1));
+    let tg = taskgate(&mock, |_| {}).await;
+    let c = HttpClient::default();
+    for method in ["HEAD", "POST", "DELETE"] {
+        let got = c
+            .send(tg.public_addr(), method, "/task/t1/events", &[])
+            .await;
+        assert_eq!(got.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert!(got.header("allow").is_some(), "{method}");
+    }
+    // A HEAD of the resource itself is fine.
+    let head = c.send(tg.public_addr(), "HEAD", "/task/t1", &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        mock.calls(),
+        1,
+        "only the HEAD of the resource went upstream"
+    );
 }
 
 #[tokio::test]

@@ -82,6 +82,8 @@ async fn an_answer_older_than_the_announced_version_is_never_cached() {
     let tg = taskgate(&mock, trusting(Duration::from_secs(60))).await;
     let c = HttpClient::default();
     c.get(tg.public_addr(), "/task/t1").await;
+    // Past the first catch-up delay: only the lagging answer below may start a catch-up.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     // The webhook announces version 200, but the API's replica still answers version 100.
     assert_eq!(
         task_updated(tg.public_addr(), "evt-2", "t1", 200).await,
@@ -110,6 +112,20 @@ async fn an_answer_older_than_the_announced_version_is_never_cached() {
         "never the older answer"
     );
     assert_eq!(mock.calls(), 3);
+}
+
+#[tokio::test]
+async fn only_an_answer_behind_a_webhook_is_fetched_again_without_a_client() {
+    let mock = MockUpstream::start().await;
+    mock.set("down", Reply::json(503, r#"{"errors":["down"]}"#));
+    let tg = taskgate(&mock, trusting(Duration::from_secs(60))).await;
+    let c = HttpClient::default();
+    let failed = c.get(tg.public_addr(), "/task/down").await;
+    assert_eq!(failed.status, StatusCode::BAD_GATEWAY);
+    // An answer not stored for another reason than being behind a webhook is not chased:
+    // the next client's poll asks again, nothing in the background does.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(mock.calls(), 1);
 }
 
 #[tokio::test]
