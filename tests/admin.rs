@@ -20,6 +20,14 @@ fn sample(metrics: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `taskgate_upstream_calls_avoided_total` for one reason.
+fn avoided(metrics: &str, reason: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("taskgate_upstream_calls_avoided_total{{reason=\"{reason}\"}}"),
+    )
+}
+
 #[tokio::test]
 async fn health_and_readiness_answer_200_while_serving() {
     let mock = MockUpstream::start().await;
@@ -334,16 +342,10 @@ async fn each_request_without_its_own_upstream_call_is_counted_once_by_what_save
     assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK)); // one call, one waiter
     c.get(public, "/task/..").await; // refused
     let m = c.get(tg.admin_addr(), "/metrics").await.text();
-    let avoided = |reason: &str| {
-        sample(
-            &m,
-            &format!("taskgate_upstream_calls_avoided_total{{reason=\"{reason}\"}}"),
-        )
-    };
-    assert_eq!(avoided("hit"), 2.0, "{m}");
-    assert_eq!(avoided("not_modified"), 1.0);
-    assert_eq!(avoided("coalesced"), 1.0);
-    assert_eq!(avoided("refused"), 1.0);
+    assert_eq!(avoided(&m, "hit"), 2.0, "{m}");
+    assert_eq!(avoided(&m, "not_modified"), 1.0);
+    assert_eq!(avoided(&m, "coalesced"), 1.0);
+    assert_eq!(avoided(&m, "refused"), 1.0);
     assert_eq!(mock.calls(), 2);
 }
 
@@ -364,12 +366,6 @@ async fn the_quota_report_counts_stale_backoff_and_shared_watches_but_not_a_full
     .await;
     let c = HttpClient::default();
     let public = tg.public_addr();
-    let avoided = |m: &str, reason: &str| {
-        sample(
-            m,
-            &format!("taskgate_upstream_calls_avoided_total{{reason=\"{reason}\"}}"),
-        )
-    };
 
     // Stale after a failed refresh: that request made its call, so it is not counted.
     assert_eq!(
