@@ -235,6 +235,25 @@ mod tests {
     }
 
     #[test]
+    fn the_wait_and_the_refill_follow_the_rate() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        // Half a token a second: an empty bucket has a token again in two seconds.
+        let slow = RateLimiter::new(0.5, 1.0).unwrap();
+        assert!(slow.check(ip).is_ok());
+        let wait = slow.check(ip).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(1900) && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
+        // Twenty a second: an empty bucket has a token again within 50 ms.
+        let fast = RateLimiter::new(20.0, 1.0).unwrap();
+        assert!(fast.check(ip).is_ok());
+        assert!(fast.check(ip).is_err());
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(fast.check(ip).is_ok(), "refilled at 20 tokens a second");
+    }
+
+    #[test]
     fn zero_rate_is_off_and_burst_defaults_to_twice_the_rate() {
         assert!(RateLimiter::new(0.0, 10.0).is_none());
         let limiter = RateLimiter::new(2.0, 0.0).unwrap();
@@ -318,6 +337,18 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+    }
+
+    #[test]
+    fn a_later_429_extends_the_backoff_but_never_shortens_it() {
+        let b = Backoff::default();
+        b.start(Some(&HeaderValue::from_static("10")));
+        b.start(Some(&HeaderValue::from_static("2")));
+        let left = b.remaining().unwrap();
+        assert!(left > Duration::from_secs(9), "not shortened: {left:?}");
+        b.start(Some(&HeaderValue::from_static("30")));
+        let left = b.remaining().unwrap();
+        assert!(left > Duration::from_secs(29), "extended: {left:?}");
     }
 
     #[test]
