@@ -1,8 +1,8 @@
 """Memory and CPU time of a process and its children, from /proc (stdlib only).
 
   procstat.py PID     prints JSON: pids, rss_kib, anon_kib and file_kib (RSS's anonymous and
-                      file-backed parts), pss_kib, hwm_kib (peak RSS), cpu_s (user + system), sys_s (system),
-                      each summed over PID and its direct children (an
+                      file-backed parts), pss_kib, hwm_kib (peak RSS), cpu_s (user + system),
+                      sys_s (system alone), each summed over PID and its direct children (an
                       nginx master and its workers; taskgate is one process)
   procstat.py busy PID
                       prints JSON: the load average, and the processes outside PID's tree that

@@ -48,7 +48,7 @@ def wrk(name):
     if exists(name + ".cpu0.json"):
         c0, c1 = load(name + ".cpu0.json"), load(name + ".cpu1.json")
         out["cpu_us"] = (c1["cpu_s"] - c0["cpu_s"]) * 1e6 / max(1, out["requests"])
-        # Kernel time: the same syscalls cost any proxy the same (older results lack it).
+        # Kernel time: the same syscalls cost any proxy about the same (older results lack it).
         out["sys_us"] = (c1.get("sys_s", float("nan")) - c0.get("sys_s", float("nan"))) * 1e6 / max(1, out["requests"])
     return out
 
