@@ -163,6 +163,16 @@ impl<F: Future> Future for NeverFails<F> {
     }
 }
 
+/// Both ends of a client's connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Ends {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address the client reached: the listener's own (its interface's, when it listens
+    /// on an unspecified address).
+    pub local: SocketAddr,
+}
+
 /// Serves connections from `listener` with `handler` until `stop` turns true, then drains.
 /// Each connection runs on the next of `workers`, or on the caller's runtime without them.
 pub fn serve<H, F>(
@@ -173,7 +183,7 @@ pub fn serve<H, F>(
     handler: H,
 ) -> JoinHandle<()>
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Ends) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     tokio::spawn(async move {
@@ -185,6 +195,9 @@ where
             // Request heads past this get 431, as with nginx's default 4 × 8 KiB buffers.
             .max_buf_size(MAX_HEADER_BYTES);
         let graceful = GracefulShutdown::new();
+        let bound = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let per_client = Arc::new(PerClient::default());
         let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
         loop {
@@ -213,12 +226,16 @@ where
                 continue; // dropping the stream closes it
             };
             let _ = stream.set_nodelay(true);
+            let ends = Ends {
+                peer,
+                local: stream.local_addr().unwrap_or(bound),
+            };
             let handler = handler.clone();
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let run = move |stream: TcpStream| async move {
                 let svc = service_fn(move |req| NeverFails {
-                    inner: handler(req, peer),
+                    inner: handler(req, ends),
                 });
                 let admission = Admission {
                     _client: client_slot,

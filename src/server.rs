@@ -145,11 +145,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             limits,
             stop_rx.clone(),
             Some(workers),
-            move |req, peer| Arc::clone(&proxy).handle(req, peer),
+            move |req, ends| Arc::clone(&proxy).handle(req, ends.peer),
         )
     };
-    let admin_task = listener::serve(admin, limits, stop_rx, None, move |req, peer| {
-        Arc::clone(&admin_state).handle(req, peer)
+    let admin_task = listener::serve(admin, limits, stop_rx, None, move |req, ends| {
+        Arc::clone(&admin_state).handle(req, ends)
     });
 
     let grace = cfg.shutdown_grace;

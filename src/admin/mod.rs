@@ -8,7 +8,7 @@
 mod status;
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -24,6 +24,7 @@ use crate::{
         Error,
     },
     ids,
+    listener::Ends,
     proxy::Proxy,
     resource::{Key, Kind},
     telemetry::Snapshot,
@@ -60,8 +61,9 @@ impl Admin {
         }
     }
 
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<Body> {
-        if !host_allowed(req.headers()) {
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>, ends: Ends) -> Response<Body> {
+        let peer = ends.peer;
+        if !host_allowed(req.headers(), ends.local.ip()) {
             return error(Error::ForeignHost);
         }
         let path = req.uri().path();
@@ -158,9 +160,11 @@ impl Admin {
 
 /// A page in a browser can reach a loopback admin listener through a DNS name of the
 /// attacker's that resolves to 127.0.0.1 (DNS rebinding); its requests then carry that name in
-/// `Host`. So the admin listener answers only `localhost` names and IP literals — what probes,
-/// Prometheus (pod IPs) and `--healthcheck` send — and requests without a `Host` (HTTP/1.0).
-fn host_allowed(headers: &http::HeaderMap) -> bool {
+/// `Host`. So the admin listener answers only a `Host` that is a loopback name (`localhost`,
+/// `*.localhost`) or address, or the address the client reached (`local`: a probe or
+/// Prometheus scraping a pod by its IP), and requests without one (HTTP/1.0). Any other
+/// address is refused too: SPEC allows no more, and nothing legitimate sends one.
+fn host_allowed(headers: &http::HeaderMap, local: IpAddr) -> bool {
     let Some(host) = headers.get(http::header::HOST) else {
         return true;
     };
@@ -171,16 +175,24 @@ fn host_allowed(headers: &http::HeaderMap) -> bool {
     let name = match host.strip_prefix('[') {
         Some(rest) => {
             return rest
-                .split(']')
-                .next()
-                .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok())
+                .split_once(']')
+                .and_then(|(v6, _)| v6.parse::<std::net::Ipv6Addr>().ok())
+                .is_some_and(|v6| own_or_loopback(IpAddr::V6(v6), local))
         }
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     };
+    if let Ok(v4) = name.parse::<std::net::Ipv4Addr>() {
+        return own_or_loopback(IpAddr::V4(v4), local);
+    }
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || name.parse::<std::net::Ipv4Addr>().is_ok()
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// Whether `addr`, named in `Host`, is a loopback address or `local` (an IPv4 address mapped
+/// into IPv6 counts as itself, on either side).
+fn own_or_loopback(addr: IpAddr, local: IpAddr) -> bool {
+    let addr = addr.to_canonical();
+    addr.is_loopback() || addr == local.to_canonical()
 }
 
 fn is_loopback(peer: SocketAddr) -> bool {
@@ -241,6 +253,45 @@ pub fn probe(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Result
 #[cfg(test)]
 mod peer_tests {
     use super::*;
+
+    fn allowed(host: &str, local: &str) -> bool {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, host.parse().unwrap());
+        host_allowed(&headers, local.parse().unwrap())
+    }
+
+    #[test]
+    fn a_host_is_a_loopback_name_or_address_or_the_address_the_client_reached() {
+        let pod = "10.1.2.3";
+        for host in [
+            "localhost",
+            "app.localhost:9090",
+            "127.0.0.1:9090",
+            "[::1]",
+            "[::ffff:127.0.0.1]:9090",
+            "10.1.2.3",
+            "10.1.2.3:9090",
+            "[::ffff:10.1.2.3]:9090",
+        ] {
+            assert!(allowed(host, pod), "{host}");
+        }
+        for host in [
+            "10.1.2.4:9090",
+            "0.0.0.0",
+            "[2001:db8::1]",
+            "[::1",
+            "taskgate-a:9090",
+            "localhost.evil.example",
+            "127.0.0.1.nip.example",
+        ] {
+            assert!(!allowed(host, pod), "{host}");
+        }
+        // The listener's own address as IPv4 mapped into IPv6 (a dual-stack socket).
+        assert!(allowed("10.1.2.3:9090", "::ffff:10.1.2.3"));
+        assert!(allowed("[fd00::7]:9090", "fd00::7"));
+        // No `Host` at all (HTTP/1.0) is a client that is not a browser.
+        assert!(host_allowed(&http::HeaderMap::new(), pod.parse().unwrap()));
+    }
 
     #[test]
     fn only_loopback_peers_count_as_local() {

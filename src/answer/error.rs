@@ -229,7 +229,7 @@ impl Error {
             ),
             ForeignHost => (
                 StatusCode::FORBIDDEN,
-                "the admin listener answers only loopback or IP-address hosts",
+                "the admin listener answers only a Host that is loopback or its own address",
                 "foreign_host",
             ),
             AccessTokenMissing => (

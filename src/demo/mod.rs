@@ -417,7 +417,7 @@ async fn serve(listener: TcpListener, api: Arc<Api>, stop: watch::Receiver<bool>
         Duration::from_secs(60),
         Duration::from_millis(100),
     );
-    let task = listener::serve(listener, limits, stop, None, move |request, _peer| {
+    let task = listener::serve(listener, limits, stop, None, move |request, _ends| {
         let response = api.answer(request.method(), request.uri().path(), request.headers());
         async move { response.map(Either::Left) }
     });
