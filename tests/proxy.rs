@@ -448,6 +448,46 @@ async fn an_upstream_429_keeps_retry_after() {
     assert_eq!(got.header("cache-control"), Some("no-store"));
 }
 
+/// `Retry-After` is the one upstream header a client sees: it is written afresh, never relayed
+/// as sent, so an API that echoes the key there (or anything else) cannot reach the client.
+#[tokio::test]
+async fn an_upstream_retry_after_is_rewritten_and_anything_but_seconds_or_a_date_dropped() {
+    let mock = MockUpstream::start().await;
+    let c = HttpClient::default();
+    for (i, (sent, relayed)) in [
+        (KEY, None),
+        ("<script>alert(1)</script>", None),
+        ("17 seconds", None),
+        (" 0017 ", Some("17")),
+        (
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            Some("Sun, 06 Nov 1994 08:49:37 GMT"),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A taskgate each, outside the back-off the previous 429 started.
+        let tg = taskgate(&mock, |_| {}).await;
+        let id = format!("ra-{i}");
+        mock.set(
+            &id,
+            Reply::json(429, r#"{"errors":["Too many requests"]}"#).header("retry-after", sent),
+        );
+        let got = c.get(tg.public_addr(), &format!("/task/{id}")).await;
+        assert_eq!(mock.calls(), i + 1, "{sent}");
+        assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS, "{sent}");
+        // Dropped: as when the API sends none (tests/faults.rs).
+        assert_eq!(got.header("retry-after"), relayed, "{sent}");
+        assert!(
+            got.headers
+                .values()
+                .all(|v| !v.as_bytes().starts_with(b"sk_")),
+            "{sent}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn other_upstream_4xx_are_relayed_with_their_body() {
     let mock = MockUpstream::start().await;

@@ -191,7 +191,7 @@ impl Answer {
             StatusCode::FORBIDDEN => Self::error(Error::UpstreamForbidden),
             StatusCode::TOO_MANY_REQUESTS => {
                 let mut a = Self::error(Error::UpstreamRateLimited);
-                a.retry_after = reply.retry_after.filter(is_retry_after);
+                a.retry_after = reply.retry_after.as_ref().and_then(relayed_retry_after);
                 a
             }
             s if s.is_client_error() => {
@@ -421,10 +421,16 @@ fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
 }
 
-/// `Retry-After` is either delay-seconds or an HTTP-date; anything else is dropped.
-fn is_retry_after(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
-    !b.is_empty() && b.len() <= 64 && b.iter().all(|c| c.is_ascii_graphic() || *c == b' ')
+/// The API's `Retry-After`, written afresh: delay-seconds as a number, an HTTP-date in the
+/// IMF-fixdate form. It is the one upstream header a client sees, so no byte of it is relayed
+/// as sent (it could echo the key); anything else is dropped, as if the API had sent none.
+fn relayed_retry_after(v: &HeaderValue) -> Option<HeaderValue> {
+    let s = v.to_str().ok()?.trim();
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<u64>().ok().map(HeaderValue::from);
+    }
+    let at = httpdate::parse_http_date(s).ok()?;
+    HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok()
 }
 
 /// The body relayed with a 4xx other than 401, 403 and 429, or `None` when a generic one
