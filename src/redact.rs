@@ -43,10 +43,15 @@
 //!   would no longer match its signature.
 //! - **`params.export.custom.headers`**: every value becomes `"***"` (names are kept); these are
 //!   headers such as `Authorization` that taskgate's caller sends to the export destination.
+//!   A value that is not a string has its leaves masked, and headers that are not an object
+//!   (a list of pairs, say) are masked whole, names included.
 //! - **`params.export.ipfs.pinata` and `params.exportData.ipfs.pinata`**: `jwt`, `apiSecret` and
 //!   `apiKey` become `"***"` (writeOnly in Studio's schema, but returned).
 //! - **`params.upload.encryption`**: `key` and `encryptedKey` become `"***"` (Studio already
 //!   masks `key` and drops `encryptedKey`; this guards against that changing).
+//! - Each named field above (and `source.encryption.encryptedKey` below) is masked whatever its
+//!   type: a string becomes `"***"`, an array or object has its leaves masked as
+//!   `webhookContext`'s are. A secret sent in another shape than the schema's is still masked.
 //!
 //! What is scrubbed in assets, beside the rules that hold everywhere:
 //! - **`source`** (the user's input, like a task's `params`): `url` and `gatewayUrl` lose their
@@ -56,13 +61,15 @@
 //! - **`playbackPolicy.webhookContext`**: arbitrary developer data sent to an access-control
 //!   webhook. Every value is masked and its keys kept: strings become `"***"`, numbers `0`,
 //!   booleans `false`, arrays and objects keep their shape with their leaves masked, `null`
-//!   stays `null`. The SDKs type it as a map of anything, so it still validates.
+//!   stays `null`. The SDKs type it as a map of anything, so it still validates. A
+//!   `webhookContext` that is not a map (a string, an array) is masked the same way.
 //! - **`storage.ipfs.spec.nftMetadata`**: developer-supplied; every URL in it, at any depth
 //!   and also inside text, loses its query and fragment and its userinfo.
 //!
 //! Guarantees: the body stays valid for the official SDKs' schemas. Only string values are
-//! changed (and the leaves of an asset's `webhookContext`, which keep their types), and strings
-//! stay strings: no field is removed or becomes `null`, numbers and booleans are untouched.
+//! changed (and the leaves of an asset's `webhookContext`, and of a named secret field that is
+//! not a string, which keep their types), and strings stay strings: no field is removed or
+//! becomes `null`, numbers and booleans elsewhere are untouched.
 //! Values already masked (`***`, `s3+https://***:***@host`) are left as they are, so
 //! scrubbing twice changes nothing. A JSON body that is not an object (no task) has
 //! the rules that hold outside `params` applied to all its strings. Object keys are never
@@ -178,13 +185,7 @@ fn scrub_asset(asset: &mut Map<String, Value>) -> bool {
             }
             "playbackPolicy" => {
                 let context = field_mut(value, &["webhookContext"]);
-                let masked = context.is_some_and(|context| match context {
-                    Value::Object(entries) => {
-                        entries.values_mut().fold(false, |c, v| mask_all(v) | c)
-                    }
-                    _ => false,
-                });
-                masked | walk_strings(value, &mut scrub_text)
+                context.is_some_and(mask_all) | walk_strings(value, &mut scrub_text)
             }
             "storage" => {
                 let metadata = field_mut(value, &["ipfs", "spec", "nftMetadata"]);
@@ -309,12 +310,9 @@ fn field_mut<'v>(value: &'v mut Value, path: &[&str]) -> Option<&'v mut Value> {
 /// `params`: the user's own input, where the named credential fields and presigned URLs live.
 fn scrub_params(params: &mut Value) -> bool {
     let mut changed = false;
+    // Names kept, every value masked; in any other shape than an object, all of it.
     if let Some(headers) = field_mut(params, &["export", "custom", "headers"]) {
-        if let Some(headers) = headers.as_object_mut() {
-            for value in headers.values_mut() {
-                changed |= mask(value);
-            }
-        }
+        changed |= mask_all(headers);
     }
     for export in ["export", "exportData"] {
         let pinata = field_mut(params, &[export, "ipfs", "pinata"]);
@@ -348,7 +346,9 @@ fn scrub_export_data(fields: &mut Map<String, Value>) -> bool {
     changed
 }
 
-/// Masks the named fields of `object`, if it is an object and they are strings.
+/// Masks the named fields of `object`, if it is an object: a string becomes [`MASK`], and a
+/// value of another type has its leaves masked ([`mask_all`]): the schema says string, but a
+/// secret sent as an array or an object must not pass for not being one.
 fn mask_fields(object: Option<&mut Value>, names: &[&str]) -> bool {
     let Some(Value::Object(object)) = object else {
         return false;
@@ -356,7 +356,7 @@ fn mask_fields(object: Option<&mut Value>, names: &[&str]) -> bool {
     let mut changed = false;
     for name in names {
         if let Some(value) = object.get_mut(*name) {
-            changed |= mask(value);
+            changed |= mask_all(value);
         }
     }
     changed
@@ -740,10 +740,12 @@ mod tests {
             .unwrap_or("<not a string>")
     }
 
-    /// Same shape: same keys, same array lengths, strings stay strings, non-strings unchanged.
+    /// Same shape: same keys, same array lengths, strings stay strings, non-strings unchanged
+    /// but for masked numbers (0, the value of a named secret that is a number).
     fn assert_same_shape(before: &Value, after: &Value) {
         match (before, after) {
             (Value::String(_), Value::String(_)) => {}
+            (Value::Number(_), Value::Number(n)) if n.as_u64() == Some(0) => {}
             (Value::Array(a), Value::Array(b)) => {
                 assert_eq!(a.len(), b.len());
                 a.iter().zip(b).for_each(|(a, b)| assert_same_shape(a, b));
@@ -930,7 +932,10 @@ mod tests {
         let url = "https://my-bucket.s3.amazonaws.com/path/file.mp4";
         assert_eq!(at(custom, "/url"), url);
         assert_eq!(at(custom, "/headers/Authorization"), "***");
-        assert_eq!(custom["headers"]["X-Retries"], 3, "not a string");
+        assert_eq!(
+            custom["headers"]["X-Retries"], 0,
+            "every value, numbers too"
+        );
         assert_eq!(at(custom, "/method"), "PUT");
     }
 

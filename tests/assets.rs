@@ -389,6 +389,38 @@ fn leaky_asset(id: &str) -> Value {
     })
 }
 
+/// `encryptedKey` as an object, and `webhookContext` as a string or an array rather than a map:
+/// masked all the same.
+#[tokio::test]
+async fn asset_secrets_in_other_shapes_are_masked_too() {
+    let mock = MockUpstream::start().await;
+    for (id, context) in [
+        ("ctx-text", json!("CTXSECRET")),
+        ("ctx-list", json!(["CTXSECRET", 7])),
+    ] {
+        let mut asset = leaky_asset(id);
+        asset["source"]["encryption"]["encryptedKey"] = json!({"v": "ENCSECRET"});
+        asset["playbackPolicy"]["webhookContext"] = context;
+        mock.set_asset(id, Reply::json(200, asset.to_string()));
+    }
+    let tg = taskgate(&mock, |_| {}).await;
+    let c = HttpClient::default();
+    for (id, masked) in [("ctx-text", json!("***")), ("ctx-list", json!(["***", 0]))] {
+        let got = c.get(tg.public_addr(), &path(id)).await;
+        assert_eq!(got.status, StatusCode::OK);
+        let text = got.text();
+        for secret in ["CTXSECRET", "ENCSECRET"] {
+            assert!(!text.contains(secret), "{secret} survived: {text}");
+        }
+        let body = got.json();
+        assert_eq!(body["playbackPolicy"]["webhookContext"], masked, "{id}");
+        assert_eq!(
+            body["source"]["encryption"]["encryptedKey"],
+            json!({"v": "***"})
+        );
+    }
+}
+
 #[tokio::test]
 async fn each_leaking_asset_field_is_scrubbed_and_the_body_keeps_its_shape() {
     let mock = MockUpstream::start().await;

@@ -95,6 +95,89 @@ async fn redact_false_serves_the_body_as_studio_sent_it() {
     assert_eq!(got.text(), secret_body("completed"));
 }
 
+/// The schema gives each named secret as a string; one sent as an array, an object or a
+/// number is masked all the same, leaf by leaf, and headers that are not an object wholly.
+#[tokio::test]
+async fn named_secrets_in_other_shapes_than_strings_are_masked_too() {
+    let mock = MockUpstream::start().await;
+    let body = |headers: serde_json::Value| {
+        serde_json::json!({
+            "id": ID, "type": "export",
+            "params": {
+                "export": {
+                    "custom": {"url": "https://dest.example/v.mp4", "headers": headers},
+                    "ipfs": {"pinata": {"jwt": {"token": "JWTSECRET"}, "apiSecret": ["APISECRET"],
+                                        "apiKey": 12345678}}
+                },
+                "exportData": {"ipfs": {"pinata": {"jwt": [["DATAJWTSECRET"]]}}},
+                "upload": {"encryption": {"encryptedKey": ["ENCSECRET", {"k": "ENCSECRET2"}]}}
+            },
+            "status": {"phase": "completed", "updatedAt": 1}
+        })
+        .to_string()
+    };
+    mock.set(
+        "obj",
+        Reply::json(
+            200,
+            body(serde_json::json!({
+        "Authorization": ["Bearer HDRSECRET"], "X-Api": {"v": "HDRSECRET2"}, "X-N": 42})),
+        ),
+    );
+    mock.set(
+        "list",
+        Reply::json(
+            200,
+            body(serde_json::json!([
+        {"name": "Authorization", "value": "Bearer LISTSECRET"}])),
+        ),
+    );
+    let tg = taskgate(&mock, |_| {}).await;
+    let c = HttpClient::default();
+    for id in ["obj", "list"] {
+        let got = c.get(tg.public_addr(), &format!("/task/{id}")).await;
+        assert_eq!(got.status, 200);
+        let text = got.text();
+        for secret in [
+            "JWTSECRET",
+            "APISECRET",
+            "12345678",
+            "DATAJWTSECRET",
+            "ENCSECRET",
+            "HDRSECRET",
+            "LISTSECRET",
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{secret} reached the client: {text}"
+            );
+        }
+        let v = got.json();
+        let pinata = &v["params"]["export"]["ipfs"]["pinata"];
+        assert_eq!(pinata["jwt"], serde_json::json!({"token": "***"}));
+        assert_eq!(pinata["apiSecret"], serde_json::json!(["***"]));
+        assert_eq!(pinata["apiKey"], 0);
+        assert_eq!(
+            v["params"]["upload"]["encryption"]["encryptedKey"],
+            serde_json::json!(["***", {"k": "***"}])
+        );
+        assert_eq!(
+            v["params"]["export"]["custom"]["url"],
+            "https://dest.example/v.mp4"
+        );
+    }
+    let obj = c.get(tg.public_addr(), "/task/obj").await.json();
+    assert_eq!(
+        obj["params"]["export"]["custom"]["headers"],
+        serde_json::json!({"Authorization": ["***"], "X-Api": {"v": "***"}, "X-N": 0})
+    );
+    let list = c.get(tg.public_addr(), "/task/list").await.json();
+    assert_eq!(
+        list["params"]["export"]["custom"]["headers"],
+        serde_json::json!([{"name": "***", "value": "***"}])
+    );
+}
+
 // ---- Failing closed (issue 16, item 4): one parse serves the phase, the scrub and the bytes
 // served; what cannot be parsed, or holds the key, is never relayed nor cached.
 
