@@ -178,6 +178,32 @@ async fn named_secrets_in_other_shapes_than_strings_are_masked_too() {
     );
 }
 
+/// With redaction off the phase is read without a full parse; an array in place of an object
+/// (at the top or as `status`) has no phase, so it is passed, never cached as completed.
+#[tokio::test]
+async fn redact_false_caches_no_array_as_a_completed_task() {
+    let mock = MockUpstream::start().await;
+    let bodies = [
+        ("a1", r#"[["completed"]]"#),
+        ("a2", r#"[{"phase":"completed"}]"#),
+        ("a3", r#"{"status":["completed"]}"#),
+    ];
+    for (id, body) in bodies {
+        mock.set(id, Reply::json(200, body));
+    }
+    let tg = taskgate(&mock, |c| c.redact = false).await;
+    for (id, body) in bodies {
+        let (first, second) = get_twice(&tg, id).await;
+        for got in [&first, &second] {
+            assert_eq!(got.status, 200, "{id}");
+            assert_eq!(got.header("x-cache"), Some("PASS"), "{id}");
+            assert_eq!(got.header("cache-control"), Some("no-store"), "{id}");
+            assert_eq!(got.text(), body);
+        }
+    }
+    assert_eq!(mock.calls(), 2 * bodies.len());
+}
+
 // ---- Failing closed (issue 16, item 4): one parse serves the phase, the scrub and the bytes
 // served; what cannot be parsed, or holds the key, is never relayed nor cached.
 

@@ -18,7 +18,10 @@ use std::{
     hash::{Hash, Hasher},
 };
 
-use serde::Deserialize;
+use serde::{
+    de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor},
+    Deserialize,
+};
 
 pub use asset::AssetPhase;
 pub use task::TaskPhase;
@@ -94,23 +97,71 @@ impl Kind {
 }
 
 // Deserialising only the path we need skips the rest of the body without building a tree.
-#[derive(Deserialize)]
-struct PhaseView<'a> {
-    #[serde(borrow)]
-    status: Option<StatusView<'a>>,
-}
-
-#[derive(Deserialize)]
-struct StatusView<'a> {
-    #[serde(borrow)]
-    phase: Option<Cow<'a, str>>,
-}
-
 /// `status.phase` of a body, read by `parse`: `None` when the body is not a JSON object with
 /// a string there that `parse` knows.
 fn read_phase<P>(body: &[u8], parse: fn(&str) -> Option<P>) -> Option<P> {
-    let view: PhaseView<'_> = serde_json::from_slice(body).ok()?;
-    parse(&view.status?.phase?)
+    parse(&status_member::<Text<'_>>(body, "phase")?.0)
+}
+
+/// A JSON string, borrowed from the body unless it has escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// `status.<name>` of a body that is one JSON object whose `status` is an object, read as
+/// `T`; `None` if either is missing, of another type, or named twice. Not derived structs:
+/// those also take an array of their fields in order, so `[["completed"]]` would read as a
+/// completed task.
+fn status_member<'de, T: Deserialize<'de>>(body: &'de [u8], name: &'static str) -> Option<T> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let phase = Member {
+        name,
+        value: std::marker::PhantomData::<T>,
+    };
+    let status = Member {
+        name: "status",
+        value: phase,
+    };
+    let found = status.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    found.flatten()
+}
+
+/// The member `name` of a JSON object, read by `value` (`None` if the object has none).
+/// Anything but an object, or `name` twice, is an error.
+#[derive(Clone, Copy)]
+struct Member<S> {
+    name: &'static str,
+    value: S,
+}
+
+impl<'de, S: DeserializeSeed<'de> + Copy> DeserializeSeed<'de> for Member<S> {
+    type Value = Option<S::Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de> + Copy> Visitor<'de> for Member<S> {
+    type Value = Option<S::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            if key.0 != self.name {
+                map.next_value::<IgnoredAny>()?;
+            } else if found.is_some() {
+                return Err(de::Error::duplicate_field(self.name));
+            } else {
+                found = Some(map.next_value_seed(self.value)?);
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// [`read_phase`] on a parsed body.
@@ -127,17 +178,7 @@ impl fmt::Display for Kind {
 /// `status.updatedAt` of a resource body (tasks and assets alike), as text: the version a
 /// watch names its events by.
 pub fn updated_at(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct View {
-        status: Option<Status>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Status {
-        #[serde(rename = "updatedAt")]
-        updated_at: Option<serde_json::Value>,
-    }
-    let v: View = serde_json::from_slice(body).ok()?;
-    match v.status?.updated_at? {
+    match status_member::<serde_json::Value>(body, "updatedAt")? {
         serde_json::Value::Number(n) => Some(n.to_string()),
         serde_json::Value::String(s) => Some(s),
         _ => None,
@@ -248,6 +289,45 @@ impl fmt::Debug for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_phase_and_version_are_read_from_objects_only() {
+        let task = |body: &str| Kind::Task.phase(body.as_bytes());
+        let completed = Some(Phase::Task(TaskPhase::Completed));
+        assert_eq!(task(r#"{"status":{"phase":"completed"}}"#), completed);
+        assert_eq!(
+            task(r#" {"a":[1],"status":{"x":{},"phase":"compl\u0065ted"}} "#),
+            completed
+        );
+        for body in [
+            r#"[["completed"]]"#,
+            r#"[{"phase":"completed"}]"#,
+            r#"{"status":["completed"]}"#,
+            r#"{"status":{"phase":"completed"},"status":{"phase":"completed"}}"#,
+            r#"{"status":{"phase":"completed","phase":"completed"}}"#,
+            r#"{"status":{"phase":"completed"}} {}"#,
+            r#"{"status":{"phase":null}}"#,
+            r#"{"status":null}"#,
+            r#"{"phase":"completed"}"#,
+        ] {
+            assert_eq!(task(body), None, "{body}");
+        }
+        assert_eq!(
+            updated_at(br#"{"status":{"updatedAt":1717000090000}}"#).as_deref(),
+            Some("1717000090000")
+        );
+        assert_eq!(
+            updated_at(br#"{"status":{"updatedAt":"v2"}}"#).as_deref(),
+            Some("v2")
+        );
+        for body in [
+            &br#"[[1717000090000]]"#[..],
+            br#"{"status":[1]}"#,
+            br#"{"status":{}}"#,
+        ] {
+            assert_eq!(updated_at(body), None);
+        }
+    }
 
     #[test]
     fn keys_hold_exactly_valid_ids() {
