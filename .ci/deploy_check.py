@@ -185,10 +185,36 @@ def size_bytes(text, redis=False):
         "kb": 2**10,
         "mb": 2**20,
         "gb": 2**30,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
     }
     if unit in ("K", "M", "G"):  # Kubernetes decimal suffixes
         return n * {"K": 10**3, "M": 10**6, "G": 10**9}[unit]
     return n * scale[unit.lower()]
+
+
+# Memory one client connection may hold at worst: an unfinished request head of just under
+# the 32 KiB limit costs 40.8 KB of RSS (2000 such connections, 8.6 -> 90.1 MB; a silent one
+# 7.3 KB), and the cache at its bound 1.25 x TASKGATE_CACHE_MAX_BYTES + 16 MiB
+# (docs/security.md, "Connection caps"; bench/memory.sh).
+PER_CONNECTION = 41 * 2**10
+
+
+def memory_budget(what, env, conf, limit):
+    """A deployment's memory limit must hold a full cache and every connection it allows."""
+    cache = size_bytes(env.get("TASKGATE_CACHE_MAX_BYTES") or conf.get("cache_max_bytes") or "64MiB")
+    conns = int(env.get("TASKGATE_MAX_CONNECTIONS") or conf.get("max_connections") or 10000)
+    need = 1.25 * cache + 16 * 2**20 + conns * PER_CONNECTION
+    if limit is None:
+        bad(f"{what}: no memory limit to check the budget against")
+    elif need > size_bytes(limit):
+        bad(
+            f"{what}: memory limit {limit} < a full cache ({cache >> 20} MiB x 1.25 + 16 MiB) and "
+            f"{conns} connections x 41 KiB = {need / 2**20:.0f} MiB: lower max_connections"
+        )
+    else:
+        ok(f"{what}: memory limit {limit} holds a full cache and {conns} connections ({need / 2**20:.0f} MiB)")
 
 
 def redis_flags(argv, what):
@@ -426,6 +452,7 @@ else:
         )
         argv = list(tg.get("args", []))
         tmp_args = list(argv)
+        conf = {}
         if "--config" in argv:
             cpath = argv[argv.index("--config") + 1]
             vol, f = volume_file(cpath)
@@ -450,6 +477,7 @@ else:
                     out.write(cm["data"][f])
                 tmp_args[argv.index("--config") + 1] = p
                 ok(f"--config {cpath} <- ConfigMap {cm['metadata']['name']}/{f} ({len(conf)} keys, all known)")
+        memory_budget("Kubernetes taskgate", eff, conf, res.get("limits", {}).get("memory"))
         scenarios.append((f"Kubernetes sidecar, {SIDECAR_FILE} alone (Redis off)", eff, tmp_args))
         if redis_url:
             scenarios.append(
@@ -640,6 +668,7 @@ for rname, svc in sorted(replicas.items()):
         bad(f"{what}: should be read_only with cap_drop [ALL] and no-new-privileges")
     if not svc.get("mem_limit"):
         bad(f"{what}: no mem_limit")
+    memory_budget(what, eff, {}, svc.get("mem_limit"))
     if (svc.get("healthcheck") or {}).get("test") != ["CMD", "/taskgate", "--healthcheck"]:
         bad(f"{what}: healthcheck must be [CMD, /taskgate, --healthcheck] (no shell in the image)")
     stop_budget(eff, what, seconds(svc.get("stop_grace_period", "10s")))
@@ -767,6 +796,7 @@ argv = (last("ExecStart") or "").split()[1:]
 if "--config" in argv:
     # The unit's instructions install config/taskgate.toml as that file.
     argv[argv.index("--config") + 1] = os.path.join(ROOT, "config/taskgate.toml")
+memory_budget("systemd", senv, tomllib.loads(config_text), last("MemoryMax"))
 scenarios.append(("systemd unit", senv, argv))
 ok("systemd: DynamicUser, LoadCredential -> TASKGATE_API_KEY_FILE=%d/..., sandboxing, RestartPreventExitStatus=64")
 scenarios.insert(0, ("image defaults (docker run)", dict(image_env), []))
