@@ -681,8 +681,9 @@ const SECRET_NAMES: [&str; 8] = [
 
 /// Name endings that mark a credential: `X-Amz-Signature`, `X-Goog-Signature`, `Signature`,
 /// `X-Amz-Credential`, `X-Amz-Security-Token`, `token`, `access_token`, `client_secret`,
-/// `api_key`, `AWSAccessKeyId`, `GoogleAccessId`, `x-sig`, …
-const SECRET_SUFFIXES: [&str; 17] = [
+/// `api_key`, `AWSAccessKeyId`, `GoogleAccessId`, `x-sig`, `secretKey`, `AWSSecretAccessKey`,
+/// `privateKey`, `passphrase`, `jsessionid`, `PHPSESSID`, …
+const SECRET_SUFFIXES: [&str; 23] = [
     "signature",
     "credential",
     "credentials",
@@ -700,6 +701,12 @@ const SECRET_SUFFIXES: [&str; 17] = [
     "-sig",
     "_key",
     "-key",
+    "secretkey",
+    "accesskey",
+    "privatekey",
+    "passphrase",
+    "sessionid",
+    "sessid",
 ];
 
 /// Whether a query parameter called `name` carries a credential or signature.
@@ -1171,6 +1178,13 @@ mod tests {
             "jwt",
             "client_secret",
             "password",
+            "secretKey",
+            "accessKey",
+            "AWSSecretAccessKey",
+            "privateKey",
+            "passphrase",
+            "jsessionid",
+            "PHPSESSID",
         ] {
             let mut s = format!("see https://h.example/v.mp4?a=1&{name}=S3CRET#t=2 now");
             assert!(mask_secret_params(&mut s), "{name}");
@@ -1190,6 +1204,10 @@ mod tests {
         }
         // Fragments (`#access_token=`), twice-encoded URLs and empty values too.
         let cases = [
+            (
+                "upload failed: https://h/v.mp4;jsessionid=J1, secretKey=S2 here",
+                "upload failed: https://h/v.mp4;jsessionid=*** secretKey=*** here",
+            ),
             (
                 "https://h/cb#access_token=abc&x=1",
                 "https://h/cb#access_token=***&x=1",
