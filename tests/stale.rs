@@ -75,6 +75,12 @@ async fn each_way_the_api_can_fail_gives_the_kept_answer_as_stale() {
         let back = c.get(tg.public_addr(), "/task/t1").await;
         assert_eq!(back.header("x-cache"), Some("MISS"), "{name}");
         assert_ne!(back.text(), body, "{name}: the new body");
+        // ... and is kept for its own lifetime, as a first answer is: the next read is a hit.
+        let calls = mock.calls();
+        let again = c.get(tg.public_addr(), "/task/t1").await;
+        assert_eq!(again.header("x-cache"), Some("HIT"), "{name}");
+        assert_eq!(again.body, back.body, "{name}");
+        assert_eq!(mock.calls(), calls, "{name}: no call for the hit");
     }
 }
 
