@@ -411,4 +411,42 @@ mod tests {
         drop(conn);
         assert_eq!(reader.await.unwrap(), vec![b'z'; 16]);
     }
+
+    /// The admin listener's `Host` rule takes the address the client reached from here: the
+    /// connection's own end, not the unspecified address listened on, nor the client's.
+    #[tokio::test]
+    async fn a_handler_sees_both_ends_of_its_connection() {
+        let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop_tx, stop) = watch::channel(false);
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let limits = Limits::new(
+            8,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+        );
+        let task = serve(listener, limits, stop, None, move |_req, ends| {
+            let _ = seen_tx.send(ends);
+            async { hyper::Response::new(crate::answer::respond::full("")) }
+        });
+        let client = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+        let from = client.local_addr().unwrap();
+        drop(client);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(from).unwrap();
+        let mut tcp = socket
+            .connect(SocketAddr::from(([127, 0, 0, 2], port)))
+            .await
+            .unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let ends = seen.recv().await.unwrap();
+        assert_eq!(ends.local, SocketAddr::from(([127, 0, 0, 2], port)));
+        assert_eq!(ends.peer, from);
+        let _ = stop_tx.send(true);
+        drop(tcp);
+        task.await.unwrap();
+    }
 }
