@@ -199,22 +199,33 @@ def size_bytes(text, redis=False):
 # 7.3 KB), and the cache at its bound 1.25 x TASKGATE_CACHE_MAX_BYTES + 16 MiB
 # (docs/security.md, "Connection caps"; bench/memory.sh).
 PER_CONNECTION = 41 * 2**10
+# The admin listener's own cap (src/admin/mod.rs, MAX_CONNECTIONS), beside the public one.
+ADMIN_CONNECTIONS = 64
 
 
 def memory_budget(what, env, conf, limit):
     """A deployment's memory limit must hold a full cache and every connection it allows."""
-    cache = size_bytes(env.get("TASKGATE_CACHE_MAX_BYTES") or conf.get("cache_max_bytes") or "64MiB")
-    conns = int(env.get("TASKGATE_MAX_CONNECTIONS") or conf.get("max_connections") or 10000)
-    need = 1.25 * cache + 16 * 2**20 + conns * PER_CONNECTION
-    if limit is None:
+    try:
+        cache = size_bytes(env.get("TASKGATE_CACHE_MAX_BYTES") or conf.get("cache_max_bytes") or "64MiB")
+        conns = int(env.get("TASKGATE_MAX_CONNECTIONS") or conf.get("max_connections") or 10000)
+        have = size_bytes(limit) if limit is not None else None
+    except (ValueError, KeyError) as e:
+        bad(f"{what}: cannot read the memory budget's figures ({e})")
+        return
+    need = 1.25 * cache + 16 * 2**20 + (conns + ADMIN_CONNECTIONS) * PER_CONNECTION
+    if have is None:
         bad(f"{what}: no memory limit to check the budget against")
-    elif need > size_bytes(limit):
+    elif need > have:
         bad(
             f"{what}: memory limit {limit} < a full cache ({cache >> 20} MiB x 1.25 + 16 MiB) and "
-            f"{conns} connections x 41 KiB = {need / 2**20:.0f} MiB: lower max_connections"
+            f"{conns} + {ADMIN_CONNECTIONS} (admin) connections x 41 KiB = {need / 2**20:.0f} MiB: "
+            "lower max_connections"
         )
     else:
-        ok(f"{what}: memory limit {limit} holds a full cache and {conns} connections ({need / 2**20:.0f} MiB)")
+        ok(
+            f"{what}: memory limit {limit} holds a full cache and {conns} + {ADMIN_CONNECTIONS} (admin) "
+            f"connections ({need / 2**20:.0f} MiB)"
+        )
 
 
 def redis_flags(argv, what):

@@ -17,7 +17,7 @@ use std::{
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
-    admin::Admin,
+    admin::{self, Admin},
     config::Config,
     listener::{self, Limits},
     proxy::Proxy,
@@ -148,7 +148,12 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             move |req, ends| Arc::clone(&proxy).handle(req, ends.peer),
         )
     };
-    let admin_task = listener::serve(admin, limits, stop_rx, None, move |req, ends| {
+    let admin_limits = Limits {
+        max_connections: admin::MAX_CONNECTIONS,
+        ..limits
+    }
+    .per_client(admin::MAX_CONNECTIONS_PER_CLIENT);
+    let admin_task = listener::serve(admin, admin_limits, stop_rx, None, move |req, ends| {
         Arc::clone(&admin_state).handle(req, ends)
     });
 

@@ -483,3 +483,66 @@ async fn without_an_admin_token_a_loopback_peer_may_purge() {
         .await;
     assert_eq!(got.status, StatusCode::NO_CONTENT);
 }
+
+/// A connection to the admin port from `ip`, holding an unfinished request head.
+async fn admin_conn(tg: &taskgate::Running, ip: [u8; 4]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind((std::net::Ipv4Addr::from(ip), 0).into())
+        .unwrap();
+    let mut s = socket.connect(tg.admin_addr()).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    s
+}
+
+/// Whether `GET /healthz` from `ip` is answered within `wait`.
+async fn healthz_from(tg: &taskgate::Running, ip: [u8; 4], wait: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = admin_conn(tg, ip).await;
+    s.write_all(b"Host: localhost\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    matches!(
+        tokio::time::timeout(wait, s.read(&mut buf)).await,
+        Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 200")
+    )
+}
+
+/// The admin listener has its own small cap (64 connections, 16 per client address), not the
+/// public `TASKGATE_MAX_CONNECTIONS`: the memory both listeners may hold stays what
+/// docs/security.md counts, and no peer on the admin port can open thousands.
+#[tokio::test]
+async fn the_admin_listener_has_its_own_small_connection_caps() {
+    let mock = MockUpstream::start().await;
+    let tg = taskgate(&mock, |c| {
+        c.max_connections = 1000;
+        c.max_connections_per_client = 1000;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(admin_conn(&tg, [127, 0, 1, 1]).await);
+    }
+    // A 17th from a client that holds 16 is closed at once.
+    let mut extra = admin_conn(&tg, [127, 0, 1, 1]).await;
+    let mut buf = [0u8; 16];
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut extra, &mut buf),
+    )
+    .await
+    .expect("closed at once, not left waiting");
+    assert!(matches!(got, Ok(0) | Err(_)), "the 17th was served");
+    for client in 2..=4u8 {
+        for _ in 0..16 {
+            held.push(admin_conn(&tg, [127, 0, 1, client]).await);
+        }
+    }
+    // 64 in all: a fifth client waits in the backlog...
+    assert!(!healthz_from(&tg, [127, 0, 1, 5], Duration::from_millis(500)).await);
+    // ... and is served once a connection is given back; the public port never waited.
+    held.truncate(40);
+    assert!(healthz_from(&tg, [127, 0, 1, 6], Duration::from_secs(5)).await);
+    let public = HttpClient::default().get(tg.public_addr(), "/task/x").await;
+    assert_ne!(public.status, StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -30,6 +30,13 @@ use crate::{
     telemetry::Snapshot,
 };
 
+/// Most connections the admin listener holds open at once, and from one client address:
+/// probes, scrapes and purges need a few. Its own cap, apart from `TASKGATE_MAX_CONNECTIONS`
+/// (the public listener's), so that the memory both may hold is bounded by the public cap
+/// and this small one (docs/security.md, "What a connection costs").
+pub const MAX_CONNECTIONS: usize = 64;
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 16;
+
 pub struct Admin {
     proxy: Arc<Proxy>,
     ready: Arc<AtomicBool>,
