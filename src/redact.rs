@@ -51,7 +51,10 @@
 //!   masks `key` and drops `encryptedKey`; this guards against that changing).
 //! - Each named field above (and `source.encryption.encryptedKey` below) is masked whatever its
 //!   type: a string becomes `"***"`, an array or object has its leaves masked as
-//!   `webhookContext`'s are. A secret sent in another shape than the schema's is still masked.
+//!   `webhookContext`'s are. A secret sent in another shape than the schema's is still masked,
+//!   and so is one below a list where the schema has an object (`params.export` as
+//!   `[{"custom": …}]`, a body that is a list of tasks): each element is scrubbed as the object
+//!   would be ([`each_at`]).
 //!
 //! What is scrubbed in assets, beside the rules that hold everywhere:
 //! - **`source`** (the user's input, like a task's `params`): `url` and `gatewayUrl` lose their
@@ -145,15 +148,19 @@ pub fn scrub(kind: Kind, body: &[u8], secret: &[u8]) -> Result<Scrubbed, Refusal
     })
 }
 
-/// Scrubs a parsed body in place: the rules of `kind` when it is an object, the rules that
-/// hold everywhere (userinfo, signature-like parameters) otherwise. True if anything changed.
+/// Scrubs a parsed body in place: the rules of `kind` when it is an object (or for each object
+/// in it, when it is an array), the rules that hold everywhere (userinfo, signature-like
+/// parameters) otherwise. True if anything changed.
 pub fn scrub_value(kind: Kind, body: &mut Value) -> bool {
-    let Some(fields) = body.as_object_mut() else {
-        return walk_strings(body, &mut scrub_text);
-    };
-    match kind {
-        Kind::Task => scrub_task(fields),
-        Kind::Asset => scrub_asset(fields),
+    match body {
+        Value::Object(fields) => match kind {
+            Kind::Task => scrub_task(fields),
+            Kind::Asset => scrub_asset(fields),
+        },
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, item| scrub_value(kind, item) | changed),
+        _ => walk_strings(body, &mut scrub_text),
     }
 }
 
@@ -179,19 +186,20 @@ fn scrub_asset(asset: &mut Map<String, Value>) -> bool {
     for (name, value) in asset.iter_mut() {
         changed |= match name.as_str() {
             "source" => {
-                let encryption = field_mut(value, &["encryption"]);
-                mask_fields(encryption, &["encryptedKey", "key"])
-                    | walk_strings(value, &mut clean_param_url)
+                let masked = [&["encryption", "encryptedKey"][..], &["encryption", "key"]]
+                    .iter()
+                    .fold(false, |c, path| each_at(value, path, &mut mask_all) | c);
+                masked | walk_strings(value, &mut clean_param_url)
             }
             "playbackPolicy" => {
-                let context = field_mut(value, &["webhookContext"]);
-                context.is_some_and(mask_all) | walk_strings(value, &mut scrub_text)
+                each_at(value, &["webhookContext"], &mut mask_all)
+                    | walk_strings(value, &mut scrub_text)
             }
             "storage" => {
-                let metadata = field_mut(value, &["ipfs", "spec", "nftMetadata"]);
                 let mut clean = |s: &mut String| strip_url_queries(s) | scrub_text(s);
-                metadata.is_some_and(|m| walk_strings(m, &mut clean))
-                    | walk_strings(value, &mut scrub_text)
+                each_at(value, &["ipfs", "spec", "nftMetadata"], &mut |m| {
+                    walk_strings(m, &mut clean)
+                }) | walk_strings(value, &mut scrub_text)
             }
             _ => walk_strings(value, &mut scrub_text),
         };
@@ -300,29 +308,45 @@ fn text_rules(s: &mut String) -> bool {
     mask_secret_params(s) | mask_userinfo(s) | mask_encoded_userinfo(s)
 }
 
-/// The value under the object keys `path`, if every one of them is there (what
-/// `pointer_mut` finds, without building a string per key from the pointer).
-fn field_mut<'v>(value: &'v mut Value, path: &[&str]) -> Option<&'v mut Value> {
-    path.iter()
-        .try_fold(value, |value, key| value.get_mut(*key))
+/// Calls `edit` on every value under the object keys `path` below `value`, looking into
+/// arrays at every level (`[0]`, `[1]`, … of a list stand where the schema has one object, so a
+/// body that sends a list cannot hide a secret behind it). True if any call changed something.
+/// Depth is bounded by serde_json's nesting limit on the parsed input.
+fn each_at(value: &mut Value, path: &[&str], edit: &mut impl FnMut(&mut Value) -> bool) -> bool {
+    match (value, path.split_first()) {
+        (Value::Array(items), _) => items
+            .iter_mut()
+            .fold(false, |changed, item| each_at(item, path, edit) | changed),
+        (value, None) => edit(value),
+        (value, Some((key, rest))) => value
+            .get_mut(*key)
+            .is_some_and(|inner| each_at(inner, rest, edit)),
+    }
 }
+
+/// The named secrets under a task's `params`, each masked whatever its type ([`mask_all`]:
+/// the schema says string, but a secret sent as an array or an object must not pass for not
+/// being one). Export headers: names kept, every value masked; any other shape, all of it.
+const PARAMS_SECRETS: [&[&str]; 9] = [
+    &["export", "custom", "headers"],
+    &["export", "ipfs", "pinata", "jwt"],
+    &["export", "ipfs", "pinata", "apiSecret"],
+    &["export", "ipfs", "pinata", "apiKey"],
+    &["exportData", "ipfs", "pinata", "jwt"],
+    &["exportData", "ipfs", "pinata", "apiSecret"],
+    &["exportData", "ipfs", "pinata", "apiKey"],
+    &["upload", "encryption", "key"],
+    &["upload", "encryption", "encryptedKey"],
+];
 
 /// `params`: the user's own input, where the named credential fields and presigned URLs live.
 fn scrub_params(params: &mut Value) -> bool {
-    let mut changed = false;
-    // Names kept, every value masked; in any other shape than an object, all of it.
-    if let Some(headers) = field_mut(params, &["export", "custom", "headers"]) {
-        changed |= mask_all(headers);
-    }
-    for export in ["export", "exportData"] {
-        let pinata = field_mut(params, &[export, "ipfs", "pinata"]);
-        changed |= mask_fields(pinata, &["jwt", "apiSecret", "apiKey"]);
-    }
-    let encryption = field_mut(params, &["upload", "encryption"]);
-    changed |= mask_fields(encryption, &["key", "encryptedKey"]);
-
+    let mut changed = PARAMS_SECRETS
+        .iter()
+        .fold(false, |c, path| each_at(params, path, &mut mask_all) | c);
+    // `params` in another shape than an object: all of it is the user's input.
     let Some(kinds) = params.as_object_mut() else {
-        return changed | walk_strings(params, &mut scrub_text);
+        return changed | walk_strings(params, &mut clean_param_url);
     };
     for (kind, kind_params) in kinds.iter_mut() {
         changed |= match (kind.as_str(), kind_params.as_object_mut()) {
@@ -342,22 +366,6 @@ fn scrub_export_data(fields: &mut Map<String, Value>) -> bool {
             "content" => walk_strings(value, &mut scrub_text),
             _ => walk_strings(value, &mut clean_param_url),
         };
-    }
-    changed
-}
-
-/// Masks the named fields of `object`, if it is an object: a string becomes [`MASK`], and a
-/// value of another type has its leaves masked ([`mask_all`]): the schema says string, but a
-/// secret sent as an array or an object must not pass for not being one.
-fn mask_fields(object: Option<&mut Value>, names: &[&str]) -> bool {
-    let Some(Value::Object(object)) = object else {
-        return false;
-    };
-    let mut changed = false;
-    for name in names {
-        if let Some(value) = object.get_mut(*name) {
-            changed |= mask_all(value);
-        }
     }
     changed
 }
@@ -902,33 +910,32 @@ mod tests {
         assert_eq!(same.capacity(), 100);
     }
 
-    /// `field_mut` finds what a pointer to the same keys does, through objects, past an array
-    /// or a string, for missing keys and for keys a pointer has to escape.
+    /// `each_at` finds what a pointer to the same keys does, and, past arrays, what each
+    /// element's pointer does; nothing for missing keys or past a string.
     #[test]
-    fn field_mut_finds_what_a_pointer_finds() {
+    fn each_at_finds_what_pointers_find_through_arrays_too() {
         let mut body = json!({
-            "export": {"custom": {"headers": {"a": "1"}}, "ipfs": ["pinata"]},
+            "export": {"custom": {"headers": {"a": "1"}}, "ipfs": ["pinata", {"pinata": 3}]},
             "upload": "text",
-            "a/b": {"c~d": 1},
-            "": {"": 2},
+            "a/b": [{"c~d": 1}, [{"c~d": 2}], {"x": 0}],
+            "": {"": 4},
         });
-        let paths: [&[&str]; 7] = [
-            &["export", "custom", "headers"],
-            &["export", "ipfs", "pinata"],
-            &["upload", "encryption"],
-            &["missing"],
-            &["a/b", "c~d"],
-            &["", ""],
-            &[],
+        let paths: [(&[&str], Vec<Value>); 7] = [
+            (&["export", "custom", "headers"], vec![json!({"a": "1"})]),
+            (&["export", "ipfs", "pinata"], vec![json!(3)]),
+            (&["upload", "encryption"], vec![]),
+            (&["missing"], vec![]),
+            (&["a/b", "c~d"], vec![json!(1), json!(2)]),
+            (&["", ""], vec![json!(4)]),
+            (&["upload"], vec![json!("text")]),
         ];
-        for path in paths {
-            let pointer: String = path
-                .iter()
-                .map(|k| format!("/{}", k.replace('~', "~0").replace('/', "~1")))
-                .collect();
-            let expected = body.pointer(&pointer).cloned();
-            let found = field_mut(&mut body, path).map(|v| v.clone());
-            assert_eq!(found, expected, "{pointer}");
+        for (path, expected) in paths {
+            let mut found = Vec::new();
+            each_at(&mut body, path, &mut |v| {
+                found.push(v.clone());
+                false
+            });
+            assert_eq!(found, expected, "{path:?}");
         }
     }
 

@@ -421,6 +421,41 @@ async fn asset_secrets_in_other_shapes_are_masked_too() {
     }
 }
 
+/// `source`, `source.encryption` or `playbackPolicy` sent as a list: each element is scrubbed as
+/// the object would be.
+#[tokio::test]
+async fn a_list_in_place_of_an_asset_object_hides_nothing() {
+    let mock = MockUpstream::start().await;
+    let mut ids = Vec::new();
+    for (i, pointer) in ["/source", "/source/encryption", "/playbackPolicy"]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("list-{i}");
+        let mut asset = leaky_asset(&id);
+        let field = asset.pointer_mut(pointer).unwrap();
+        *field = json!([field.take()]);
+        mock.set_asset(&id, Reply::json(200, asset.to_string()));
+        ids.push(id);
+    }
+    let tg = taskgate(&mock, |_| {}).await;
+    let c = HttpClient::default();
+    for id in ids {
+        let got = c.get(tg.public_addr(), &path(&id)).await;
+        assert_eq!(got.status, StatusCode::OK);
+        let text = got.text();
+        for secret in [
+            "QkFTRTY0U0VDUkVUS0VZ",
+            "acme-corp",
+            "NESTEDSECRET",
+            "S3CRETPASS",
+            "TOKENSECRET",
+        ] {
+            assert!(!text.contains(secret), "{id}: {secret} survived: {text}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn each_leaking_asset_field_is_scrubbed_and_the_body_keeps_its_shape() {
     let mock = MockUpstream::start().await;

@@ -178,6 +178,51 @@ async fn named_secrets_in_other_shapes_than_strings_are_masked_too() {
     );
 }
 
+/// A list where the schema has one object, at any level above a named secret (or the whole
+/// body a list of tasks), cannot hide the secret: each element is scrubbed as the object would
+/// be.
+#[tokio::test]
+async fn a_list_in_place_of_an_object_above_a_secret_hides_nothing() {
+    use serde_json::json;
+    let headers = json!({"Authorization": "Bearer HDRSECRET"});
+    let pinata = json!({"jwt": "JWTSECRET"});
+    let encryption = json!({"encryptedKey": "ENCSECRET"});
+    let bodies = [
+        json!({"params": {"export": [{"custom": {"headers": headers}}]}}),
+        json!({"params": {"export": {"custom": [{"headers": headers}]}}}),
+        json!({"params": [{"export": {"custom": {"headers": headers}}}]}),
+        json!({"params": {"export": {"ipfs": [{"pinata": [pinata]}]}}}),
+        json!({"params": {"exportData": [{"ipfs": {"pinata": pinata}}]}}),
+        json!({"params": {"upload": {"encryption": [encryption]}}}),
+        json!([{"id": "x", "params": {"export": {"custom": {"headers": headers}}}}]),
+        json!({"params": [["https://u:PASSSECRET@h.example/v.mp4?X-Amz-Signature=SIGSECRET"]]}),
+    ];
+    let mock = MockUpstream::start().await;
+    for (i, body) in bodies.iter().enumerate() {
+        mock.set(&format!("l{i}"), Reply::json(200, body.to_string()));
+    }
+    let tg = taskgate(&mock, |_| {}).await;
+    let c = HttpClient::default();
+    for (i, body) in bodies.iter().enumerate() {
+        let got = c.get(tg.public_addr(), &format!("/task/l{i}")).await;
+        assert_eq!(got.status, 200, "{body}");
+        let text = got.text();
+        for secret in [
+            "HDRSECRET",
+            "JWTSECRET",
+            "ENCSECRET",
+            "PASSSECRET",
+            "SIGSECRET",
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{secret} reached the client: {text}"
+            );
+        }
+        assert!(text.contains("***"), "{text}");
+    }
+}
+
 /// With redaction off the phase is read without a full parse; an array in place of an object
 /// (at the top or as `status`) has no phase, so it is passed, never cached as completed.
 #[tokio::test]
