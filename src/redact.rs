@@ -186,10 +186,9 @@ fn scrub_asset(asset: &mut Map<String, Value>) -> bool {
     for (name, value) in asset.iter_mut() {
         changed |= match name.as_str() {
             "source" => {
-                let masked = [&["encryption", "encryptedKey"][..], &["encryption", "key"]]
-                    .iter()
-                    .fold(false, |c, path| each_at(value, path, &mut mask_all) | c);
-                masked | walk_strings(value, &mut clean_param_url)
+                each_at(value, &["encryption"], &mut |encryption| {
+                    mask_named(encryption, &["encryptedKey", "key"])
+                }) | walk_strings(value, &mut clean_param_url)
             }
             "playbackPolicy" => {
                 each_at(value, &["webhookContext"], &mut mask_all)
@@ -324,26 +323,27 @@ fn each_at(value: &mut Value, path: &[&str], edit: &mut impl FnMut(&mut Value) -
     }
 }
 
-/// The named secrets under a task's `params`, each masked whatever its type ([`mask_all`]:
+/// Masks the fields `names` of each object `each_at` finds, whatever their type ([`mask_all`]:
 /// the schema says string, but a secret sent as an array or an object must not pass for not
-/// being one). Export headers: names kept, every value masked; any other shape, all of it.
-const PARAMS_SECRETS: [&[&str]; 9] = [
-    &["export", "custom", "headers"],
-    &["export", "ipfs", "pinata", "jwt"],
-    &["export", "ipfs", "pinata", "apiSecret"],
-    &["export", "ipfs", "pinata", "apiKey"],
-    &["exportData", "ipfs", "pinata", "jwt"],
-    &["exportData", "ipfs", "pinata", "apiSecret"],
-    &["exportData", "ipfs", "pinata", "apiKey"],
-    &["upload", "encryption", "key"],
-    &["upload", "encryption", "encryptedKey"],
-];
+/// being one).
+fn mask_named(object: &mut Value, names: &[&str]) -> bool {
+    names
+        .iter()
+        .fold(false, |c, name| each_at(object, &[name], &mut mask_all) | c)
+}
 
 /// `params`: the user's own input, where the named credential fields and presigned URLs live.
 fn scrub_params(params: &mut Value) -> bool {
-    let mut changed = PARAMS_SECRETS
-        .iter()
-        .fold(false, |c, path| each_at(params, path, &mut mask_all) | c);
+    // Export headers: names kept, every value masked; in any other shape, all of it.
+    let mut changed = each_at(params, &["export", "custom", "headers"], &mut mask_all);
+    for export in ["export", "exportData"] {
+        changed |= each_at(params, &[export, "ipfs", "pinata"], &mut |pinata| {
+            mask_named(pinata, &["jwt", "apiSecret", "apiKey"])
+        });
+    }
+    changed |= each_at(params, &["upload", "encryption"], &mut |encryption| {
+        mask_named(encryption, &["key", "encryptedKey"])
+    });
     // `params` in another shape than an object: all of it is the user's input.
     let Some(kinds) = params.as_object_mut() else {
         return changed | walk_strings(params, &mut clean_param_url);
