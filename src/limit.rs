@@ -183,9 +183,8 @@ impl Backoff {
     /// Starts (or extends) the back-off from an upstream 429's `Retry-After`.
     pub fn start(&self, retry_after: Option<&HeaderValue>) {
         let delay = retry_after
-            .and_then(parse_retry_after)
-            .unwrap_or(DEFAULT_BACKOFF)
-            .min(MAX_BACKOFF);
+            .and_then(retry_after_wait)
+            .unwrap_or(DEFAULT_BACKOFF);
         let until = Instant::now() + delay;
         let mut current = lock(&self.until);
         if current.is_none_or(|c| c < until) {
@@ -201,17 +200,18 @@ impl Backoff {
     }
 }
 
-/// `Retry-After`: delay-seconds or an HTTP-date.
-fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
+/// The wait an API's `Retry-After` asks for (delay-seconds or an HTTP-date), at most
+/// [`MAX_BACKOFF`]: the back-off taskgate keeps, and what it tells the client that got the 429.
+pub fn retry_after_wait(v: &HeaderValue) -> Option<Duration> {
     let s = v.to_str().ok()?.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(s).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
+    let wait = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(s)
+            .ok()?
+            .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
-    )
+    };
+    Some(wait.min(MAX_BACKOFF))
 }
 
 #[cfg(test)]
@@ -327,16 +327,16 @@ mod tests {
     #[test]
     fn retry_after_takes_seconds_or_a_date() {
         assert_eq!(
-            parse_retry_after(&HeaderValue::from_static("17")),
+            retry_after_wait(&HeaderValue::from_static("17")),
             Some(Duration::from_secs(17))
         );
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
-        let d = parse_retry_after(&HeaderValue::from_str(&later).unwrap()).unwrap();
+        let d = retry_after_wait(&HeaderValue::from_str(&later).unwrap()).unwrap();
         assert!(
             d > Duration::from_secs(110) && d <= Duration::from_secs(120),
             "{d:?}"
         );
-        assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+        assert_eq!(retry_after_wait(&HeaderValue::from_static("soon")), None);
     }
 
     #[test]

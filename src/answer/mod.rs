@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::{
+    limit,
     redact::{self, Refusal},
     resource::{Kind, Lifetime, Phase},
     upstream::{FetchError, Reply},
@@ -191,7 +192,11 @@ impl Answer {
             StatusCode::FORBIDDEN => Self::error(Error::UpstreamForbidden),
             StatusCode::TOO_MANY_REQUESTS => {
                 let mut a = Self::error(Error::UpstreamRateLimited);
-                a.retry_after = reply.retry_after.as_ref().and_then(relayed_retry_after);
+                // The one upstream header a client sees: never relayed as sent (it could echo
+                // the key), but read as the back-off reads it and written afresh, in seconds.
+                a.retry_after = (reply.retry_after.as_ref())
+                    .and_then(limit::retry_after_wait)
+                    .map(respond::retry_after_secs);
                 a
             }
             s if s.is_client_error() => {
@@ -419,18 +424,6 @@ fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
     list.split(',')
         .map(str::trim)
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
-}
-
-/// The API's `Retry-After`, written afresh: delay-seconds as a number, an HTTP-date in the
-/// IMF-fixdate form. It is the one upstream header a client sees, so no byte of it is relayed
-/// as sent (it could echo the key); anything else is dropped, as if the API had sent none.
-fn relayed_retry_after(v: &HeaderValue) -> Option<HeaderValue> {
-    let s = v.to_str().ok()?.trim();
-    if s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse::<u64>().ok().map(HeaderValue::from);
-    }
-    let at = httpdate::parse_http_date(s).ok()?;
-    HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok()
 }
 
 /// The body relayed with a 4xx other than 401, 403 and 429, or `None` when a generic one
