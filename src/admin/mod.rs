@@ -172,21 +172,35 @@ impl Admin {
 /// Prometheus scraping a pod by its IP), and requests without one (HTTP/1.0). Any other
 /// address is refused too: SPEC allows no more, and nothing legitimate sends one.
 fn host_allowed(headers: &http::HeaderMap, local: IpAddr) -> bool {
-    let Some(host) = headers.get(http::header::HOST) else {
-        return true;
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        // None at all, or more than one (which could be read either way: refused).
+        return headers.get(http::header::HOST).is_none();
     };
     let Ok(host) = host.to_str() else {
         return false;
     };
-    // `name[:port]`, `v4[:port]` or `[v6][:port]`.
+    // `name[:port]`, `v4[:port]` or `[v6][:port]`, the port digits only.
+    let port_ok = |rest: &str| {
+        rest.is_empty()
+            || rest
+                .strip_prefix(':')
+                .is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit()))
+    };
     let name = match host.strip_prefix('[') {
         Some(rest) => {
-            return rest
-                .split_once(']')
-                .and_then(|(v6, _)| v6.parse::<std::net::Ipv6Addr>().ok())
-                .is_some_and(|v6| own_or_loopback(IpAddr::V6(v6), local))
+            return rest.split_once(']').is_some_and(|(v6, rest)| {
+                port_ok(rest)
+                    && v6
+                        .parse::<std::net::Ipv6Addr>()
+                        .is_ok_and(|v6| own_or_loopback(IpAddr::V6(v6), local))
+            })
         }
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        None => match host.find(':') {
+            Some(colon) if port_ok(&host[colon..]) => &host[..colon],
+            Some(_) => return false,
+            None => host,
+        },
     };
     if let Ok(v4) = name.parse::<std::net::Ipv4Addr>() {
         return own_or_loopback(IpAddr::V4(v4), local);
@@ -290,9 +304,21 @@ mod peer_tests {
             "taskgate-a:9090",
             "localhost.evil.example",
             "127.0.0.1.nip.example",
+            "[::1]evil.example",
+            "127.0.0.1:1.evil.example",
+            "localhost:evil",
+            "localhost:80:80",
+            "[::1]:80]",
         ] {
             assert!(!allowed(host, pod), "{host}");
         }
+        // Two `Host` headers are refused, even two good ones; `localhost:` (an empty port) is
+        // what RFC 3986 allows.
+        let mut two = http::HeaderMap::new();
+        two.append(http::header::HOST, "localhost".parse().unwrap());
+        two.append(http::header::HOST, "localhost".parse().unwrap());
+        assert!(!host_allowed(&two, pod.parse().unwrap()));
+        assert!(allowed("localhost:", pod));
         // The listener's own address as IPv4 mapped into IPv6 (a dual-stack socket).
         assert!(allowed("10.1.2.3:9090", "::ffff:10.1.2.3"));
         assert!(allowed("[fd00::7]:9090", "fd00::7"));
