@@ -683,15 +683,15 @@ fn is_encoded_separator(mut rest: &[u8], level: usize) -> bool {
 }
 
 /// Parameter names whose values are credentials or signatures (ASCII case ignored).
-const SECRET_NAMES: [&str; 8] = [
-    "sig", "key", "auth", "jwt", "pass", "pwd", "policy", "session",
+const SECRET_NAMES: [&str; 10] = [
+    "sig", "key", "auth", "jwt", "pass", "pwd", "policy", "session", "sid", "bearer",
 ];
 
 /// Name endings that mark a credential: `X-Amz-Signature`, `X-Goog-Signature`, `Signature`,
 /// `X-Amz-Credential`, `X-Amz-Security-Token`, `token`, `access_token`, `client_secret`,
 /// `api_key`, `AWSAccessKeyId`, `GoogleAccessId`, `x-sig`, `secretKey`, `AWSSecretAccessKey`,
-/// `privateKey`, `passphrase`, `jsessionid`, `PHPSESSID`, …
-const SECRET_SUFFIXES: [&str; 23] = [
+/// `privateKey`, `passphrase`, `jsessionid`, `PHPSESSID`, `connect.sid`, `x_auth`, …
+const SECRET_SUFFIXES: [&str; 26] = [
     "signature",
     "credential",
     "credentials",
@@ -715,6 +715,9 @@ const SECRET_SUFFIXES: [&str; 23] = [
     "passphrase",
     "sessionid",
     "sessid",
+    ".sid",
+    "_auth",
+    "-auth",
 ];
 
 /// Whether a query parameter called `name` carries a credential or signature.
@@ -1192,6 +1195,10 @@ mod tests {
             "passphrase",
             "jsessionid",
             "PHPSESSID",
+            "connect.sid",
+            "sid",
+            "bearer",
+            "x_auth",
         ] {
             let mut s = format!("see https://h.example/v.mp4?a=1&{name}=S3CRET#t=2 now");
             assert!(mask_secret_params(&mut s), "{name}");
