@@ -199,8 +199,11 @@ def size_bytes(text, redis=False):
 # 7.3 KB), and the cache at its bound 1.25 x TASKGATE_CACHE_MAX_BYTES + 16 MiB
 # (docs/security.md, "Connection caps"; bench/memory.sh).
 PER_CONNECTION = 41 * 2**10
-# The admin listener's own cap (src/admin/mod.rs, MAX_CONNECTIONS), beside the public one.
-ADMIN_CONNECTIONS = 64
+# The admin listener's own cap, beside the public one, read from its one definition.
+_admin_cap = re.search(r"pub const MAX_CONNECTIONS: usize = (\d+);", read("src/admin/mod.rs"))
+ADMIN_CONNECTIONS = int(_admin_cap.group(1)) if _admin_cap else 0
+if not _admin_cap:
+    bad("src/admin/mod.rs: no `pub const MAX_CONNECTIONS: usize = N;` to count the admin listener by")
 
 
 def memory_budget(what, env, conf, limit):
@@ -209,7 +212,7 @@ def memory_budget(what, env, conf, limit):
         cache = size_bytes(env.get("TASKGATE_CACHE_MAX_BYTES") or conf.get("cache_max_bytes") or "64MiB")
         conns = int(env.get("TASKGATE_MAX_CONNECTIONS") or conf.get("max_connections") or 10000)
         have = size_bytes(limit) if limit is not None else None
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         bad(f"{what}: cannot read the memory budget's figures ({e})")
         return
     need = 1.25 * cache + 16 * 2**20 + (conns + ADMIN_CONNECTIONS) * PER_CONNECTION

@@ -204,12 +204,15 @@ impl Backoff {
 /// [`MAX_BACKOFF`]: the back-off taskgate keeps, and what it tells the client that got the 429.
 pub fn retry_after_wait(v: &HeaderValue) -> Option<Duration> {
     let s = v.to_str().ok()?.trim();
-    let wait = match s.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(s)
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    let wait = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        // Past u64: still a number of seconds, just a long one.
+        Duration::from_secs(digits.parse().unwrap_or(u64::MAX))
+    } else {
+        httpdate::parse_http_date(s)
             .ok()?
             .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
     };
     Some(wait.min(MAX_BACKOFF))
 }

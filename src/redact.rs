@@ -54,7 +54,8 @@
 //!   `webhookContext`'s are. A secret sent in another shape than the schema's is still masked,
 //!   and so is one below a list where the schema has an object (`params.export` as
 //!   `[{"custom": …}]`, a body that is a list of tasks): each element is scrubbed as the object
-//!   would be ([`each_at`]).
+//!   would be ([`each_at`]). An object that holds them (`pinata`, `encryption`) sent as a plain
+//!   value is masked whole.
 //!
 //! What is scrubbed in assets, beside the rules that hold everywhere:
 //! - **`source`** (the user's input, like a task's `params`): `url` and `gatewayUrl` lose their
@@ -323,13 +324,16 @@ fn each_at(value: &mut Value, path: &[&str], edit: &mut impl FnMut(&mut Value) -
     }
 }
 
-/// Masks the fields `names` of each object `each_at` finds, whatever their type ([`mask_all`]:
+/// Masks the fields `names` of an object that holds secrets, whatever their type ([`mask_all`]:
 /// the schema says string, but a secret sent as an array or an object must not pass for not
-/// being one).
-fn mask_named(object: &mut Value, names: &[&str]) -> bool {
+/// being one). Such an object sent as a plain value (`"pinata": "eyJ…"`) is masked whole.
+fn mask_named(holder: &mut Value, names: &[&str]) -> bool {
+    if !holder.is_object() {
+        return mask_all(holder);
+    }
     names
         .iter()
-        .fold(false, |c, name| each_at(object, &[name], &mut mask_all) | c)
+        .fold(false, |c, name| each_at(holder, &[name], &mut mask_all) | c)
 }
 
 /// `params`: the user's own input, where the named credential fields and presigned URLs live.

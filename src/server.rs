@@ -150,6 +150,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     };
     let admin_limits = Limits {
         max_connections: admin::MAX_CONNECTIONS,
+        wait_for_request: limits.wait_for_request.min(admin::WAIT_FOR_REQUEST),
         ..limits
     }
     .per_client(admin::MAX_CONNECTIONS_PER_CLIENT);

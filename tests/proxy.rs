@@ -462,6 +462,7 @@ async fn an_upstream_retry_after_is_rewritten_and_anything_but_seconds_or_a_date
         (" 0017 ", Some("17")),
         ("+5", Some("5")),
         ("18446744073709551615", Some("600")),
+        ("18446744073709551616000", Some("600")),
         // A date already past: the shortest wait.
         ("Sunday, 06-Nov-94 08:49:37 GMT", Some("1")),
     ]

@@ -196,6 +196,9 @@ async fn a_list_in_place_of_an_object_above_a_secret_hides_nothing() {
         json!({"params": {"upload": {"encryption": [encryption]}}}),
         json!([{"id": "x", "params": {"export": {"custom": {"headers": headers}}}}]),
         json!({"params": [["https://u:PASSSECRET@h.example/v.mp4?X-Amz-Signature=SIGSECRET"]]}),
+        // A holder of secrets sent as a plain value is masked whole.
+        json!({"params": {"export": {"ipfs": {"pinata": "JWTSECRET"}}}}),
+        json!({"params": {"upload": {"encryption": "ENCSECRET"}}}),
     ];
     let mock = MockUpstream::start().await;
     for (i, body) in bodies.iter().enumerate() {

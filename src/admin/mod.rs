@@ -33,9 +33,13 @@ use crate::{
 /// Most connections the admin listener holds open at once, and from one client address:
 /// probes, scrapes and purges need a few. Its own cap, apart from `TASKGATE_MAX_CONNECTIONS`
 /// (the public listener's), so that the memory both may hold is bounded by the public cap
-/// and this small one (docs/security.md, "What a connection costs").
-pub const MAX_CONNECTIONS: usize = 64;
+/// and this small one (docs/security.md, "What a connection costs"); wide enough that
+/// filling it takes 16 client addresses.
+pub const MAX_CONNECTIONS: usize = 256;
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 16;
+/// How long an admin connection may wait for a request (head or keep-alive): probes and
+/// scrapes send theirs at once, and a peer holding idle connections gives them back soon.
+pub const WAIT_FOR_REQUEST: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct Admin {
     proxy: Arc<Proxy>,
