@@ -24,8 +24,11 @@
 //!   `scheme://token@host` becomes `scheme://***@host`. This covers the web3.storage proof in
 //!   `params["transcode-file"].storage.url` (`w3s://<proof>@/` becomes `w3s://***@/`), which
 //!   Studio's own cleaning misses, and `user:pass@` in `params.upload.url`. The userinfo is only
-//!   what sits between `://` and the first `/`, `?`, `#` or whitespace, so an `@` in a path or
-//!   query is left alone. URLs percent-encoded once (`https%3A%2F%2Fuser%3Apass%40host`, as in
+//!   what sits between `://` and the first `/`, `\`, `?`, `#` or whitespace, so an `@` in a path
+//!   or query is left alone. URLs written loosely in ways a browser still reads as userinfo
+//!   are masked the same way: `//user:pass@host` (scheme-relative, at the start of a string or
+//!   after a space, quote, bracket, `=` or `,`), `scheme:/user:pass@host` and backslashes in
+//!   place of the slashes. URLs percent-encoded once (`https%3A%2F%2Fuser%3Apass%40host`, as in
 //!   another URL's query) are masked too (`https%3A%2F%2F***%3A***%40host`).
 //! - **Signature-like parameters, anywhere in the body**: in every string, the value of each
 //!   `name=value` whose name is signature-like ([`is_secret_name`]: `X-Amz-Signature`,
@@ -298,10 +301,10 @@ fn scrub_text(s: &mut String) -> bool {
 }
 
 /// Each text rule needs one of these bytes (`name=` or its encoded `%3D`, `://`,
-/// `%3A%2F%2F`); most strings of a body (ids, names, phases) hold none and are passed over in
-/// one scan.
+/// `%3A%2F%2F`, the `@` after any userinfo); most strings of a body (ids, names, phases) hold
+/// none and are passed over in one scan.
 fn may_need_text_rules(s: &str) -> bool {
-    s.bytes().any(|b| matches!(b, b'=' | b'%' | b':'))
+    s.bytes().any(|b| matches!(b, b'=' | b'%' | b':' | b'@'))
 }
 
 fn text_rules(s: &mut String) -> bool {
@@ -461,41 +464,60 @@ fn is_scheme_byte(b: u8) -> bool {
 }
 
 /// Masks the userinfo of every `scheme://userinfo@host` in the string, whether the string is a
-/// URL or prose that quotes one. True if the string was changed.
+/// URL or prose that quotes one. Written as a browser would still read it, so are
+/// `scheme:/userinfo@host` and `scheme:\\userinfo@host` (any run of `/` and `\` after the
+/// colon), and a scheme-relative `//userinfo@host` at the start of the string or after a
+/// space, quote, bracket, `=` or `,`. True if the string was changed.
 fn mask_userinfo(s: &mut String) -> bool {
     let mut out = String::new();
     let mut copied = 0; // bytes of `s` already copied to `out`
-    let mut from = 0;
-    while let Some(found) = s[from..].find("://") {
-        let sep = from + found;
-        let authority_start = sep + 3;
-        let rest = &s[authority_start..];
-        let authority_len = rest
-            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
-            .unwrap_or(rest.len());
-        // A scheme (letters, digits, `+.-`) ends right before `://`. In prose it may be glued
-        // to earlier text, so any such run that holds a letter counts.
-        let has_scheme = s[..sep]
-            .bytes()
-            .rev()
-            .take_while(|b| is_scheme_byte(*b))
-            .any(|b| b.is_ascii_alphabetic());
-        // The last `@` ends the userinfo, as browsers parse it: a password may hold an `@`.
-        if let Some(at) = rest[..authority_len].rfind('@').filter(|_| has_scheme) {
-            let userinfo = &rest[..at];
-            let masked = if userinfo.contains(':') {
-                "***:***"
-            } else {
-                MASK
-            };
-            if !userinfo.is_empty() && userinfo != masked {
-                out.push_str(&s[copied..authority_start]);
-                out.push_str(masked);
-                copied = authority_start + at;
+    let bytes = s.as_bytes();
+    let is_slash = |b: u8| b == b'/' || b == b'\\';
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_slash(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let run_end = i + bytes[i..].iter().take_while(|b| is_slash(**b)).count();
+        let before = &bytes[..i];
+        // A scheme (letters, digits, `+.-`) ends right before the colon. In prose it may be
+        // glued to earlier text, so any such run that holds a letter counts.
+        let after_scheme = before.last() == Some(&b':')
+            && before[..i - 1]
+                .iter()
+                .rev()
+                .take_while(|b| is_scheme_byte(**b))
+                .any(u8::is_ascii_alphabetic);
+        let scheme_relative = run_end - i == 2
+            && bytes[i] == b'/'
+            && bytes[i + 1] == b'/'
+            && before
+                .last()
+                .is_none_or(|b| b.is_ascii_whitespace() || b"\"'(<[=,".contains(b));
+        if after_scheme || scheme_relative {
+            let authority_start = run_end;
+            let rest = &s[authority_start..];
+            let authority_len = rest
+                .find(|c: char| matches!(c, '/' | '\\' | '?' | '#') || c.is_whitespace())
+                .unwrap_or(rest.len());
+            // The last `@` ends the userinfo, as browsers parse it: a password may hold an `@`.
+            if let Some(at) = rest[..authority_len].rfind('@') {
+                let userinfo = &rest[..at];
+                let masked = if userinfo.contains(':') {
+                    "***:***"
+                } else {
+                    MASK
+                };
+                if !userinfo.is_empty() && userinfo != masked {
+                    out.push_str(&s[copied..authority_start]);
+                    out.push_str(masked);
+                    copied = authority_start + at;
+                }
             }
         }
-        // Resume right after this `://`: an authority ending in `:` may start another one.
-        from = authority_start;
+        // Resume right after this run: an authority ending in `:` may start another one.
+        i = run_end;
     }
     if out.is_empty() {
         return false; // nothing masked: leave the string as it is
@@ -865,7 +887,7 @@ mod tests {
             "https",
             "//",
             "user",
-            "@",
+            "at",
             "host",
             "/",
             "?",
@@ -1007,6 +1029,40 @@ mod tests {
         let clip = "https://***:***@cdn.example/c.m3u8?sig=***";
         assert_eq!(at(&out, "/output/clip/url"), clip);
         assert_eq!(at(&out, "/output/clip/odd"), "https://x://***:***@h/");
+    }
+
+    /// What a browser would still read as userinfo: a scheme-relative URL, and one slash or
+    /// backslashes after the scheme. An `@` elsewhere (a handle, a path, an address in prose)
+    /// is left alone.
+    #[test]
+    fn userinfo_in_urls_written_loosely_is_masked_too() {
+        let cases = [
+            ("//u:PASS1@h.example/v.mp4", "//***:***@h.example/v.mp4"),
+            ("see //TOKEN2@h.example/x", "see //***@h.example/x"),
+            ("src=\"//u:PASS3@h/x\"", "src=\"//***:***@h/x\""),
+            ("https:/u:PASS4@h.example/v", "https:/***:***@h.example/v"),
+            (
+                "https:\\\\u:PASS5@h.example\\v",
+                "https:\\\\***:***@h.example\\v",
+            ),
+            ("https:///u:PASS6@h/", "https:///***:***@h/"),
+        ];
+        for (text, want) in cases {
+            let mut s = text.to_owned();
+            assert!(text_rules(&mut s), "{text}");
+            assert_eq!(s, want);
+        }
+        for kept in [
+            "mail bob@example.com",
+            "a//b@c",
+            "path/to//@handle",
+            "ratio 3:/x@y",
+            "follow @livepeer",
+            "https://example.com/users/@alice",
+        ] {
+            let mut s = kept.to_owned();
+            assert!(!text_rules(&mut s), "{kept}");
+        }
     }
 
     #[test]

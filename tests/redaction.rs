@@ -226,6 +226,35 @@ async fn a_list_in_place_of_an_object_above_a_secret_hides_nothing() {
     }
 }
 
+/// Userinfo in a URL written loosely (scheme-relative, one slash, backslashes), which a browser
+/// would still send as credentials, is masked in prose as well.
+#[tokio::test]
+async fn userinfo_in_loosely_written_urls_is_masked() {
+    let body = serde_json::json!({
+        "id": "loose", "status": {"phase": "failed", "updatedAt": 1,
+            "errorMessage": "fetch //u:PASS1@h.example/v.mp4 failed; retried https:/u:PASS2@h.example/v.mp4"},
+        "output": {"note": "https:\\\\u:PASS3@h.example"}
+    });
+    let mock = MockUpstream::start().await;
+    mock.set("loose", Reply::json(200, body.to_string()));
+    let tg = taskgate(&mock, |_| {}).await;
+    let got = HttpClient::default()
+        .get(tg.public_addr(), "/task/loose")
+        .await;
+    assert_eq!(got.status, 200);
+    let text = got.text();
+    for secret in ["PASS1", "PASS2", "PASS3"] {
+        assert!(
+            !text.contains(secret),
+            "{secret} reached the client: {text}"
+        );
+    }
+    assert_eq!(
+        got.json()["status"]["errorMessage"],
+        "fetch //***:***@h.example/v.mp4 failed; retried https:/***:***@h.example/v.mp4"
+    );
+}
+
 /// With redaction off the phase is read without a full parse; an array in place of an object
 /// (at the top or as `status`) has no phase, so it is passed, never cached as completed.
 #[tokio::test]
