@@ -300,11 +300,11 @@ fn scrub_text(s: &mut String) -> bool {
     may_need_text_rules(s) && text_rules(s)
 }
 
-/// Each text rule needs one of these bytes (`name=` or its encoded `%3D`, `://`,
-/// `%3A%2F%2F`, the `@` after any userinfo); most strings of a body (ids, names, phases) hold
-/// none and are passed over in one scan.
+/// Each text rule needs one of these bytes (`name=` or its encoded `%3D`, the `@` that ends
+/// any userinfo, the `%` of `%3A%2F%2F`); most strings of a body (ids, names, phases,
+/// timestamps) hold none and are passed over in one scan.
 fn may_need_text_rules(s: &str) -> bool {
-    s.bytes().any(|b| matches!(b, b'=' | b'%' | b':' | b'@'))
+    s.bytes().any(|b| matches!(b, b'=' | b'%' | b'@'))
 }
 
 fn text_rules(s: &mut String) -> bool {
@@ -331,12 +331,12 @@ fn each_at(value: &mut Value, path: &[&str], edit: &mut impl FnMut(&mut Value) -
 /// the schema says string, but a secret sent as an array or an object must not pass for not
 /// being one). Such an object sent as a plain value (`"pinata": "eyJ…"`) is masked whole.
 fn mask_named(holder: &mut Value, names: &[&str]) -> bool {
-    if !holder.is_object() {
+    let Value::Object(fields) = holder else {
         return mask_all(holder);
-    }
-    names
-        .iter()
-        .fold(false, |c, name| each_at(holder, &[name], &mut mask_all) | c)
+    };
+    names.iter().fold(false, |c, name| {
+        fields.get_mut(*name).is_some_and(mask_all) | c
+    })
 }
 
 /// `params`: the user's own input, where the named credential fields and presigned URLs live.
@@ -883,11 +883,12 @@ mod tests {
     /// for taken out.
     #[test]
     fn strings_passed_over_are_ones_the_text_rules_leave_alone() {
-        const PIECES: [&str; 20] = [
+        const PIECES: [&str; 21] = [
             "https",
             "//",
             "user",
             "at",
+            ":",
             "host",
             "/",
             "?",

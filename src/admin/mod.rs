@@ -177,9 +177,11 @@ impl Admin {
 /// address is refused too: SPEC allows no more, and nothing legitimate sends one.
 fn host_allowed(headers: &http::HeaderMap, local: IpAddr) -> bool {
     let mut hosts = headers.get_all(http::header::HOST).iter();
-    let (Some(host), None) = (hosts.next(), hosts.next()) else {
-        // None at all, or more than one (which could be read either way: refused).
-        return headers.get(http::header::HOST).is_none();
+    let host = match (hosts.next(), hosts.next()) {
+        (None, _) => return true,
+        (Some(host), None) => host,
+        // More than one, which could be read either way.
+        (Some(_), Some(_)) => return false,
     };
     let Ok(host) = host.to_str() else {
         return false;
